@@ -1,0 +1,646 @@
+"""Dataset classes by RETURNN name, the ``init_dataset`` entry point, and ``extern_data`` checks.
+
+``init_dataset(config["train"], name="train", batching=config.get("batching"))`` turns a
+RETURNN dataset dict (or a comma-separated string of HDF files) into a :class:`Dataset`.
+The generating datasets produce exactly RETURNN's data for the same arguments (see
+``tests/data/test_datasets.py``), but as a fixed corpus whose lengths are known up front.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import gzip
+import inspect
+import os
+import pickle
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from returnn_ray.data.base import DataSpec, Dataset, OrderOptions
+from returnn_ray.data.hdf import HDFDataset
+from returnn_ray.data.seq_order import validate_seq_ordering
+from returnn_ray.errors import ConfigError, DataError
+
+__all__ = [
+    "DATASET_CLASSES",
+    "DummyDataset",
+    "SeqListFilteredDataset",
+    "StaticDataset",
+    "Task12AXDataset",
+    "check_extern_data",
+    "extern_data_from_config",
+    "init_dataset",
+]
+
+
+def _order(seq_ordering, partition_epoch, fixed_random_seed, random_seed_offset) -> OrderOptions:
+    return OrderOptions(
+        seq_ordering=seq_ordering,
+        partition_epoch=partition_epoch or 1,
+        fixed_random_seed=fixed_random_seed,
+        random_seed_offset=random_seed_offset or 0,
+    )
+
+
+def _generating_ordering(seq_ordering: str) -> str:
+    # RETURNN's GeneratingDataset replaces "sorted"/"sorted_reverse" by "default" (it cannot
+    # sort data it has not generated yet). dev/eval default to "sorted", so a Task12AX dev set
+    # is read in corpus order by RETURNN; we do the same so that its batches match RETURNN's.
+    return "default" if seq_ordering in ("sorted", "sorted_reverse") else seq_ordering
+
+
+def _num_seqs(cls_name: str, name: str, num_seqs: Any) -> int:
+    if isinstance(num_seqs, float) and num_seqs.is_integer():
+        num_seqs = int(num_seqs)
+    if isinstance(num_seqs, bool) or not isinstance(num_seqs, (int, np.integer)) or num_seqs < 1:
+        raise ConfigError(
+            f"dataset {name!r}: {cls_name} num_seqs must be a positive int, got {num_seqs!r} "
+            f"(an endless generating dataset is not supported: the corpus must be finite)"
+        )
+    return int(num_seqs)
+
+
+class Task12AXDataset(Dataset):
+    """RETURNN's 12AX memory task: ``data`` one-hot ``[T, 9]`` over ``123ABCXYZ``, ``classes`` in {L=0, R=1}.
+
+    Output R at an X or Y iff the last outer digit, the inner letter and this char spell
+    ``1AX`` or ``2BY``. ``T`` is uniform in ``[10, 99]``.
+
+    RETURNN regenerates the data every (full) epoch: seq ``i`` is drawn from
+    ``RandomState((seed, i))`` with ``seed = fixed_random_seed`` if set, else the full-epoch
+    number plus ``random_seed_offset``. We need a fixed corpus whose lengths are known before
+    any batch is planned, so we always use the seed of full epoch 1: our corpus equals
+    RETURNN's data of epoch 1 (of every epoch if ``fixed_random_seed`` is set). Only the seq
+    length needs generating up front: it is the first draw after seeding.
+
+    >>> ds = Task12AXDataset(num_seqs=3)
+    >>> ds.seq_lens["data"].tolist(), ds.seq_tags
+    ([84, 15, 65], ['seq-0', 'seq-1', 'seq-2'])
+    """
+
+    INPUT_CLASSES = "123ABCXYZ"
+    OUTPUT_CLASSES = "LR"
+
+    def __init__(
+        self,
+        num_seqs: int,
+        *,
+        name: str = "Task12AXDataset",
+        seq_ordering: str = "default",
+        partition_epoch: int | None = 1,
+        fixed_random_seed: int | None = None,
+        random_seed_offset: int | None = 0,
+    ):
+        self.name = name
+        n = _num_seqs("Task12AXDataset", name, num_seqs)
+        self.order = _order(_generating_ordering(seq_ordering), partition_epoch, fixed_random_seed, random_seed_offset)
+        self.seed = fixed_random_seed if fixed_random_seed is not None else 1 + (random_seed_offset or 0)
+        self.specs = {
+            "data": DataSpec(dim=len(self.INPUT_CLASSES), sparse=False, dtype="float32"),
+            "classes": DataSpec(dim=len(self.OUTPUT_CLASSES), sparse=True, dtype="int32"),
+        }
+        self.labels = {"data": list(self.INPUT_CLASSES), "classes": list(self.OUTPUT_CLASSES)}
+        self.seq_tags = [f"seq-{i}" for i in range(n)]
+        rng = np.random.RandomState()
+        lens = np.empty(n, dtype=np.int64)
+        for i in range(n):
+            rng.seed((self.seed, i))
+            lens[i] = rng.randint(10, 100)
+        self.seq_lens = {"data": lens, "classes": lens}
+
+    def get_seqs(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
+        rng = np.random.RandomState()
+        out = []
+        for i in indices:
+            rng.seed((self.seed, int(i)))
+            seq_len = rng.randint(10, 100)
+            inputs = self._input_seq(rng, seq_len)
+            data = np.zeros((seq_len, len(self.INPUT_CLASSES)), dtype=np.float32)
+            data[np.arange(seq_len), inputs] = 1.0
+            out.append({"data": data, "classes": np.array(self.output_seq(inputs), dtype=np.int32)})
+        return out
+
+    @classmethod
+    def _input_seq(cls, rng: np.random.RandomState, seq_len: int) -> list[int]:
+        # The same draws, in the same order, as RETURNN's Task12AXDataset.generate_input_seq.
+        chars = cls.INPUT_CLASSES
+        seq = str(rng.choice(["", "1", "2"]))
+        while len(seq) < seq_len:
+            if rng.uniform() < 0.5:
+                seq += str(rng.choice(list("12")))
+            if rng.uniform() < 0.9:
+                seq += str(rng.choice(["AX", "BY"]))
+            while rng.uniform() < 0.5:
+                seq += str(rng.choice(list(chars)))
+        return [chars.index(c) for c in seq[:seq_len]]
+
+    @classmethod
+    def output_seq(cls, input_seq: Sequence[int]) -> list[int]:
+        """The L/R target of an input index seq.
+
+        >>> Task12AXDataset.output_seq(["123ABCXYZ".index(c) for c in "1AX2AXBY"])
+        [0, 0, 1, 0, 0, 0, 0, 1]
+        """
+        outer, inner, out = "", "", []
+        for i in input_seq:
+            c = cls.INPUT_CLASSES[i]
+            o = 0
+            if c in "12":
+                outer = c
+            elif c in "AB":
+                inner = c
+            elif c in "XY":
+                if outer + inner + c in ("1AX", "2BY"):
+                    o = 1
+                inner = ""
+            out.append(o)
+        return out
+
+
+class DummyDataset(Dataset):
+    """RETURNN's DummyDataset: ``num_seqs`` seqs of ``seq_len`` frames, deterministic, no meaning.
+
+    Seq ``i``: ``data[t, d] = ((k % input_max_value) + input_shift) * input_scale`` for
+    ``k = i, i+1, ...`` row-major, then ``classes[t] = k % output_dim`` continuing the count.
+
+    >>> ds = DummyDataset(input_dim=2, output_dim=3, num_seqs=2)
+    >>> ds.get_seqs([1])[0]["classes"].tolist()
+    [2, 0]
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int | Mapping[str, Any],
+        num_seqs: int,
+        seq_len: int = 2,
+        input_max_value: float = 10.0,
+        input_shift: float | None = None,
+        input_scale: float | None = None,
+        *,
+        name: str = "DummyDataset",
+        seq_ordering: str = "default",
+        partition_epoch: int | None = 1,
+        fixed_random_seed: int | None = None,
+        random_seed_offset: int | None = 0,
+    ):
+        self.name = name
+        n = _num_seqs("DummyDataset", name, num_seqs)
+        dims = _convert_data_dims(output_dim, what=f"dataset {name!r} output_dim")
+        if "classes" not in dims:
+            raise ConfigError(f"dataset {name!r}: DummyDataset output_dim needs a 'classes' entry, got {output_dim!r}")
+        if not isinstance(input_dim, (int, np.integer)) or input_dim < 1:
+            raise ConfigError(f"dataset {name!r}: DummyDataset input_dim must be a positive int, got {input_dim!r}")
+        if not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
+            raise ConfigError(f"dataset {name!r}: DummyDataset seq_len must be a positive int, got {seq_len!r}")
+        self.order = _order(_generating_ordering(seq_ordering), partition_epoch, fixed_random_seed, random_seed_offset)
+        self.input_dim, self.num_classes, self.seq_len = int(input_dim), int(dims["classes"][0]), int(seq_len)
+        self.input_max_value = float(input_max_value)
+        self.input_shift = -self.input_max_value / 2.0 if input_shift is None else float(input_shift)
+        self.input_scale = 1.0 / self.input_max_value if input_scale is None else float(input_scale)
+        self.specs = {
+            "data": DataSpec(dim=self.input_dim, sparse=False, dtype="float32"),
+            "classes": DataSpec(dim=self.num_classes, sparse=True, dtype="int32"),
+        }
+        self.labels = {}
+        self.seq_tags = [f"seq-{i}" for i in range(n)]
+        lens = np.full(n, self.seq_len, dtype=np.int64)
+        self.seq_lens = {"data": lens, "classes": lens}
+
+    def get_seqs(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
+        out = []
+        for i in indices:
+            i1 = int(i)
+            i2 = i1 + self.seq_len * self.input_dim
+            k = np.arange(i1, i2, dtype=np.int64).astype(np.float64)  # float64 like RETURNN's Python floats
+            data = ((k % self.input_max_value) + self.input_shift) * self.input_scale
+            classes = np.arange(i2, i2 + self.seq_len, dtype=np.int64) % self.num_classes
+            out.append(
+                {
+                    "data": data.astype(np.float32).reshape(self.seq_len, self.input_dim),
+                    "classes": classes.astype(np.int32),
+                }
+            )
+        return out
+
+
+class StaticDataset(Dataset):
+    """RETURNN's StaticDataset: the seqs given in memory, ``data=[{key: array}, ...]``.
+
+    Keys are sorted with ``data`` first. A key's dim comes from ``output_dim`` (``input_dim``
+    for ``data``), else the last axis of a ``[T, dim]`` array; a sparse (1-D integer) key
+    without a given dim has ``dim == 0`` (unknown). Arrays are returned as given.
+
+    >>> seq = {"data": np.zeros((3, 2), "float32"), "classes": np.array([1, 0, 1])}
+    >>> ds = StaticDataset([seq], output_dim={"classes": 2})
+    >>> ds.specs["classes"], ds.seq_tags
+    (DataSpec(dim=2, sparse=True, dtype='int64'), ['seq-0'])
+    """
+
+    def __init__(
+        self,
+        data: Sequence[Mapping[str, np.ndarray]],
+        target_list: Sequence[str] | None = None,
+        input_dim: int | None = None,
+        output_dim: int | Mapping[str, Any] | None = None,
+        *,
+        name: str = "StaticDataset",
+        seq_ordering: str = "default",
+        partition_epoch: int | None = 1,
+        fixed_random_seed: int | None = None,
+        random_seed_offset: int | None = 0,
+    ):
+        self.name = name
+        if not data:
+            raise DataError(f"dataset {name!r}: StaticDataset got no seqs (data=[])")
+        self.order = _order(seq_ordering, partition_epoch, fixed_random_seed, random_seed_offset)
+        seqs = [{k: np.asarray(v) for k, v in seq.items()} for seq in data]
+        first = seqs[0]
+        keys = sorted(first)
+        if "data" in keys:
+            keys.remove("data")
+            keys.insert(0, "data")
+        for key in target_list or ():
+            if key not in keys:
+                raise ConfigError(f"dataset {name!r}: target_list names {key!r}, but the seqs have keys {keys}")
+        dims = _convert_data_dims(output_dim or {}, what=f"dataset {name!r} output_dim")
+        if input_dim is not None:
+            dims.setdefault("data", (int(input_dim), 2))
+        for key in dims:
+            if key not in first:
+                raise ConfigError(f"dataset {name!r}: output_dim names {key!r}, but the seqs have keys {keys}")
+        self.specs = {}
+        for key in keys:
+            arr = first[key]
+            if arr.ndim < 1:
+                raise DataError(
+                    f"dataset {name!r}: StaticDataset key {key!r} must have a time axis, got shape {arr.shape}"
+                )
+            dim, ndim = dims.get(key, (arr.shape[-1] if arr.ndim >= 2 else 0, arr.ndim))
+            if ndim != arr.ndim or (arr.ndim >= 2 and dim != arr.shape[-1]):
+                raise DataError(
+                    f"dataset {name!r}: StaticDataset key {key!r} has shape {arr.shape} but output_dim says "
+                    f"dim {dim}, ndim {ndim}"
+                )
+            sparse = arr.ndim == 1 and np.issubdtype(arr.dtype, np.integer)
+            self.specs[key] = DataSpec(dim=int(dim), sparse=sparse, dtype=str(arr.dtype))
+        for i, seq in enumerate(seqs):
+            if sorted(seq) != sorted(keys):
+                raise DataError(
+                    f"dataset {name!r}: StaticDataset seq {i} has keys {sorted(seq)}, seq 0 has {sorted(keys)}"
+                )
+            for key in keys:
+                if seq[key].ndim != first[key].ndim or seq[key].shape[1:] != first[key].shape[1:]:
+                    raise DataError(
+                        f"dataset {name!r}: StaticDataset seq {i} key {key!r} has shape {seq[key].shape}, "
+                        f"seq 0 has {first[key].shape}; only the time axis may differ"
+                    )
+        self._seqs = [{k: seq[k] for k in keys} for seq in seqs]
+        self.labels = {}
+        self.seq_tags = [f"seq-{i}" for i in range(len(seqs))]
+        self.seq_lens = {k: np.array([len(seq[k]) for seq in self._seqs], dtype=np.int64) for k in keys}
+
+    def get_seqs(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
+        return [dict(self._seqs[int(i)]) for i in indices]
+
+
+class SeqListFilteredDataset(Dataset):
+    """``seq_list_filter_file``: another dataset whose epochs use only the seqs with listed tags.
+
+    As in RETURNN, the filter is applied to each epoch's order after ordering and
+    partitioning the whole corpus, so the kept seqs keep their places in RETURNN's order.
+    """
+
+    def __init__(self, inner: Dataset, seq_list_filter_file: str):
+        self.inner = inner
+        self.name, self.specs, self.seq_lens = inner.name, inner.specs, inner.seq_lens
+        self.seq_tags, self.labels, self.order = inner.seq_tags, inner.labels, inner.order
+        self.seq_list_filter_file = seq_list_filter_file
+        wanted = set(_load_seq_list(seq_list_filter_file, inner.name))
+        self.keep = np.fromiter((tag in wanted for tag in inner.seq_tags), dtype=bool, count=len(inner.seq_tags))
+        if not self.keep.any():
+            example = sorted(wanted)[:3]
+            raise DataError(
+                f"dataset {inner.name!r}: no seq tag is listed in seq_list_filter_file {seq_list_filter_file!r} "
+                f"(file has e.g. {example}, dataset has e.g. {inner.seq_tags[:3]})"
+            )
+
+    def get_seqs(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
+        return self.inner.get_seqs(indices)
+
+    def seq_order_for_epoch(self, epoch: int) -> np.ndarray:
+        order = self.inner.seq_order_for_epoch(epoch)
+        order = order[self.keep[order]]
+        if not len(order):
+            raise DataError(
+                f"dataset {self.name!r}: epoch {epoch} is empty after seq_list_filter_file "
+                f"{self.seq_list_filter_file!r} (lower partition_epoch or list more seqs)"
+            )
+        return order
+
+
+def _load_seq_list(path: str, name: str) -> list[str]:
+    """RETURNN's seq list file: one tag per line (optionally ``.gz``), or a pickled list (``.pkl``)."""
+    opener: Callable = gzip.open if path.endswith(".gz") else open
+    try:
+        if path.removesuffix(".gz").endswith(".pkl"):
+            with opener(path, "rb") as f:
+                tags = pickle.load(f)
+        else:
+            with opener(path, "rt") as f:
+                tags = f.read().splitlines()
+    except OSError as exc:
+        msg = f"dataset {name!r}: cannot read seq_list_filter_file {path!r} ({exc.strerror or exc})"
+        raise DataError(msg) from None
+    if not isinstance(tags, list):
+        raise DataError(f"dataset {name!r}: seq_list_filter_file {path!r} must hold a list of tags")
+    return [str(t) for t in tags]
+
+
+DATASET_CLASSES: dict[str, type[Dataset]] = {
+    "HDFDataset": HDFDataset,
+    "Task12AXDataset": Task12AXDataset,
+    "DummyDataset": DummyDataset,
+    "StaticDataset": StaticDataset,
+}
+"""The dataset classes a config may name in ``"class"``, by RETURNN's class names."""
+
+# RETURNN dataset kwargs that change nothing here, at these values. Any other value is an
+# error rather than silently ignored (chunking/window would change what the model sees).
+_NO_EFFECT_VALUES: dict[str, tuple] = {
+    "window": (None, 0, 1),
+    "context_window": (None,),
+    "chunking": (None, "", "0", 0),  # RETURNN's dev/eval default is chunking="0"
+    "shuffle_frames_of_nseqs": (None, 0),
+    "min_chunk_size": (None, 0),
+    "chunking_variance": (None, 0, 0.0),
+}
+_ALWAYS_IGNORED = (
+    "estimated_num_seqs",  # progress reporting only; we know num_seqs up front
+)
+
+
+def init_dataset(
+    spec: Mapping[str, Any] | str | Callable[[], Any] | Dataset, *, name: str, batching: str | None = None
+) -> Dataset:
+    """Build the dataset of config key ``name`` (``train``, ``dev``, ``eval``, ...).
+
+    :param spec: a dataset dict with ``class``, a comma-separated string of HDF files, a
+        ``"ClassName:key=value,..."`` string, or a function returning one of these
+    :param name: the config key; names the dataset in errors and picks the default order
+    :param batching: the config's global ``batching`` (default ``seq_ordering`` for ``train``)
+
+    The ``seq_ordering`` a dict does not set is, as in RETURNN's ``__main__.load_data``:
+    ``batching`` or ``"default"`` for ``train``; ``"sorted"`` for ``dev`` and ``eval`` (RETURNN
+    gives them ``seq_ordering="sorted"`` before the global ``batching`` could apply); and
+    ``"default"`` for any other name (RETURNN's torch engine builds ``eval_datasets``
+    entries with no defaults).
+
+    >>> spec = {"class": "DummyDataset", "input_dim": 2, "output_dim": 3, "num_seqs": 4}
+    >>> init_dataset(spec, name="dev").order.seq_ordering  # a generating dataset keeps its order
+    'default'
+    >>> init_dataset({"class": "DumyDataset"}, name="train")
+    Traceback (most recent call last):
+    ...
+    returnn_ray.errors.ConfigError: dataset 'train': unknown class 'DumyDataset' (did you mean 'DummyDataset'?); known: DummyDataset, HDFDataset, StaticDataset, Task12AXDataset
+    """
+    if isinstance(spec, Dataset):
+        return spec  # already built (RETURNN accepts dataset objects too)
+    if callable(spec) and not isinstance(spec, (str, Mapping, type)):
+        spec = spec()
+    if isinstance(spec, str):
+        spec = _parse_str_spec(spec, name)
+    if not isinstance(spec, Mapping):
+        raise ConfigError(
+            f"dataset {name!r} must be a dict with 'class' or a string of HDF files, got {type(spec).__name__}"
+        )
+    kwargs = dict(spec)
+    cls = _dataset_class(kwargs.pop("class", None), name)
+    kwargs.pop("name", None)  # the config key names the dataset (errors, score keys)
+    for key, allowed in _NO_EFFECT_VALUES.items():
+        if key in kwargs:
+            value = kwargs.pop(key)
+            if value not in allowed:
+                raise ConfigError(f"dataset {name!r}: {key}={value!r} is not supported by returnn_ray; remove it")
+    for key in _ALWAYS_IGNORED:
+        kwargs.pop(key, None)
+    seq_list_filter_file = kwargs.pop("seq_list_filter_file", None)
+    if kwargs.get("seq_ordering") is None:
+        kwargs["seq_ordering"] = _default_seq_ordering(name, batching)
+    if not isinstance(kwargs["seq_ordering"], str):
+        raise ConfigError(f"dataset {name!r}: seq_ordering must be a string, got {kwargs['seq_ordering']!r}")
+    validate_seq_ordering(kwargs["seq_ordering"])
+    _check_order_kwargs(kwargs, name)
+    _check_kwargs(cls, kwargs, name)
+    dataset = cls(name=name, **kwargs)
+    if seq_list_filter_file:
+        dataset = SeqListFilteredDataset(dataset, os.fspath(seq_list_filter_file))
+    if dataset.num_seqs == 0:
+        raise DataError(f"dataset {name!r} ({cls.__name__}) has no seqs; check its files or num_seqs")
+    return dataset
+
+
+def _check_order_kwargs(kwargs: Mapping[str, Any], name: str) -> None:
+    """The common order options must be ints (or None) before any epoch is planned."""
+    for key, minimum in (("partition_epoch", 1), ("fixed_random_seed", None), ("random_seed_offset", None)):
+        value = kwargs.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (minimum and value < minimum):
+            need = f"an int >= {minimum}" if minimum else "an int"
+            raise ConfigError(f"dataset {name!r}: {key} must be {need}, got {value!r}")
+
+
+def _default_seq_ordering(name: str, batching: str | None) -> str:
+    if name == "train":
+        return batching or "default"
+    if name in ("dev", "eval"):
+        return "sorted"
+    return "default"
+
+
+def _dataset_class(class_name: Any, name: str) -> type[Dataset]:
+    known = sorted(DATASET_CLASSES)
+    if class_name is None:
+        raise ConfigError(f"dataset {name!r} has no 'class'; set one of: {', '.join(known)}")
+    if isinstance(class_name, type):
+        class_name = class_name.__name__  # RETURNN also accepts the class object itself
+    cls = DATASET_CLASSES.get(class_name)
+    if cls is None:
+        close = difflib.get_close_matches(str(class_name), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"dataset {name!r}: unknown class {class_name!r}{hint}; known: {', '.join(known)}")
+    return cls
+
+
+def _check_kwargs(cls: type, kwargs: Mapping[str, Any], name: str) -> None:
+    params = inspect.signature(cls.__init__).parameters
+    accepted = [p for p in params if p not in ("self", "name")]
+    for key in kwargs:
+        if key not in params or key in ("self", "name"):
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"dataset {name!r}: {cls.__name__} does not take {key!r}{hint}; it takes: {', '.join(accepted)}"
+            )
+    for p in params.values():
+        required = p.default is inspect.Parameter.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+        if required and p.name != "self" and p.name not in kwargs:
+            raise ConfigError(f"dataset {name!r}: {cls.__name__} needs {p.name!r}")
+
+
+def _parse_str_spec(text: str, name: str) -> dict[str, Any]:
+    """RETURNN's string forms: ``"{...}"`` (a dict literal), ``"Class:k=v,..."``, else HDF files."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError) as exc:
+            raise ConfigError(f"dataset {name!r}: cannot parse {text!r} as a dict literal ({exc})") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"dataset {name!r}: {text!r} is not a dict")
+        return value
+    head, sep, rest = text.partition(":")
+    if sep and head.isidentifier() and head not in ("sprint", "config"):
+        try:
+            call = ast.parse(f"dict({rest})", mode="eval").body
+            kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+            if call.args or None in kwargs:
+                raise ValueError("only key=value pairs are allowed")
+        except (ValueError, SyntaxError) as exc:
+            raise ConfigError(f"dataset {name!r}: cannot parse the arguments in {text!r} ({exc})") from None
+        return {"class": head, **kwargs}
+    if sep and head in ("sprint", "config"):
+        raise ConfigError(f"dataset {name!r}: {head}:... dataset strings are not supported; use a dataset dict")
+    files = [f for f in text.split(",") if f]
+    if not files:
+        raise ConfigError(f"dataset {name!r} is an empty string; give HDF files or a dataset dict")
+    return {"class": "HDFDataset", "files": files}
+
+
+# -- extern_data -------------------------------------------------------------------------------
+
+
+def _convert_data_dims(data_dims: int | Mapping[str, Any], *, what: str, target: str = "classes") -> dict[str, tuple]:
+    """RETURNN's ``convert_data_dims``: ``num_outputs`` style dims to ``{key: (dim, ndim)}``."""
+    if isinstance(data_dims, (int, np.integer)):
+        data_dims = {target: int(data_dims)}
+    if not isinstance(data_dims, Mapping):
+        raise ConfigError(f"{what} must be an int or a dict, got {data_dims!r}")
+    out = {}
+    for key, value in data_dims.items():
+        if isinstance(value, (int, np.integer)):
+            value = (int(value), 2 if key == "data" else 1)
+        if isinstance(value, Mapping):
+            dim, sparse = _extern_entry(key, value, what=what)
+            value = (dim, 1 if sparse else 2)
+        if not isinstance(value, (tuple, list)) or len(value) != 2 or int(value[1]) < 1:
+            raise ConfigError(f"{what}: entry {key!r} must be dim or [dim, ndim] with ndim >= 1, got {value!r}")
+        out[key] = (None if value[0] is None else int(value[0]), int(value[1]))
+    return out
+
+
+def _dim_value(dim: Any) -> int | None:
+    """An int from an int or a RETURNN ``Dim`` (its ``dimension``); None if unknown."""
+    if dim is None or isinstance(dim, (int, np.integer)):
+        return None if dim is None else int(dim)
+    value = getattr(dim, "dimension", None)
+    return int(value) if value is not None else None
+
+
+def _extern_entry(key: str, opts: Any, *, what: str = "extern_data") -> tuple[int | None, bool]:
+    """``(dim, sparse)`` of one ``extern_data`` entry (a dict of Data kwargs or ``[dim, ndim]``)."""
+    if isinstance(opts, (tuple, list)) and len(opts) == 2:
+        return _dim_value(opts[0]), int(opts[1]) <= 1
+    if not isinstance(opts, Mapping):
+        raise ConfigError(f"{what}[{key!r}] must be a dict like {{'dim': 40, 'sparse': False}}, got {opts!r}")
+    sparse_dim = opts.get("sparse_dim")
+    sparse = bool(opts.get("sparse", False)) or sparse_dim is not None
+    dim = _dim_value(opts.get("dim")) if opts.get("dim") is not None else _dim_value(sparse_dim)
+    if dim is None and not sparse:
+        shape = opts.get("shape")
+        dims = opts.get("dims") or opts.get("dim_tags")
+        if shape:
+            dim = _dim_value(shape[-1])
+        elif dims:
+            dim = _dim_value(dims[-1])
+    return dim, sparse
+
+
+def extern_data_from_config(
+    extern_data: Mapping[str, Any] | None = None,
+    num_inputs: int | None = None,
+    num_outputs: int | Mapping[str, Any] | None = None,
+    *,
+    target: str = "classes",
+) -> dict[str, DataSpec]:
+    """The config's data keys as DataSpecs: from ``extern_data``, else old-style ``num_inputs``/``num_outputs``.
+
+    ``num_outputs`` is an int (the ``classes`` dim) or a dict like RETURNN's
+    ``{"classes": [dim, ndim], "data": [dim, 2]}`` (an int value means sparse, except for
+    ``data``). ``num_inputs`` gives dense ``data`` unless ``num_outputs`` has ``data``.
+    Empty when the config sets none of these (the caller may then take the train data's specs).
+
+    >>> extern_data_from_config(num_inputs=9, num_outputs=2)
+    {'classes': DataSpec(dim=2, sparse=True, dtype='int32'), 'data': DataSpec(dim=9, sparse=False, dtype='float32')}
+    >>> extern_data_from_config({"data": {"dim": 40}, "classes": {"dim": 5, "sparse": True}})["classes"]
+    DataSpec(dim=5, sparse=True, dtype='int32')
+    """
+    if extern_data is not None:
+        if not isinstance(extern_data, Mapping):
+            raise ConfigError(f"extern_data must be a dict of data key -> options, got {type(extern_data).__name__}")
+        out = {}
+        for key, opts in extern_data.items():
+            dim, sparse = _extern_entry(key, opts)
+            if dim is None:
+                raise ConfigError(
+                    f"extern_data[{key!r}] has no dim; set 'dim' (or a 'shape' ending in the feature dim)"
+                )
+            dtype = opts.get("dtype") if isinstance(opts, Mapping) else None
+            out[key] = DataSpec(dim=dim, sparse=sparse, dtype=dtype or ("int32" if sparse else "float32"))
+        return out
+    dims = _convert_data_dims(num_outputs, what="num_outputs", target=target) if num_outputs is not None else {}
+    if num_inputs is not None and "data" not in dims:
+        dims["data"] = (int(num_inputs), 2)
+    out = {}
+    for key, (dim, ndim) in dims.items():
+        if dim is None:
+            raise ConfigError(f"num_outputs[{key!r}] has no dim")
+        sparse = ndim <= 1
+        out[key] = DataSpec(dim=dim, sparse=sparse, dtype="int32" if sparse else "float32")
+    return out
+
+
+def check_extern_data(
+    dataset: Dataset, extern_data: Mapping[str, Any], *, keys: Sequence[str] | None = None
+) -> None:
+    """Raise DataError unless ``dataset`` provides ``extern_data``'s keys with the same dim and sparsity.
+
+    :param extern_data: the config's ``extern_data`` (Data kwargs dicts or DataSpecs)
+    :param keys: check only these keys (e.g. the inputs, for forwarding); default all
+
+    A dataset dim of 0 means unknown (a StaticDataset sparse key without ``output_dim``) and is
+    not compared.
+    """
+    for key in keys if keys is not None else list(extern_data):
+        opts = extern_data[key]
+        dim, sparse = (opts.dim, opts.sparse) if isinstance(opts, DataSpec) else _extern_entry(key, opts)
+        got = dataset.specs.get(key)
+        if got is None:
+            raise DataError(
+                f"dataset {dataset.name!r} has no key {key!r} that extern_data declares "
+                f"(it has {list(dataset.specs)}); fix extern_data or the dataset"
+            )
+        if got.sparse != sparse:
+            kind = {True: "sparse", False: "dense"}
+            raise DataError(
+                f"dataset {dataset.name!r} key {key!r} is {kind[got.sparse]} but extern_data says {kind[sparse]} "
+                f"(fix extern_data or the data file)"
+            )
+        if dim is not None and got.dim and got.dim != dim:
+            raise DataError(
+                f"dataset {dataset.name!r} key {key!r} has dim {got.dim} but extern_data says {dim} "
+                f"(fix extern_data or the data file)"
+            )
