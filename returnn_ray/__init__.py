@@ -1,0 +1,22 @@
+"""returnn_ray: run RETURNN experiment configs on Ray.
+
+The public surface, for config authors and scripts, is what :data:`__all__` lists; every
+other module is internal. Importing the package is cheap (no torch, no Ray).
+"""
+
+from returnn_ray.config import Config, load_config
+from returnn_ray.errors import ConfigError, DataError, UserError
+from returnn_ray.settings import Settings, load_settings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "Config",
+    "load_config",
+    "Settings",
+    "load_settings",
+    "UserError",
+    "ConfigError",
+    "DataError",
+]

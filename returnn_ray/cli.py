@@ -1,0 +1,273 @@
+"""The ``returnn-ray`` command line.
+
+::
+
+    returnn-ray CONFIG [CONFIG2 ...] [++key value ...] [-x task] [-n num_epochs] ...
+    returnn-ray dump-dataset CONFIG [++key value ...] [--dataset train] [--epoch 1] [--shard K/W] [--batches]
+
+Config files are the leading arguments up to the first one starting with ``-`` or ``+``.
+The run dispatches on the ``task`` setting through :data:`TASKS`. A
+:class:`~returnn_ray.errors.UserError` prints one line, ``returnn-ray: error: <message>``,
+and exits with its code (2); ``++debug True`` or ``--debug`` adds the traceback. Any other
+exception is a bug and shows its traceback.
+
+Importing this module is cheap: task modules (torch, Ray) are imported when a task runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import sys
+import traceback
+from typing import Callable, Literal, Sequence
+
+from returnn_ray import __version__
+from returnn_ray.cmdline import OPTION_KEYS, split_command_line
+from returnn_ray.config import Config, load_config, set_global_config
+from returnn_ray.errors import UserError
+from returnn_ray.settings import Settings, load_settings, warn_unread_keys
+
+USAGE = """\
+usage: returnn-ray CONFIG [CONFIG2 ...] [++key value ...] [options]
+       returnn-ray dump-dataset CONFIG [++key value ...] [--dataset NAME] [--epoch N] [--shard K/W] [--batches]
+
+Runs a RETURNN config (task train, forward, search, eval) with Ray.
+
+  CONFIG            config file: Python (starts with #! or ends in .py), JSON (starts with {),
+                    or line-based 'key value'
+  ++key value       set a config key (a Python literal if the key holds a typed value;
+                    write +-0.1 for -0.1)
+  -x, --task        task                     -n, --num_epochs     num_epochs
+  -b, --batch_size  batch_size               -r, --learning_rate  learning_rate
+  -z, --max_sequences max_seqs               -L, --load           load
+  -e, --epoch       epoch (= load_epoch)     -u, --device         device (cpu/gpu)
+  -v, --verbose     log_verbosity            -i, --save_interval  save_interval
+  -k, --output_file output_file              -l, --log            log
+  -E, --eval        eval                     --config FILE        load another config file
+  --debug           show tracebacks (same as ++debug True)
+  -V, --version     print the version
+  -h, --help        print this help
+
+dump-dataset options:
+  --dataset NAME    train, dev, eval, or a name in eval_datasets (default: train)
+  --epoch N         epoch whose seq order to dump (default: 1)
+  --shard K/W       only the part of rank K of W workers
+  --batches         print the batch plan instead of the sequences
+"""
+
+TaskFn = Callable[[Settings, Config], int]
+
+
+def _task_module(name: str, module: str) -> TaskFn:
+    """A task that imports ``module`` when it runs and calls its ``run(settings, config)``."""
+
+    def run(settings: Settings, config: Config) -> int:
+        return _import_task(name, module).run(settings, config)
+
+    run.__name__ = f"run_{name.replace('-', '_')}"
+    run.__qualname__ = run.__name__
+    return run
+
+
+def _import_task(name: str, module: str):
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        # Only a missing task module means "not available"; a missing import inside it is a bug.
+        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
+            raise UserError(f"task {name!r} is not available yet in this returnn-ray version") from exc
+        raise
+
+
+#: Task name -> function run with the settings and the config; it returns the exit code.
+#: Task modules add to or replace entries (:func:`register_task`).
+TASKS: dict[str, TaskFn] = {
+    name: _task_module(name, f"returnn_ray.tasks.{name}") for name in ("train", "forward", "search", "eval", "sweep")
+}
+
+
+def register_task(name: str, fn: TaskFn) -> None:
+    """Makes ``task = name`` run ``fn(settings, config)``."""
+    TASKS[name] = fn
+
+
+@dataclasses.dataclass(frozen=True)
+class DumpDatasetArgs:
+    """Options of ``returnn-ray dump-dataset``."""
+
+    dataset: str = "train"
+    """Dataset to dump: ``train``, ``dev``, ``eval``, or a name in ``eval_datasets``."""
+    epoch: int = 1
+    """Epoch whose seq order (and batch plan) to dump."""
+    shard: tuple[int, int] | None = None
+    """``(rank, num_workers)``: only what that rank would read; ``None``: everything."""
+    batches: bool = False
+    """Dump the batch plan instead of the sequences."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Invocation:
+    """A parsed command line."""
+
+    action: Literal["run", "help", "version"]
+    """``run`` a task, or print the help or the version."""
+    config_files: tuple[str, ...] = ()
+    """Config files, in order."""
+    config_args: tuple[str, ...] = ()
+    """Options for :meth:`Config.parse_cmd_args` (``++key value``, short options)."""
+    dump: DumpDatasetArgs | None = None
+    """Set for ``returnn-ray dump-dataset``."""
+    debug: bool = False
+    """``--debug`` or ``++debug <true>`` was given."""
+
+
+def parse_argv(argv: Sequence[str]) -> Invocation:
+    """Parses the command line (without running anything).
+
+    >>> inv = parse_argv(["dump-dataset", "a.config", "++x", "1", "--epoch", "3", "--shard", "1/4"])
+    >>> inv.config_files, inv.config_args, inv.dump
+    (('a.config',), ('++x', '1'), DumpDatasetArgs(dataset='train', epoch=3, shard=(1, 4), batches=False))
+    """
+    argv = list(argv)
+    dump = None
+    if argv[:1] == ["dump-dataset"]:
+        argv = argv[1:]
+        dump = DumpDatasetArgs()
+    files, rest = split_command_line(argv)
+    config_args: list[str] = []
+    debug = False
+    dump_opts: dict[str, str | bool] = {}
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
+        name, _, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if arg in ("-h", "--help"):
+            return Invocation("help")
+        if arg in ("-V", "--version"):
+            return Invocation("version")
+        if arg == "--debug":
+            debug = True
+            config_args += ["++debug", "True"]
+            i += 1
+            continue
+        if dump is not None and arg == "--batches":
+            dump_opts["batches"] = True
+            i += 1
+            continue
+        if dump is not None and name in ("--dataset", "--epoch", "--shard"):
+            if not inline:
+                if i + 1 >= len(rest):
+                    raise UserError(f"dump-dataset: {name} needs a value")
+                inline = rest[i + 1]
+                i += 1
+            dump_opts[name[2:]] = inline
+            i += 1
+            continue
+        # ++key value, or an option that takes a value: copy both, Config checks them.
+        takes_value = arg.startswith("++") or arg == "--config" or (arg in OPTION_KEYS)
+        if arg.startswith("++") and arg[2:] == "debug" and i + 1 < len(rest):
+            debug = rest[i + 1].strip().lower() in ("true", "1", "yes", "on")
+        config_args.append(arg)
+        if takes_value and i + 1 < len(rest) and not rest[i + 1].startswith("++"):
+            config_args.append(rest[i + 1])
+            i += 1
+        i += 1
+    if not files and "--config" not in config_args and not any(a.startswith("--config=") for a in config_args):
+        raise UserError("no config file given (usage: returnn-ray CONFIG [++key value ...]; --help for more)")
+    if dump is not None:
+        dump = _dump_args(dump_opts)
+    return Invocation("run", tuple(files), tuple(config_args), dump, debug)
+
+
+def _dump_args(opts: dict[str, str | bool]) -> DumpDatasetArgs:
+    epoch_text = str(opts.get("epoch", "1"))
+    try:
+        epoch = int(epoch_text)
+    except ValueError:
+        raise UserError(f"dump-dataset: --epoch must be an int >= 1, got {epoch_text!r}") from None
+    if epoch < 1:
+        raise UserError(f"dump-dataset: --epoch must be an int >= 1, got {epoch_text!r}")
+    shard = None
+    if "shard" in opts:
+        text = str(opts["shard"])
+        try:
+            rank, num = (int(x) for x in text.split("/"))
+        except ValueError:
+            raise UserError(f"dump-dataset: --shard must be K/W (rank K of W workers), got {text!r}") from None
+        if not 0 <= rank < num:
+            raise UserError(f"dump-dataset: --shard K/W needs 0 <= K < W, got {text!r}")
+        shard = (rank, num)
+    return DumpDatasetArgs(str(opts.get("dataset", "train")), epoch, shard, bool(opts.get("batches", False)))
+
+
+def _truthy(value: object) -> bool:
+    if isinstance(value, list):  # untyped: a list of strings
+        value = ",".join(value)
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes", "on")
+    return bool(value)
+
+
+def run_dump_dataset(settings: Settings, config: Config, args: DumpDatasetArgs) -> int:
+    """Runs ``returnn_ray.tasks.dump_dataset.run`` with the parsed options."""
+    module = _import_task("dump-dataset", "returnn_ray.tasks.dump_dataset")
+    return module.run(settings, config, dataset=args.dataset, epoch=args.epoch, shard=args.shard, batches=args.batches)
+
+
+class _LowerLevelFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        record = logging.makeLogRecord(record.__dict__)
+        record.levelname = record.levelname.lower()
+        return super().format(record)
+
+
+def _setup_logging() -> None:
+    """Our own messages as ``returnn-ray: warning: ...`` lines on stderr (once per process)."""
+    log = logging.getLogger("returnn_ray")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_LowerLevelFormatter("returnn-ray: %(levelname)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``returnn-ray``; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _setup_logging()
+    debug = "--debug" in argv
+    try:
+        if not argv:
+            print(USAGE, file=sys.stderr, end="")
+            return 2
+        inv = parse_argv(argv)
+        debug = inv.debug
+        if inv.action == "help":
+            print(USAGE, end="")
+            return 0
+        if inv.action == "version":
+            print(f"returnn-ray {__version__}")
+            return 0
+        config = load_config(inv.config_files, inv.config_args)
+        set_global_config(config)
+        debug = debug or _truthy(config.raw("debug"))  # known before the settings are checked
+        settings = load_settings(config)
+        warn_unread_keys(config)
+        if inv.dump is not None or settings.run.task == "dump-dataset":
+            return run_dump_dataset(settings, config, inv.dump or DumpDatasetArgs())
+        task = TASKS.get(settings.run.task)
+        if task is None:
+            raise UserError(f"task {settings.run.task!r} is not available in this returnn-ray version")
+        return int(task(settings, config) or 0)
+    except UserError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"returnn-ray: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except BrokenPipeError:
+        # `returnn-ray dump-dataset ... | head`: the reader left; not an error of ours.
+        sys.stderr.close()
+        return 0
