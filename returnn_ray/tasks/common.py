@@ -1,0 +1,44 @@
+"""Helpers the task modules share: opening the config's datasets and their batching options."""
+
+from __future__ import annotations
+
+from returnn_ray.data import BatchingOptions, Dataset, check_extern_data, extern_data_from_config, init_dataset
+from returnn_ray.errors import ConfigError
+from returnn_ray.settings import Settings
+
+TRAIN_PHASE_DATASETS = ("train",)
+"""Datasets batched with ``batch_size_train``; every other one uses ``batch_size_dev``."""
+
+
+def dataset_spec(settings: Settings, name: str):
+    """The config's spec of dataset ``name`` (``train``, ``dev``, ``eval``, ... or an ``eval_datasets`` entry)."""
+    data = settings.data
+    spec = getattr(data, name, None) if name in ("train", "dev", "eval", "forward_data", "search_data") else None
+    if spec is None and name in (data.eval_datasets or {}):
+        spec = data.eval_datasets[name]
+    if spec is None:
+        known = [n for n in ("train", "dev", "eval", "forward_data", "search_data") if getattr(data, n) is not None]
+        known += list(data.eval_datasets or {})
+        raise ConfigError(f"dataset {name!r} is not set in the config (set: {', '.join(known) or 'none'})")
+    return spec
+
+
+def open_dataset(settings: Settings, name: str) -> Dataset:
+    """Build dataset ``name`` and check it against ``extern_data`` (or ``num_inputs``/``num_outputs``)."""
+    dataset = init_dataset(dataset_spec(settings, name), name=name, batching=settings.data.batching)
+    data = settings.data
+    extern_data = data.extern_data or extern_data_from_config(None, data.num_inputs, data.num_outputs)
+    # A dataset need not carry every key (an eval set without targets), but what it has must agree.
+    check_extern_data(dataset, extern_data, keys=[k for k in extern_data if k in dataset.specs])
+    return dataset
+
+
+def batching_options(settings: Settings, name: str) -> BatchingOptions:
+    """The batching rule for dataset ``name`` (``batch_size_train`` for train, ``batch_size_dev`` else)."""
+    b = settings.batching
+    return BatchingOptions(
+        batch_size=b.batch_size_for(train=name in TRAIN_PHASE_DATASETS),
+        max_seqs=b.max_seqs,
+        max_seq_length=b.max_seq_length,
+        min_seq_length=b.min_seq_length,
+    )

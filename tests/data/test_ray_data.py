@@ -1,0 +1,65 @@
+"""The Ray Data path: a rank's planned batches arrive as padded torch tensors, in plan order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from returnn_ray.data import BatchingOptions, DataSpec, HDFDataset, plan_epoch, write_hdf
+from returnn_ray.data.ray_data import iter_batches, rank_dataset
+
+
+@pytest.fixture(scope="module")
+def hdf_dataset(tmp_path_factory):
+    rng = np.random.RandomState(7)
+    seqs, tags = [], []
+    for i in range(37):
+        t = int(rng.randint(1, 40))
+        seqs.append({"data": rng.randn(t, 5).astype("float32"), "classes": rng.randint(0, 4, size=t).astype("int32")})
+        tags.append(f"utt-{i}")
+    path = tmp_path_factory.mktemp("hdf") / "corpus.hdf"
+    specs = {"data": DataSpec(5), "classes": DataSpec(4, sparse=True, dtype="int32")}
+    write_hdf(str(path), seqs, tags, specs)
+    ds = HDFDataset([str(path)], name="train", seq_ordering="laplace:3")
+    return ds, seqs
+
+
+def _read_rank(ds, batches):
+    return list(iter_batches(rank_dataset(ds, batches, batches_per_task=2), ds.data_keys))
+
+
+def test_each_rank_gets_its_plan_as_padded_tensors(ray_session, hdf_dataset):
+    ds, seqs = hdf_dataset
+    plan = plan_epoch(ds.seq_order_for_epoch(2), ds.seq_lens, BatchingOptions(batch_size=60, max_seqs=4), num_ranks=2)
+    seen = []
+    for rank in range(2):
+        got = _read_rank(ds, plan.for_rank(rank))
+        assert len(got) == plan.num_steps
+        for batch, planned in zip(got, plan.for_rank(rank)):
+            assert batch.seq_idx.tolist() == planned.tolist()
+            for key in ("data", "classes"):
+                assert batch.lens[key].tolist() == [len(seqs[i][key]) for i in planned]
+                for row, i in enumerate(planned):
+                    n = len(seqs[i][key])
+                    np.testing.assert_array_equal(batch.data[key][row, :n].numpy(), seqs[i][key])
+                    assert not batch.data[key][row, n:].any(), "padding must be zeros"
+            seen.extend(batch.seq_idx.tolist())
+    assert sorted(seen) == list(range(ds.num_seqs))
+
+
+def test_same_rows_in_the_same_order_across_runs(ray_session, hdf_dataset):
+    ds, _ = hdf_dataset
+    plan = plan_epoch(ds.seq_order_for_epoch(1), ds.seq_lens, BatchingOptions(batch_size=50), num_ranks=3)
+    first = [b.seq_idx.tolist() for b in _read_rank(ds, plan.for_rank(1))]
+    second = [b.seq_idx.tolist() for b in _read_rank(ds, plan.for_rank(1))]
+    assert first == second == [b.tolist() for b in plan.for_rank(1)]
+
+
+def test_empty_padding_batch_arrives_as_an_empty_step(ray_session, hdf_dataset):
+    ds, _ = hdf_dataset
+    # One seq, three ranks: two ranks get an empty batch so every rank runs one step.
+    plan = plan_epoch(np.array([5]), ds.seq_lens, BatchingOptions(batch_size=1000), num_ranks=3)
+    sizes = [[b.num_seqs for b in _read_rank(ds, plan.for_rank(r))] for r in range(3)]
+    assert sorted(sizes) == [[0], [0], [1]]
+    empty = next(b for r in range(3) for b in _read_rank(ds, plan.for_rank(r)) if b.num_seqs == 0)
+    assert tuple(empty.data["data"].shape) == (0, 0, 5)
