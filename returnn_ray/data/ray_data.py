@@ -23,6 +23,7 @@ in order and ``preserve_order`` keeps Ray from reordering their outputs (Ray Dat
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
@@ -33,9 +34,13 @@ if TYPE_CHECKING:
     import ray.data
     import torch
 
-BATCHES_PER_READ_TASK = 4
-"""Planned batches read by one Ray task: small enough to start streaming at once and to
-spread over the node's CPUs, large enough that task overhead stays negligible."""
+READ_TASK_BYTES = 64 * 2**20
+"""Padded bytes read by one Ray task. Each task costs Ray Data ~15-20 ms of bookkeeping,
+so a task must carry enough data (several batches) for that to vanish next to the reading;
+a task much larger would delay the first batch of an epoch."""
+
+MAX_BATCHES_PER_READ_TASK = 32
+"""Upper bound on batches per task, so small batches still spread over the node's CPUs."""
 
 PREFETCH_BATCHES = 4
 """Batches Ray Data keeps ready ahead of the training step."""
@@ -86,10 +91,14 @@ class Batch:
     def from_columns(cls, cols: dict[str, Any], keys: Sequence[str]) -> "Batch":
         import torch
 
-        # Ray hands out read-only views of its shared-memory objects; copy so that a
-        # model writing into its input in place cannot touch the object store.
         def tensor(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.array(a, copy=True))
+            # Ray hands out read-only views of its shared-memory objects. No copy: a batch
+            # object has exactly one reader (this rank) and is dropped after the step, so
+            # even a model writing into its input in place harms no one, and a copy of every
+            # batch would cost as much as reading it.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                return torch.from_numpy(a)
 
         return cls(
             seq_idx=np.asarray(cols["seq_idx"]),
@@ -98,13 +107,19 @@ class Batch:
         )
 
 
-def _batch_row(dataset: Dataset, indices: np.ndarray):
-    """A one-row Arrow table holding one padded batch."""
+def _batch_rows(dataset: Dataset, group: Sequence[np.ndarray]):
+    """An Arrow table with one row per planned batch of ``group``, each holding the padded arrays.
+
+    One table per read task: Ray Data would otherwise concatenate (copy) the task's outputs
+    into one block anyway.
+    """
     import pyarrow as pa
     from ray.data.extensions import ArrowVariableShapedTensorArray
 
-    cols = pad_batch(dataset, indices)
-    return pa.Table.from_pydict({name: ArrowVariableShapedTensorArray.from_numpy([a]) for name, a in cols.items()})
+    rows = [pad_batch(dataset, indices) for indices in group]
+    return pa.Table.from_pydict(
+        {name: ArrowVariableShapedTensorArray.from_numpy([row[name] for row in rows]) for name in rows[0]}
+    )
 
 
 _READER_DATASETS: dict[str, Dataset] = {}
@@ -121,50 +136,69 @@ def _reader_dataset(dataset_ref) -> Dataset:
     return _READER_DATASETS[key]
 
 
-def _make_datasource(dataset: Dataset, batches: Sequence[np.ndarray], batches_per_task: int):
+def _padded_bytes(dataset: Dataset, indices: np.ndarray) -> int:
+    """Bytes of the padded arrays of one batch (all data keys)."""
+    if not len(indices):
+        return 0
+    total = 0
+    for key, spec in dataset.specs.items():
+        frame = np.dtype(spec.dtype).itemsize * (1 if spec.sparse else spec.dim)
+        total += int(dataset.seq_lens[key][indices].max()) * len(indices) * frame
+    return total
+
+
+def group_batches(
+    sizes: Sequence[int], *, max_bytes: int = READ_TASK_BYTES, max_batches: int = MAX_BATCHES_PER_READ_TASK
+) -> list[range]:
+    """Cut consecutive batches (of ``sizes`` bytes) into read-task groups of about ``max_bytes``.
+
+    >>> group_batches([40, 40, 40, 10, 10], max_bytes=80)
+    [range(0, 2), range(2, 5)]
+    """
+    groups, start, size = [], 0, 0
+    for i, nbytes in enumerate(sizes):
+        if i > start and (size + nbytes > max_bytes or i - start >= max_batches):
+            groups.append(range(start, i))
+            start, size = i, 0
+        size += nbytes
+    if start < len(sizes):
+        groups.append(range(start, len(sizes)))
+    return groups
+
+
+def _make_datasource(dataset: Dataset, batches: Sequence[np.ndarray], max_bytes: int):
     import ray
     from ray.data.block import BlockMetadata
     from ray.data.datasource import Datasource, ReadTask
 
     # The dataset goes to the object store once; read tasks carry only its reference.
     dataset_ref = ray.put(dataset)
-    frame_bytes = {
-        key: np.dtype(spec.dtype).itemsize * (1 if spec.sparse else spec.dim) for key, spec in dataset.specs.items()
-    }
-
-    def padded_bytes(indices: np.ndarray) -> int:
-        if not len(indices):
-            return 0
-        return sum(int(dataset.seq_lens[k][indices].max()) * len(indices) * b for k, b in frame_bytes.items())
+    sizes = [_padded_bytes(dataset, b) for b in batches]
+    groups = group_batches(sizes, max_bytes=max_bytes)
 
     class PlannedBatchDatasource(Datasource):
         def estimate_inmemory_data_size(self) -> int:
-            return sum(padded_bytes(b) for b in batches)
+            return sum(sizes)
 
         def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list:
             tasks = []
-            for start in range(0, len(batches), batches_per_task):
-                group = list(batches[start : start + batches_per_task])
+            for group in groups:
+                planned = [batches[i] for i in group]
 
-                def read(group=group):
-                    ds = _reader_dataset(dataset_ref)
-                    for indices in group:
-                        yield _batch_row(ds, indices)
+                def read(planned=planned):
+                    yield _batch_rows(_reader_dataset(dataset_ref), planned)
 
                 meta = BlockMetadata(
-                    num_rows=len(group),
-                    size_bytes=sum(padded_bytes(b) for b in group),
-                    input_files=None,
-                    exec_stats=None,
+                    num_rows=len(planned), size_bytes=sum(sizes[i] for i in group), input_files=None, exec_stats=None
                 )
                 tasks.append(ReadTask(read, meta))
             return tasks
 
-    return PlannedBatchDatasource()
+    return PlannedBatchDatasource(), len(groups)
 
 
 def rank_dataset(
-    dataset: Dataset, batches: Sequence[np.ndarray], *, batches_per_task: int = BATCHES_PER_READ_TASK
+    dataset: Dataset, batches: Sequence[np.ndarray], *, read_task_bytes: int = READ_TASK_BYTES
 ) -> "ray.data.Dataset":
     """A Ray Dataset with one row per planned batch of one rank, in plan order.
 
@@ -177,9 +211,13 @@ def rank_dataset(
     # Row order = plan order, identical across runs; Ray's default may reorder blocks.
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
+    # Ray Data's per-operator reservation keeps half the CPUs back for other operators of
+    # the pipeline; ours has one (the read), which it then caps at half the node: on a
+    # 2-CPU node one read task at a time instead of two.
+    ctx.op_resource_reservation_enabled = False
     ctx.print_on_execution_start = False
-    source = _make_datasource(dataset, batches, batches_per_task)
-    return ray.data.read_datasource(source, override_num_blocks=max(1, -(-len(batches) // batches_per_task)))
+    source, num_tasks = _make_datasource(dataset, batches, read_task_bytes)
+    return ray.data.read_datasource(source, override_num_blocks=max(1, num_tasks))
 
 
 def iter_batches(ray_dataset: "ray.data.Dataset", keys: Sequence[str]) -> Iterator[Batch]:

@@ -25,7 +25,7 @@ def hdf_dataset(tmp_path_factory):
 
 
 def _read_rank(ds, batches):
-    return list(iter_batches(rank_dataset(ds, batches, batches_per_task=2), ds.data_keys))
+    return list(iter_batches(rank_dataset(ds, batches, read_task_bytes=2000), ds.data_keys))
 
 
 def test_each_rank_gets_its_plan_as_padded_tensors(ray_session, hdf_dataset):
