@@ -26,14 +26,19 @@ def test_write_and_replace(tmp_path):
     assert os.listdir(tmp_path) == ["f.txt"]
 
 
-def test_new_file_has_normal_permissions(tmp_path):
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_new_file_has_normal_permissions(tmp_path, umask):
+    # The mode open() would give (not a temp file's 0o600), also when replacing a file of another mode.
     path = str(tmp_path / "f.txt")
-    old = os.umask(0o022)
+    old = os.umask(umask)
     try:
         atomic_write(path, "x")
+        assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+        os.chmod(path, 0o400)
+        atomic_write(path, "y")
     finally:
         os.umask(old)
-    assert os.stat(path).st_mode & 0o777 == 0o644
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_temp_name():

@@ -11,10 +11,9 @@ from returnn_ray.data.datasets import (
     SeqListFilteredDataset,
     StaticDataset,
     Task12AXDataset,
-    check_extern_data,
-    extern_data_from_config,
     init_dataset,
 )
+from returnn_ray.data.extern_data import check_extern_data, extern_data_from_config
 from returnn_ray.data.hdf import HDFDataset, HDFWriter, write_hdf
 from returnn_ray.data.seq_order import seq_order_for_epoch, validate_seq_ordering
 

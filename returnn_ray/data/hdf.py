@@ -19,12 +19,12 @@ whichever process calls :meth:`HDFDataset.get_seqs` (handles are never pickled).
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any, Mapping, Sequence
 
 import h5py
 import numpy as np
 
+from returnn_ray.atomic import temp_path_for
 from returnn_ray.data.base import DataSpec, Dataset, OrderOptions
 from returnn_ray.errors import DataError
 
@@ -382,9 +382,10 @@ class HDFWriter:
         self._buffer: dict[str, list[np.ndarray]] = {k: [] for k in self.specs}
         self._buffer_bytes = 0
         self._rows = {k: 0 for k in self.specs}
-        directory = os.path.dirname(os.path.abspath(self.path))
-        fd, self._tmp_path = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(self.path)}.", suffix=".tmp")
-        os.close(fd)
+        self._tmp_path = temp_path_for(self.path)  # same directory, so the final rename stays on one file system
+        # O_EXCL reserves the name. Mode 0o666 minus the umask, as open() gives, not mkstemp's 0o600:
+        # the renamed file is what other users on a shared cluster read.
+        os.close(os.open(self._tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         try:
             self._file: h5py.File | None = h5py.File(self._tmp_path, "w")
             self._create_datasets()

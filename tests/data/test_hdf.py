@@ -207,6 +207,21 @@ def test_atomic_write_leaves_no_temp_file(tmp_path):
     assert HDFDataset([str(path)]).seq_tags == ["s"]
 
 
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_written_file_has_the_mode_open_would_give(tmp_path, umask):
+    # Not mkstemp's 0o600: other users of a shared cluster must be able to read the HDF.
+    path = tmp_path / "out.hdf"
+    path.write_bytes(b"old")
+    os.chmod(path, 0o600)  # a replaced file does not pass its mode on either
+    old = os.umask(umask)
+    try:
+        write_hdf(str(path), make_seqs([2]), ["s"], SPECS)
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+    assert HDFDataset([str(path)]).seq_tags == ["s"]
+
 def test_writer_streams_in_blocks(tmp_path, monkeypatch):
     import returnn_ray.data.hdf as hdf
 
