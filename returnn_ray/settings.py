@@ -27,6 +27,7 @@ from typing import Any, Callable, Literal, Union
 
 from returnn_ray.config import Config
 from returnn_ray.errors import ConfigError
+from returnn_ray.training.lr_control import LR_CONTROL_CONFIG_KEYS, LrControlKind
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,10 @@ Device = Literal["cpu", "gpu"]
 DatasetSpec = Union[dict, str, Callable, None]
 """A dataset as a config gives it: a dict with ``class``, a comma list of HDF files, or unset."""
 
-Reader = Literal["int", "float", "bool", "bool_or_other", "str", "any", "str_list", "int_first", "int_or_dict"]
+Reader = Literal[
+    "int", "float", "bool", "bool_or_other", "str", "any", "str_list", "int_first", "int_or_dict",
+    "float_or_callable", "typed_or_float_list",
+]
 
 
 def setting(default: Any, doc: str, *, read: Reader = "any", aliases: tuple[str, ...] = ()) -> Any:
@@ -85,7 +89,13 @@ class RunSettings(_Checked):
         read="int", aliases=("epoch",),
     )
     ray_address: str | None = setting(None, "Ray cluster to attach to (e.g. auto); unset: a local Ray.", read="str")
-    ray_num_workers: int = setting(1, "Number of Ray workers (DDP ranks).", read="int")
+    ray_num_workers: int | None = setting(
+        None, "Number of Ray workers (DDP ranks); unset: one per GPU with device gpu, else 1.", read="int"
+    )
+    ray_max_failures: int = setting(
+        0, "Worker-group restarts Ray Train may do after a failure (each resumes from the last checkpoint).",
+        read="int",
+    )
 
     def _validate(self) -> None:
         if self.log_verbosity < 0:
@@ -94,8 +104,10 @@ class RunSettings(_Checked):
             raise ConfigError(f"num_epochs must be >= 0, got {self.num_epochs}")
         if self.load_epoch is not None and self.load_epoch < 1:
             self._set("load_epoch", None)  # RETURNN's "epoch -1" and "load_epoch 0" mean: the newest
-        if self.ray_num_workers < 1:
+        if self.ray_num_workers is not None and self.ray_num_workers < 1:
             raise ConfigError(f"ray_num_workers must be >= 1, got {self.ray_num_workers}")
+        if self.ray_max_failures < -1:
+            raise ConfigError(f"ray_max_failures must be >= 0 (or -1: unlimited), got {self.ray_max_failures}")
 
 
 @dataclass(frozen=True)
@@ -178,17 +190,30 @@ class TrainingSettings(_Checked):
     gradient_clip_global_norm: float = setting(0.0, "Clip the global gradient norm to this; 0: off.", read="float")
     accum_grad_multiple_step: int = setting(1, "Accumulate gradients over this many steps.", read="int")
     torch_amp: str | dict | None = setting(None, "Mixed precision: 'bfloat16', 'float16' or {'dtype': ...}.")
-    learning_rate_control: Literal["constant", "newbob", "newbob_rel", "newbob_abs", "newbob_multi_epoch"] = setting(
-        "constant", "Learning-rate schedule by dev scores.", read="str"
+    learning_rate_control: LrControlKind = setting("constant", "Learning-rate schedule by dev scores.", read="str")
+    learning_rates: list | tuple | dict | str | None = setting(
+        None, "Fixed lrs that win over the schedule: a list for epochs 1, 2, ... or {epoch: lr}.",
+        read="typed_or_float_list",
     )
-    learning_rate_control_error_measure: str | None = setting(
-        None, "Score key newbob watches; default: first sorted key starting with dev_.", read="str"
+    learning_rate_control_error_measure: str | list | None = setting(
+        None, "Score key newbob watches (or a list, first present wins); default: dev_score, else first dev_ key."
     )
     newbob_relative_error_threshold: float = setting(-0.01, "newbob: decay when the relative change is above.", read="float")
+    newbob_relative_error_div_by_old: bool = setting(
+        False, "newbob: divide the change by the older error instead of the newer.", read="bool"
+    )
+    newbob_relative_error_grow_threshold: float | None = setting(
+        None, "newbob_multi_epoch: grow when the mean relative change is below (default the decay threshold).",
+        read="float",
+    )
     newbob_error_threshold: float = setting(-0.01, "newbob_abs: decay when the absolute change is above.", read="float")
-    learning_rate_decay: float = setting(
-        0.5, "newbob: multiply the lr by this.", read="float",
+    learning_rate_decay: float | Callable = setting(
+        0.5, "newbob: multiply the lr by this (or a function of the lr).", read="float_or_callable",
         aliases=("newbob_learning_rate_decay",),
+    )
+    learning_rate_growth: float | Callable = setting(
+        1.0, "newbob: multiply the lr by this when not decaying (or a function of the lr).", read="float_or_callable",
+        aliases=("newbob_learning_rate_growth",),
     )
     min_learning_rate: float = setting(0.0, "newbob: never decay below this.", read="float")
     newbob_multi_num_epochs: int = setting(5, "newbob_multi_epoch: epochs averaged per decision.", read="int")
@@ -206,7 +231,28 @@ class TrainingSettings(_Checked):
     cleanup_old_models: bool | dict = setting(
         False, "Delete old checkpoints (True or RETURNN's options dict).", read="bool_or_other"
     )
+    apply_cleanup_old_models_to_optim_states: bool = setting(
+        False, "Keep optimizer states as cleanup_old_models keeps models (default: only the last two).", read="bool"
+    )
     use_tensorboard: bool = setting(False, "Also write TensorBoard event files.", read="bool")
+
+    def _validate(self) -> None:
+        measure = self.learning_rate_control_error_measure
+        if isinstance(measure, list) and not all(isinstance(m, str) for m in measure):
+            raise ConfigError(
+                f"learning_rate_control_error_measure must be a score key or a list of them, got {measure!r}"
+            )
+
+    def lr_control_options(self) -> dict[str, Any]:
+        """The options of :func:`~returnn_ray.training.lr_control.make_lr_control` (all but the kind).
+
+        Every key the policies read (``LR_CONTROL_CONFIG_KEYS``), older aliases already resolved;
+        ``None`` means the policy's default.
+
+        >>> TrainingSettings(learning_rate=0.1).lr_control_options()["learning_rate"]
+        0.1
+        """
+        return {name: getattr(self, name) for name in _LR_CONTROL_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -236,6 +282,11 @@ class Settings:
     training: TrainingSettings
     forward: ForwardSettings
 
+
+_LR_CONTROL_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(TrainingSettings) if f.name in LR_CONTROL_CONFIG_KEYS
+)
+"""The TrainingSettings fields :meth:`TrainingSettings.lr_control_options` passes on."""
 
 SETTINGS_CLASSES: tuple[type, ...] = (RunSettings, DataSettings, BatchingSettings, TrainingSettings, ForwardSettings)
 
@@ -375,6 +426,15 @@ def _read(config: Config, key: str, read: Reader) -> Any:
         if config.is_typed(key):
             return config.typed_value(key)
         return config.int(key, None)
+    if read == "float_or_callable":  # learning_rate_decay = lambda lr: ... in a Python config
+        if config.is_typed(key) and callable(config.typed_value(key)):
+            return config.typed_value(key)
+        value = config.float(key, None)
+        return None if value is None else float(value)
+    if read == "typed_or_float_list":  # RETURNN: typed_value(key) or float_list(key)
+        if config.is_typed(key):
+            return config.typed_value(key)
+        return config.float_list(key) or None
     return config.opt_typed_value(key, None)
 
 
@@ -457,3 +517,7 @@ def _is_plain_data(value: Any) -> bool:
 
 def _md(text: str) -> str:
     return text.replace("|", "\\|")
+
+
+if __name__ == "__main__":
+    print(config_reference_markdown())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import textwrap
+import typing
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,12 @@ from returnn_ray.settings import (
     KNOWN_KEYS,
     SETTINGS_CLASSES,
     BatchingSettings,
+    TrainingSettings,
     config_reference_markdown,
     load_settings,
     warn_unread_keys,
 )
+from returnn_ray.training.lr_control import LR_CONTROL_CONFIG_KEYS, LR_CONTROL_KINDS, make_lr_control
 
 
 def write(tmp_path: Path, name: str, text: str) -> str:
@@ -31,7 +34,7 @@ def write(tmp_path: Path, name: str, text: str) -> str:
 def test_defaults():
     s = load_settings(Config())
     assert s.run.task == "train" and s.run.log_verbosity == 3 and s.run.debug is False
-    assert s.run.device is None and s.run.num_epochs == 5 and s.run.ray_num_workers == 1
+    assert s.run.device is None and s.run.num_epochs == 5 and s.run.ray_num_workers is None
     assert s.batching.batch_size == 1 and s.batching.max_seqs == -1
     assert s.training.learning_rate == 1.0 and s.training.learning_rate_control == "constant"
     assert s.training.newbob_relative_error_threshold == -0.01 and s.training.learning_rate_decay == 0.5
@@ -231,3 +234,71 @@ def test_reference_markdown_lists_every_key():
         assert f"`{key}`" in text, key
     assert "| `batch_size` | int \\| dict | `1` |" in text
     assert "### RunSettings" in text and "### Accepted and ignored" in text
+
+
+# ------------------------------------------------------------------ learning-rate control
+
+
+def test_every_lr_control_key_and_kind_is_a_setting():
+    fields = {f.name: f for f in dataclasses.fields(TrainingSettings)}
+    aliases = {a for f in fields.values() for a in f.metadata["aliases"]}
+    assert set(LR_CONTROL_CONFIG_KEYS) <= set(fields) | aliases
+    hint = typing.get_type_hints(TrainingSettings)["learning_rate_control"]
+    assert set(typing.get_args(hint)) == set(LR_CONTROL_KINDS)
+    for kind in LR_CONTROL_KINDS:  # each is accepted, and the defaults build every policy
+        t = load_settings(Config({"learning_rate_control": kind})).training
+        assert make_lr_control(t.learning_rate_control, **t.lr_control_options()).learning_rate_for_epoch(1) == 1.0
+
+
+def test_lr_control_options_from_a_python_config(tmp_path):
+    path = write(
+        tmp_path,
+        "exp.config",
+        """
+        #!returnn.py
+        learning_rate = 0.1
+        learning_rate_control = "newbob_relative"
+        learning_rates = [0.01, 0.05]
+        learning_rate_control_error_measure = ["dev_score", "dev_loss_fer"]
+        learning_rate_decay = lambda lr: lr * 0.3
+        newbob_learning_rate_growth = 1.5
+        newbob_relative_error_div_by_old = True
+        newbob_relative_error_grow_threshold = -0.05
+        apply_cleanup_old_models_to_optim_states = True
+        """,
+    )
+    config = load_config([path])
+    t = load_settings(config).training
+    assert warn_unread_keys(config) == []
+    opts = t.lr_control_options()
+    assert set(opts) <= set(LR_CONTROL_CONFIG_KEYS) and "newbob_learning_rate_growth" not in opts
+    assert opts["learning_rate_growth"] == 1.5 and opts["newbob_relative_error_grow_threshold"] == -0.05
+    assert t.apply_cleanup_old_models_to_optim_states is True
+    c = make_lr_control(t.learning_rate_control, **opts)
+    assert c.preset_learning_rates == {1: 0.01, 2: 0.05} and c.relative_error_div_by_old
+    assert c.error_measure == ["dev_score", "dev_loss_fer"] and c.growth == 1.5
+    assert c.decay(1.0) == 0.3
+    # epoch 3: rel = (1.0 - 1.0) / 1.0 = 0 > -0.01, so the decay function applies to epoch 2's lr
+    for epoch in (1, 2):
+        c.learning_rate_for_epoch(epoch)
+        c.set_epoch_error(epoch, {"dev_loss_fer": 1.0})
+    assert c.learning_rate_for_epoch(3) == pytest.approx(0.015)
+
+
+def test_lr_control_settings_from_the_command_line():
+    t = load_settings(
+        load_config(
+            [],
+            ["++learning_rates", "0.5,0.25", "++learning_rate_decay", "0.7", "++learning_rate_growth", "1.1",
+             "++learning_rate_control_error_measure", "dev_loss_fer", "++newbob_relative_error_div_by_old", "1"],
+        )
+    ).training
+    assert t.learning_rates == [0.5, 0.25] and t.learning_rate_decay == 0.7 and t.learning_rate_growth == 1.1
+    assert t.learning_rate_control_error_measure == "dev_loss_fer" and t.newbob_relative_error_div_by_old is True
+    defaults = TrainingSettings()
+    assert defaults.learning_rate_growth == 1.0 and defaults.newbob_relative_error_grow_threshold is None
+    assert defaults.apply_cleanup_old_models_to_optim_states is False and defaults.learning_rates is None
+    with pytest.raises(ConfigError, match="learning_rate_control_error_measure must be a score key or a list"):
+        load_settings(Config({"learning_rate_control_error_measure": ["dev_score", 3]}))
+    with pytest.raises(ConfigError, match="config key 'learning_rate_growth': expected a float"):
+        load_settings(Config({"learning_rate_growth": "fast"}))
