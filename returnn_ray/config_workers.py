@@ -16,8 +16,9 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import sys
 import types
-from typing import Any
+from typing import Any, Mapping
 
 from returnn_ray.config import USER_CONFIG_MODULE, WORKER_ENV_VAR, Config, set_global_config
 from returnn_ray.errors import ConfigError
@@ -64,9 +65,26 @@ def populate_worker_module(module: types.ModuleType) -> None:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"${WORKER_ENV_VAR} is not valid JSON: {exc}") from exc
+    module.__returnn_ray_env__ = text
     config = Config(_module=module)
     replay(config, record)
     set_global_config(config)
+
+
+def use_worker_config(env: Mapping[str, str]) -> None:
+    """Make this worker process unpickle functions of the config recorded in ``env``.
+
+    Call before unpickling anything from the driver. Ray reuses worker processes, so one may
+    already hold another run's config: that module is dropped and rebuilt on next use.
+    """
+    text = env.get(WORKER_ENV_VAR)
+    module = sys.modules.get(USER_CONFIG_MODULE)
+    if module is not None and getattr(module, "__returnn_ray_env__", None) != text:
+        del sys.modules[USER_CONFIG_MODULE]
+    if text:
+        os.environ[WORKER_ENV_VAR] = text
+    else:
+        os.environ.pop(WORKER_ENV_VAR, None)
 
 
 def import_user_config() -> Config:

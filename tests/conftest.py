@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 
@@ -10,7 +12,10 @@ def ray_session():
     """One embedded local Ray (2 CPUs) shared by every test that needs Ray."""
     ray = pytest.importorskip("ray")
     from returnn_ray.ray_setup import init_ray
+    from returnn_ray.tasks.train import RAY_TRAIN_ENV
 
+    os.environ.pop("RAY_ADDRESS", None)
+    os.environ.update(RAY_TRAIN_ENV)  # what `returnn-ray` sets before it starts Ray
     init_ray(num_cpus=2)
     yield ray
     ray.shutdown()

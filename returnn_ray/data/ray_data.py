@@ -39,6 +39,10 @@ READ_TASK_BYTES = 64 * 2**20
 so a task must carry enough data (several batches) for that to vanish next to the reading;
 a task much larger would delay the first batch of an epoch."""
 
+READ_TASK_CONCURRENCY = 2
+"""Read tasks in flight per rank: two keep one rank fed (reading overlaps the consumer)
+without crowding out the other ranks' readers on the same node."""
+
 MAX_BATCHES_PER_READ_TASK = 32
 """Upper bound on batches per task, so small batches still spread over the node's CPUs."""
 
@@ -217,7 +221,12 @@ def rank_dataset(
     ctx.op_resource_reservation_enabled = False
     ctx.print_on_execution_start = False
     source, num_tasks = _make_datasource(dataset, batches, read_task_bytes)
-    return ray.data.read_datasource(source, override_num_blocks=max(1, num_tasks))
+    # Read tasks reserve no CPU: the training workers hold the node's CPUs (on a 2-CPU node,
+    # 2 workers hold all of them), and a read task waiting for a CPU would wait forever while
+    # its worker waits for the batch. Their number is capped instead.
+    return ray.data.read_datasource(
+        source, override_num_blocks=max(1, num_tasks), num_cpus=0, concurrency=max(1, min(READ_TASK_CONCURRENCY, num_tasks))
+    )
 
 
 def iter_batches(ray_dataset: "ray.data.Dataset", keys: Sequence[str]) -> Iterator[Batch]:

@@ -1,0 +1,136 @@
+"""``task = "train"``: the config becomes a Ray Train ``TorchTrainer`` with PyTorch DDP.
+
+Everything a user can get wrong is checked here, before Ray starts: the datasets open and
+agree with ``extern_data``, the network builds, the model directory is writable. Then the
+driver starts (or joins) Ray, runs :func:`returnn_ray.training.worker.train_loop_per_worker`
+on ``ray_num_workers`` workers and prints rank 0's log lines as RETURNN prints them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from returnn_ray.config import Config
+from returnn_ray.errors import ConfigError, UserError
+from returnn_ray.settings import Settings
+from returnn_ray.tasks.common import open_dataset
+from returnn_ray.training import checkpoints
+from returnn_ray.training.steps import model_spec
+from returnn_ray.training.worker import data_specs, eval_dataset_names
+
+RAY_TRAIN_ENV = {
+    # Ray Train polls workers (and drains report()) at this interval; the default 2 s makes
+    # every epoch-end report wait up to 2 s (RAY_NOTES.md).
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    # The preemption watcher is for cloud spot nodes; off by default locally it saves start-up.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
+
+
+def check_before_start(settings: Settings) -> None:
+    """Fail fast, with one line, on everything that can be checked without Ray."""
+    if settings.data.train is None:
+        raise ConfigError("task 'train' needs a `train` dataset in the config")
+    train = open_dataset(settings, "train")
+    for name in eval_dataset_names(settings):
+        open_dataset(settings, name)
+    model_spec(settings, data_specs(settings, train))
+    if settings.run.model:
+        checkpoints.check_model_dir_writable(settings.run.model)
+    if settings.training.learning_rate_file:
+        checkpoints.check_model_dir_writable(settings.training.learning_rate_file)
+
+
+def run(settings: Settings, config: Config) -> int:
+    check_before_start(settings)
+    for key, value in RAY_TRAIN_ENV.items():
+        os.environ.setdefault(key, value)
+
+    from returnn_ray.ray_setup import init_ray
+
+    start = time.monotonic()
+    init_ray(settings.run.ray_address, env_vars=RAY_TRAIN_ENV)
+    return _fit(settings, config, start)
+
+
+def _fit(settings: Settings, config: Config, start: float) -> int:
+    from ray import cloudpickle
+    import ray.train
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.util.queue import Queue
+
+    from returnn_ray.training.log import DriverLog
+    from returnn_ray.training.worker import train_loop_per_worker
+
+    import ray
+
+    # RETURNN picks the GPU when there is one and `device` is unset.
+    use_gpu = settings.run.device == "gpu" or (
+        settings.run.device is None and ray.cluster_resources().get("GPU", 0) > 0
+    )
+    num_workers = settings.run.ray_num_workers or default_num_workers(use_gpu)
+    _check_placeable(num_workers, use_gpu)
+    queue = Queue(actor_options={"num_cpus": 0})
+    log = DriverLog(queue, log_files=settings.run.log).start()
+    model_dir = os.path.dirname(os.path.abspath(settings.run.model or "returnn_ray_out/model"))
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "settings": cloudpickle.dumps(settings),
+            "worker_env": config.worker_env(),
+            "log_queue": queue,
+            "use_gpu": use_gpu,
+        },
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(
+            name="returnn_ray_train",
+            storage_path=os.path.join(model_dir, "ray_train"),
+            failure_config=FailureConfig(max_failures=settings.run.ray_max_failures),
+        ),
+    )
+    log.print(f"returnn-ray: training with {num_workers} worker(s) on Ray ({'gpu' if use_gpu else 'cpu'})")
+    try:
+        trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise _user_error_from(exc) or exc
+    finally:
+        log.close()
+    log.print(f"returnn-ray: finished training in {time.monotonic() - start:.1f} s")
+    return 0
+
+
+def _check_placeable(num_workers: int, use_gpu: bool) -> None:
+    """Each worker holds one CPU (and one GPU with device gpu): more than the cluster has would
+    make Ray Train wait forever for resources."""
+    import ray
+
+    resources = ray.cluster_resources()
+    kind = "GPU" if use_gpu else "CPU"
+    have = int(resources.get(kind, 0))
+    if num_workers > have:
+        raise UserError(
+            f"ray_num_workers {num_workers} needs {num_workers} {kind}s but the Ray cluster has {have}"
+            " (lower ray_num_workers or add nodes)"
+        )
+
+
+def default_num_workers(use_gpu: bool) -> int:
+    """One worker per GPU of the cluster with ``device gpu``, else one."""
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("GPU", 0))) if use_gpu else 1
+
+
+def _user_error_from(exc: BaseException) -> UserError | None:
+    """The worker's own UserError (bad data, non-finite loss, ...), so the driver prints one line."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    for rank, error in sorted(failures.items()):
+        cause = error
+        while cause is not None:
+            if isinstance(cause, UserError):
+                return type(cause)(f"{cause} (worker rank {rank})")
+            cause = cause.__cause__
+    return None

@@ -1,0 +1,106 @@
+"""The model of a config and its step function, for both ways RETURNN users write models.
+
+- a ``network`` dict (TF-layers style), rebuilt in PyTorch by :mod:`returnn_ray.model`;
+- plain PyTorch: ``get_model(*, epoch, step, **kwargs)`` and ``train_step(*, model, extern_data,
+  **kwargs)`` marking losses on the run context (``returnn_ray.frontend``).
+
+Both give the training loop the same thing: a ``torch.nn.Module`` and a function from a
+:class:`~returnn_ray.data.ray_data.Batch` to ``{name: LossValue}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping, Protocol
+
+import torch
+
+from returnn_ray.data.base import DataSpec
+from returnn_ray.data.ray_data import Batch
+from returnn_ray.errors import ConfigError
+from returnn_ray.model.losses import LossValue
+from returnn_ray.settings import Settings
+
+
+class StepFn(Protocol):
+    def __call__(self, model: torch.nn.Module, batch: Batch, *, epoch: int, step: int) -> dict[str, LossValue]: ...
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    """How to build the model and run one step on it."""
+
+    build: Callable[[int, int], torch.nn.Module]
+    """``(epoch, step) -> module`` (fresh parameters)."""
+    step: StepFn
+    """Losses of one batch; ``model`` is what ``build`` returned, possibly DDP-wrapped."""
+    l2: Callable[[torch.nn.Module], torch.Tensor | None]
+    """The L2 term of the objective (network dicts' ``L2``), or None."""
+
+
+def model_spec(settings: Settings, specs: Mapping[str, DataSpec]) -> ModelSpec:
+    """The config's model: a ``network`` dict, else ``get_model`` + ``train_step``."""
+    training = settings.training
+    if training.network is not None:
+        return _network_spec(training.network, specs)
+    if training.get_model is not None:
+        if training.train_step is None:
+            raise ConfigError("the config defines get_model but no train_step(*, model, extern_data, **kwargs)")
+        return _torch_spec(training.get_model, training.train_step, specs)
+    raise ConfigError("the config defines no model: set `network` (a layer dict) or `get_model` and `train_step`")
+
+
+def _network_spec(network: dict, specs: Mapping[str, DataSpec]) -> ModelSpec:
+    from returnn_ray.model import build_network
+
+    build_network(network, dict(specs))  # validate before any worker starts; cheap
+
+    def build(epoch: int, step: int) -> torch.nn.Module:
+        return build_network(network, dict(specs))
+
+    def step(model: torch.nn.Module, batch: Batch, *, epoch: int, step: int) -> dict[str, LossValue]:
+        outputs = model(batch.data, batch.lens)
+        return _unwrap(model).losses(outputs, batch.data, batch.lens)
+
+    def l2(model: torch.nn.Module) -> torch.Tensor | None:
+        return _unwrap(model).l2_loss()
+
+    return ModelSpec(build, step, l2)
+
+
+def _torch_spec(get_model: Callable, train_step: Callable, specs: Mapping[str, DataSpec]) -> ModelSpec:
+    from returnn_ray import frontend
+    from returnn_ray.tensor import extern_data_from_batch
+
+    def build(epoch: int, step: int) -> torch.nn.Module:
+        model = get_model(epoch=epoch, step=step)
+        if not isinstance(model, torch.nn.Module):
+            raise ConfigError(f"get_model must return a torch.nn.Module, got {type(model).__name__}")
+        return model
+
+    def step(model: torch.nn.Module, batch: Batch, *, epoch: int, step: int) -> dict[str, LossValue]:
+        with frontend.run_ctx_scope("train_step", epoch=epoch, step=step) as ctx:
+            train_step(model=model, extern_data=extern_data_from_batch(batch, specs), epoch=epoch, step=step)
+            return ctx.loss_values()
+
+    return ModelSpec(build, step, lambda model: None)
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def dummy_batch(specs: Mapping[str, DataSpec], device: torch.device) -> Batch:
+    """One seq of one frame per key (zeros, label 0): what a rank runs on its empty padding step.
+
+    DDP needs every rank in every step's gradient all-reduce; the padding step's losses are
+    weighted 0, so it changes nothing but keeps the ranks in step.
+    """
+    import numpy as np
+
+    data, lens = {}, {}
+    for key, spec in specs.items():
+        shape = (1, 1) if spec.sparse else (1, 1, spec.dim)
+        data[key] = torch.zeros(shape, dtype=getattr(torch, spec.dtype), device=device)
+        lens[key] = torch.ones((1,), dtype=torch.int32, device=device)
+    return Batch(seq_idx=np.zeros((0,), dtype=np.int64), data=data, lens=lens)

@@ -1,0 +1,296 @@
+"""The training loop every Ray Train worker runs: one code path for 1 worker, N workers and N nodes.
+
+Per (sub)epoch: take the learning rate from the learning-rate control, plan the epoch's
+batches over the global seq order and read this rank's share through Ray Data, train,
+score ``dev`` and every ``eval_datasets`` entry on all ranks, then rank 0 writes the
+checkpoint and the learning_rate_file (atomically) and every rank reports to Ray Train.
+
+Resume needs no state beyond the files RETURNN users already have: the newest epoch with
+both ``<model>.NNN.pt`` and ``.opt.pt`` and the learning_rate_file. The same holds when Ray
+restarts the worker group after a failure (``ray_max_failures``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+import time
+from typing import Any, Mapping
+
+import torch
+
+from returnn_ray.data import plan_epoch
+from returnn_ray.data.base import Dataset, DataSpec
+from returnn_ray.data.ray_data import Batch, iter_batches, rank_dataset
+from returnn_ray.errors import UserError
+from returnn_ray.settings import Settings
+from returnn_ray.tasks.common import batching_options, open_dataset
+from returnn_ray.training import checkpoints
+from returnn_ray.training.log import WorkerLog, format_scores, hms
+from returnn_ray.training.lr_control import make_lr_control
+from returnn_ray.training.optim import amp_context, apply_update, build_optimizer, make_grad_scaler, set_learning_rate, should_step
+from returnn_ray.training.scores import ScoreAccumulator, objective, score_keys
+from returnn_ray.training.steps import ModelSpec, dummy_batch, model_spec
+
+
+@dataclasses.dataclass
+class WorkerContext:
+    """What one rank knows about itself."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_chief(self) -> bool:
+        return self.rank == 0
+
+
+def _context(use_gpu: bool) -> WorkerContext:
+    import ray.train
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if use_gpu and torch.cuda.is_available():
+        device = torch.device("cuda", ctx.get_local_rank() % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    return WorkerContext(rank, world, device)
+
+
+def eval_dataset_names(settings: Settings) -> list[str]:
+    """Datasets scored after each epoch: ``dev``, ``eval`` when set, and every ``eval_datasets`` entry."""
+    names = [n for n in ("dev", "eval") if getattr(settings.data, n) is not None]
+    return names + [n for n in (settings.data.eval_datasets or {}) if n not in names]
+
+
+def data_specs(settings: Settings, train: Dataset) -> dict[str, DataSpec]:
+    """The data keys the model sees: ``extern_data`` (or num_inputs/num_outputs), else the train data's."""
+    from returnn_ray.data import extern_data_from_config
+
+    d = settings.data
+    specs = extern_data_from_config(d.extern_data, d.num_inputs, d.num_outputs)
+    return {k: train.specs.get(k, s) for k, s in specs.items()} if specs else dict(train.specs)
+
+
+def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
+    """Ray Train's ``train_loop_per_worker``; ``job`` is built by :mod:`returnn_ray.tasks.train`.
+
+    The settings come pickled (they hold functions of a Python config), so that this process
+    first learns which config to rebuild for them (:func:`use_worker_config`).
+    """
+    from ray import cloudpickle
+
+    from returnn_ray.config_workers import use_worker_config
+
+    use_worker_config(job["worker_env"])
+    settings: Settings = cloudpickle.loads(job["settings"])
+    ctx = _context(job.get("use_gpu", False))
+    log = WorkerLog(job.get("log_queue"), enabled=ctx.is_chief, verbosity=settings.run.log_verbosity)
+    torch.manual_seed(job.get("seed", 42))
+
+    train = open_dataset(settings, "train")
+    evals = {name: open_dataset(settings, name) for name in eval_dataset_names(settings)}
+    specs = data_specs(settings, train)
+    spec = model_spec(settings, specs)
+
+    model_prefix = settings.run.model
+    lr_file = settings.training.learning_rate_file
+    lr_control = make_lr_control(settings.training.learning_rate_control, **settings.training.lr_control_options())
+    if lr_file:
+        lr_control.load(lr_file)
+
+    start_epoch, step = 1, 0
+    model = spec.build(1, 0)
+    optimizer = None
+    newest = checkpoints.newest_complete_epoch(model_prefix) if model_prefix else None
+    if newest is not None:
+        state = checkpoints.load_checkpoint(model_prefix, newest)
+        model.load_state_dict(state["model"])
+        start_epoch, step = newest + 1, int(state.get("step", 0))
+    model.to(ctx.device)
+    optimizer = build_optimizer(
+        model,
+        optimizer=settings.training.optimizer,
+        adam=settings.training.adam,
+        nadam=settings.training.nadam,
+        learning_rate=settings.training.learning_rate,
+        # RETURNN's torch engine wants an explicit optimizer; network dicts follow its TF engine (SGD)
+        default="sgd" if settings.training.network is not None else "error",
+    )
+    if newest is not None:
+        opt_state = checkpoints.load_optimizer_state(model_prefix, newest, map_location=ctx.device)
+        optimizer.load_state_dict(opt_state["optimizer"])
+        log.line(f"Resuming from epoch {newest} ({checkpoints.checkpoint_path(model_prefix, newest)}), global train step {step}")
+
+    grad_scaler = make_grad_scaler(settings.training.torch_amp, ctx.device.type)
+    train_model = model
+    if ctx.world_size > 1:
+        # broadcast_buffers=False: no per-forward collective, so eval passes with uneven step
+        # counts cannot hang; network dicts have no buffers to keep in sync.
+        train_model = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+
+    num_epochs = settings.run.num_epochs
+    if start_epoch > num_epochs:
+        log.line(f"Already trained until final epoch {num_epochs}, nothing to do.")
+    for epoch in range(start_epoch, num_epochs + 1):
+        lr = lr_control.learning_rate_for_epoch(epoch)
+        set_learning_rate(optimizer, lr)
+        log.line(f"start epoch {epoch} global train step {step} with effective learning rate {lr} ...")
+        start = time.monotonic()
+        train_scores, step = _train_epoch(
+            settings, ctx, spec, train_model, optimizer, grad_scaler, train, specs, epoch, step, log
+        )
+        train_secs = time.monotonic() - start
+        scores = score_keys("train", train_scores)
+        _check_finite(scores, epoch)
+        log.line(f"Epoch {epoch}: Total train loss: {format_scores(train_scores)}  ({hms(train_secs)})")
+        eval_text = []
+        for name, dataset in evals.items():
+            ds_scores = _eval_epoch(settings, ctx, spec, model, dataset, name, specs, epoch, step)
+            scores.update(score_keys(name, ds_scores))
+            eval_text.append(f"{name}: {format_scores(ds_scores)}")
+        if eval_text:
+            log.line(f"Epoch {epoch} evaluation: {' '.join(eval_text)}")
+        lr_control.set_epoch_error(epoch, scores)
+        lr_control.set_epoch_meta(epoch, {"epoch_train_time_secs": round(train_secs), "global_train_step_end": step})
+        if ctx.is_chief:
+            _save_epoch(settings, lr_control, model, optimizer, epoch, step, lr)
+        _report(ctx, epoch, step, scores, lr)
+    return {"epoch": num_epochs, "step": step}
+
+
+def _train_epoch(settings, ctx, spec: ModelSpec, model, optimizer, grad_scaler, train: Dataset, specs, epoch, step, log):
+    model.train()
+    order = train.seq_order_for_epoch(epoch)
+    plan = plan_epoch(order, train.seq_lens, batching_options(settings, "train"), ctx.world_size)
+    my_batches = plan.for_rank(ctx.rank)
+    acc = ScoreAccumulator()
+    accum = settings.training.accum_grad_multiple_step or 1
+    amp = settings.training.torch_amp
+    padding = dummy_batch(specs, ctx.device)
+    start = time.monotonic()
+    last = start
+    optimizer.zero_grad(set_to_none=True)
+    for i, batch in enumerate(iter_batches(rank_dataset(train, my_batches), list(train.specs))):
+        is_padding = batch.num_seqs == 0
+        batch = padding if is_padding else _to_device(batch, ctx.device)
+        weight = 0.0 if is_padding else 1.0
+        with amp_context(amp, ctx.device.type):
+            losses = spec.step(model, batch, epoch=epoch, step=step)
+            loss = objective(losses, world_size=ctx.world_size) * weight
+            l2 = spec.l2(model)
+            if l2 is not None:
+                loss = loss + l2
+        (grad_scaler.scale(loss) if grad_scaler is not None else loss).backward()
+        # RETURNN: gradients of accum_grad_multiple_step steps are summed, then one update;
+        # an accumulation still open at the end of the epoch is dropped.
+        if should_step(i, accum):
+            apply_update(
+                optimizer,
+                model,
+                grad_scaler=grad_scaler,
+                gradient_clip=settings.training.gradient_clip,
+                gradient_clip_global_norm=settings.training.gradient_clip_global_norm,
+            )
+            optimizer.zero_grad(set_to_none=True)
+        acc.add(losses, weight=weight)
+        step += 1
+        now = time.monotonic()
+        if log.enabled:
+            frac = (i + 1) / len(my_batches)
+            if log.verbosity >= 5:
+                step_scores = {n: float(v.sum) / max(float(v.num_frames), 1.0) for n, v in losses.items()}
+                log.step_line(epoch=epoch, step=i, scores=step_scores, step_secs=now - last, elapsed=now - start, frac=frac)
+            log.progress(epoch=epoch, step=i, num_steps=len(my_batches), loss=None, elapsed=now - start)
+        last = now
+    return acc.reduce(sorted(_loss_names(spec, model, padding, epoch, step, acc))), step
+
+
+def _loss_names(spec: ModelSpec, model, padding: Batch, epoch: int, step: int, acc: ScoreAccumulator) -> list[str]:
+    """The loss names of this model (the same on every rank, even one that ran only padding steps)."""
+    names = acc.names()
+    if names:
+        return names
+    with torch.no_grad():
+        return list(spec.step(model, padding, epoch=epoch, step=step))
+
+
+def _eval_epoch(settings, ctx, spec: ModelSpec, model, dataset: Dataset, name: str, specs, epoch, step) -> dict:
+    """Score ``dataset`` with the current model, each rank on its shard; no collectives until the reduce."""
+    model.eval()
+    plan = plan_epoch(dataset.seq_order_for_epoch(epoch), dataset.seq_lens, batching_options(settings, name), ctx.world_size)
+    acc = ScoreAccumulator()
+    padding = dummy_batch(specs, ctx.device)
+    with torch.no_grad():
+        for batch in iter_batches(rank_dataset(dataset, plan.for_rank(ctx.rank)), list(dataset.specs)):
+            if batch.num_seqs:
+                acc.add(spec.step(model, _to_device(batch, ctx.device), epoch=epoch, step=step))
+        names = _loss_names(spec, model, padding, epoch, step, acc)
+    model.train()
+    return acc.reduce(sorted(names))
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    if device.type == "cpu":
+        return batch
+    return Batch(
+        seq_idx=batch.seq_idx,
+        data={k: v.to(device, non_blocking=True) for k, v in batch.data.items()},
+        lens={k: v.to(device, non_blocking=True) for k, v in batch.lens.items()},
+    )
+
+
+def _check_finite(scores: Mapping[str, float], epoch: int) -> None:
+    bad = {k: v for k, v in scores.items() if not math.isfinite(v)}
+    if bad:
+        raise UserError(
+            f"epoch {epoch}: non-finite training score {bad} (model diverged; lower learning_rate or set gradient_clip)"
+        )
+
+
+def _save_epoch(settings: Settings, lr_control, model, optimizer, epoch: int, step: int, lr: float) -> None:
+    """Rank 0 only: checkpoint (if due), learning_rate_file, old-model cleanup; all atomic."""
+    prefix = settings.run.model
+    if settings.training.learning_rate_file:
+        lr_control.save(settings.training.learning_rate_file)
+    if not prefix:
+        return
+    if checkpoints.should_save(epoch, settings.training.save_interval, settings.run.num_epochs):
+        checkpoints.save_checkpoint(
+            prefix,
+            epoch,
+            model_state=model.state_dict(),
+            optimizer_state=optimizer.state_dict(),
+            step=step,
+            effective_learning_rate=lr,
+        )
+    cleanup = settings.training.cleanup_old_models
+    if cleanup:
+        existing = checkpoints.find_checkpoints(prefix, for_training=False)
+        scores = {e: dict(lr_control.epochs[e].error) for e in existing if e in lr_control.epochs}
+        for old in checkpoints.models_to_delete(existing, cleanup_old_models=cleanup, scores=scores):
+            checkpoints.delete_checkpoint(prefix, old)
+
+
+def _report(ctx: WorkerContext, epoch: int, step: int, scores: Mapping[str, float], lr: float) -> None:
+    """Every rank reports once per epoch (a sync point in Ray Train; per-step reports are throttled).
+
+    Rank 0 attaches a small checkpoint marker, so Ray Train's failure handling knows the
+    epoch; the weights themselves stay in ``<model>.NNN.pt``, the file RETURNN tools read.
+    """
+    import json
+
+    import ray.train
+
+    metrics = {"epoch": epoch, "global_step": step, "learning_rate": lr, **scores}
+    if not ctx.is_chief:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "returnn_ray_epoch.json"), "w") as f:
+            json.dump({"epoch": epoch, "global_step": step}, f)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

@@ -1,0 +1,100 @@
+"""``returnn-ray dump-dataset``: what a (shard of an) epoch reads, and bad input as one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from returnn_ray.data import DataSpec, Task12AXDataset, write_hdf
+
+BASE = {
+    "train": {"class": "Task12AXDataset", "num_seqs": 30, "seq_ordering": "laplace:.10"},
+    "num_inputs": 9,
+    "num_outputs": 2,
+    "batch_size": 300,
+    "max_seqs": 4,
+}
+
+
+def dump(tmp_path, *args, config=None):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(BASE if config is None else config))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run(
+        [sys.executable, "-m", "returnn_ray", "dump-dataset", str(path), *args],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+
+
+def lines(proc) -> list[dict]:
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_seqs_of_an_epoch_in_returnns_order(tmp_path):
+    ds = Task12AXDataset(30, seq_ordering="laplace:.10")
+    got = lines(dump(tmp_path, "--epoch", "3"))
+    assert [r["seq_idx"] for r in got] == ds.seq_order_for_epoch(3).tolist()
+    assert got[0]["seq_tag"] == f"seq-{got[0]['seq_idx']}"
+    assert got[0]["len"]["data"] == ds.seq_lens["data"][got[0]["seq_idx"]]
+
+
+def test_shards_partition_the_epoch_and_keep_its_order(tmp_path):
+    full = [r["seq_idx"] for r in lines(dump(tmp_path, "--epoch", "2"))]
+    shards = [[r["seq_idx"] for r in lines(dump(tmp_path, "--epoch", "2", "--shard", f"{k}/3"))] for k in range(3)]
+    assert sorted(sum(shards, [])) == sorted(full)
+    for shard in shards:
+        positions = [full.index(i) for i in shard]
+        assert positions == sorted(positions)
+
+
+def test_batches(tmp_path):
+    got = lines(dump(tmp_path, "--batches"))
+    assert [r["batch"] for r in got] == list(range(len(got)))
+    assert all(1 <= len(r["seq_tags"]) <= 4 and r["padded_frames"] <= 300 for r in got)
+
+
+def _hdf(tmp_path, dim: int) -> str:
+    path = str(tmp_path / f"d{dim}.hdf")
+    seqs = [{"data": np.zeros((3, dim), "float32"), "classes": np.zeros(3, "int32")}]
+    write_hdf(path, seqs, ["a"], {"data": DataSpec(dim), "classes": DataSpec(2, sparse=True, dtype="int32")})
+    return path
+
+
+@pytest.mark.parametrize(
+    "change, culprit",
+    [
+        ({"train": {"class": "Task12AXDatset", "num_seqs": 5}}, "Task12AXDatset"),
+        ({"train": {"class": "Task12AXDataset", "num_seqs": 5, "seq_ordering": "shuffle"}}, "shuffle"),
+        ({"train": "/nonexistent/train.hdf"}, "/nonexistent/train.hdf"),
+        ({"train": "CORRUPT"}, "corrupt.hdf"),
+        ({"train": "DIM40"}, "40"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"max_seqs": 0}, "max_seqs"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path, change, culprit):
+    config = {**BASE, **change}
+    if config["train"] == "CORRUPT":
+        (tmp_path / "corrupt.hdf").write_bytes(b"not an hdf file" * 10)
+        config["train"] = str(tmp_path / "corrupt.hdf")
+    if config["train"] == "DIM40":
+        config["train"] = _hdf(tmp_path, 40)
+    before = set(os.listdir(tmp_path))
+    proc = dump(tmp_path, config=config)
+    assert proc.returncode == 2, proc.stderr
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("returnn-ray: error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert culprit in errors[0]
+    assert proc.stdout == ""
+    assert set(os.listdir(tmp_path)) == before | {"c.json"}
+
+
+def test_override_without_value(tmp_path):
+    proc = dump(tmp_path, "++batch_size")
+    assert proc.returncode == 2 and "batch_size" in proc.stderr.splitlines()[-1]

@@ -1,0 +1,152 @@
+"""``task = train`` end to end on the shared local Ray: DDP, scores, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from returnn_ray.cli import main
+from returnn_ray.training.checkpoints import checkpoint_path, find_checkpoints
+from returnn_ray.training.lr_file import load_learning_rate_file
+
+NETWORK = {
+    "hidden": {"class": "linear", "activation": "tanh", "n_out": 16},
+    "output": {"class": "softmax", "loss": "ce", "from": ["hidden"]},
+}
+
+
+def write_config(tmp_path, name: str = "train.json", **overrides) -> str:
+    config = {
+        "task": "train",
+        # 40 seqs of <= 99 frames, 4 per batch: 10 full batches, an even count (see below)
+        "train": {"class": "Task12AXDataset", "num_seqs": 40, "seq_ordering": "laplace:.10"},
+        "dev": {"class": "Task12AXDataset", "num_seqs": 10, "fixed_random_seed": 1},
+        "num_inputs": 9,
+        "num_outputs": 2,
+        "network": NETWORK,
+        "batch_size": 400,
+        "max_seqs": 4,
+        "adam": True,
+        "learning_rate": 0.01,
+        "model": str(tmp_path / "model"),
+        "learning_rate_file": str(tmp_path / "learning_rates"),
+        "num_epochs": 2,
+        "log_verbosity": 3,
+    }
+    config.update(overrides)
+    path = tmp_path / name
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def scores(tmp_path) -> dict[int, dict[str, float]]:
+    epochs = load_learning_rate_file(str(tmp_path / "learning_rates"))
+    return {e: {k: v for k, v in d.error.items() if not k.startswith(":meta:")} for e, d in epochs.items()}
+
+
+def params(tmp_path, epoch: int) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint_path(str(tmp_path / "model"), epoch), weights_only=True)["model"]
+
+
+def assert_same_params(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_two_workers_equal_one_worker_accumulating_the_same_batches(ray_session, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    # W=2 runs batch 2s on rank 0 and 2s+1 on rank 1 in step s; W=1 accumulating 2 steps
+    # sums the same two batches' gradients: RETURNN's objective is a sum over frames, so the
+    # updates must be equal. (An even batch count: RETURNN drops an unfinished accumulation.)
+    assert main([write_config(one, accum_grad_multiple_step=2)]) == 0
+    assert main([write_config(two), "++ray_num_workers", "2"]) == 0
+    s1, s2 = scores(one), scores(two)
+    assert s1.keys() == s2.keys() == {1, 2}
+    for epoch in (1, 2):
+        assert set(s1[epoch]) == {"train_score", "train_error", "dev_score", "dev_error"}
+        for key in s1[epoch]:
+            assert s2[epoch][key] == pytest.approx(s1[epoch][key], rel=1e-5, abs=1e-6), (epoch, key)
+    assert_same_params(params(one, 2), params(two, 2))
+    assert find_checkpoints(str(two / "model")) == [1, 2]
+
+
+def test_rerun_resumes_and_equals_an_uninterrupted_run(ray_session, tmp_path):
+    full, split = tmp_path / "full", tmp_path / "split"
+    full.mkdir(), split.mkdir()
+    assert main([write_config(full, num_epochs=3)]) == 0
+    assert main([write_config(split, num_epochs=2)]) == 0
+    assert main([write_config(split, num_epochs=2), "++num_epochs", "3"]) == 0
+    assert scores(split).keys() == {1, 2, 3}
+    for epoch in (1, 2, 3):
+        for key, value in scores(full)[epoch].items():
+            assert scores(split)[epoch][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (epoch, key)
+    assert_same_params(params(full, 3), params(split, 3))
+
+
+def test_returnn_reads_our_learning_rate_file(ray_session, tmp_path):
+    lrc = pytest.importorskip("returnn.learning_rate_control")
+    from returnn.config import Config as ReturnnConfig
+
+    assert main([write_config(tmp_path, num_epochs=1, learning_rate_control="newbob")]) == 0
+    ours = load_learning_rate_file(str(tmp_path / "learning_rates"))
+    config = ReturnnConfig({"learning_rate_file": str(tmp_path / "learning_rates"), "learning_rate": 0.01})
+    theirs = lrc.load_learning_rate_control_from_config(config)
+    assert sorted(theirs.epoch_data) == sorted(ours) == [1]
+    assert theirs.epoch_data[1].learning_rate == pytest.approx(0.01)
+    assert theirs.epoch_data[1].error["dev_score"] == pytest.approx(ours[1].error["dev_score"])
+
+
+def test_uneven_data_ends_the_epoch_on_every_rank(ray_session, tmp_path):
+    # 7 seqs, one longer than batch_size, 2 workers: 5 batches, so the last step's single seq
+    # is cut into a piece for rank 0 and an empty padding step for rank 1; every rank must
+    # finish the epoch (no DDP hang) and score it.
+    path = tmp_path / "uneven.config"
+    path.write_text(
+        "#!returnn.py\n"
+        "import numpy\n"
+        "rng = numpy.random.RandomState(3)\n"
+        "lens = [3, 250, 5, 2, 9, 4, 6]\n"
+        "train = {'class': 'StaticDataset', 'data': [\n"
+        "    {'data': rng.randn(n, 5).astype('float32'), 'classes': rng.randint(0, 3, n).astype('int32')} for n in lens],\n"
+        "    'output_dim': {'data': (5, 2), 'classes': (3, 1)}}\n"
+        "extern_data = {'data': {'dim': 5}, 'classes': {'dim': 3, 'sparse': True}}\n"
+        f"network = {NETWORK!r}\n"
+        "batch_size = 100\n"
+        "max_seqs = 2\n"
+        f"model = {str(tmp_path / 'model')!r}\n"
+        f"learning_rate_file = {str(tmp_path / 'learning_rates')!r}\n"
+        "num_epochs = 1\n"
+        "learning_rate = 0.01\n"
+    )
+    assert main([str(path), "++ray_num_workers", "2"]) == 0
+    assert set(scores(tmp_path)[1]) == {"train_score", "train_error"}
+
+
+def test_more_workers_than_the_cluster_can_place_is_a_clear_error(ray_session, tmp_path, capsys):
+    assert main([write_config(tmp_path), "++ray_num_workers", "64"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("returnn-ray: error: ray_num_workers 64 needs 64 CPUs")
+    assert not (tmp_path / "learning_rates").exists()
+
+
+def test_returnn_torch_demo_config_runs_with_only_its_imports_changed(ray_session, tmp_path):
+    # experiments/demo-torch.config is RETURNN's demos/demo-torch.config with `returnn`
+    # imports replaced by ours: get_model, train_step marking losses, extern_data surface.
+    demo = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "demo-torch.config")
+    args = [
+        demo,
+        "++num_epochs", "1",
+        "++log_verbosity", "3",
+        "++train", "{'class': 'Task12AXDataset', 'num_seqs': 60}",
+        "++dev", "{'class': 'Task12AXDataset', 'num_seqs': 10, 'fixed_random_seed': 1}",
+        "++model", str(tmp_path / "model"),
+        "++learning_rate_file", str(tmp_path / "learning_rates"),
+    ]
+    assert main(args) == 0
+    assert set(scores(tmp_path)[1]) == {"train_loss_ce", "train_loss_fer", "dev_loss_ce", "dev_loss_fer"}
+    assert find_checkpoints(str(tmp_path / "model")) == [1]

@@ -1,0 +1,51 @@
+"""Bad training configs fail before Ray starts, with one line naming the culprit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+BASE = {
+    "task": "train",
+    "train": {"class": "Task12AXDataset", "num_seqs": 5},
+    "num_inputs": 9,
+    "num_outputs": 2,
+    "network": {"output": {"class": "softmax", "loss": "ce"}},
+    "batch_size": 400,
+    "num_epochs": 1,
+}
+
+
+def run_cli(tmp_path, **changes) -> subprocess.CompletedProcess:
+    config = {**BASE, "model": str(tmp_path / "m" / "model"), **changes}
+    config = {k: v for k, v in config.items() if v is not None}
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(config))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run(
+        [sys.executable, "-m", "returnn_ray", str(path)], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    "changes, culprit",
+    [
+        ({"network": {"output": {"class": "softmaks", "loss": "ce"}}}, "softmaks"),
+        ({"network": {"output": {"class": "softmax", "loss": "ce", "from": ["nope"]}}}, "nope"),
+        ({"network": {"a": {"class": "linear", "n_out": 4, "from": ["b"]}, "b": {"class": "linear", "n_out": 4, "from": ["a"]}, "output": {"class": "softmax", "loss": "ce", "from": ["a"]}}}, "cycle"),
+        ({"train": None}, "train"),
+        ({"network": None}, "model"),
+        ({"model": "/proc/returnn_ray_cannot_write/model"}, "/proc/returnn_ray_cannot_write"),
+    ],
+)
+def test_bad_training_config_is_one_line_and_writes_nothing(tmp_path, changes, culprit):
+    proc = run_cli(tmp_path, **changes)
+    assert proc.returncode == 2, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("returnn-ray: error:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert culprit in lines[0]
+    assert not (tmp_path / "m").exists() or not os.listdir(tmp_path / "m")

@@ -1,0 +1,295 @@
+"""returnn_ray.training.optim: optimizer from the config, clipping, AMP, accumulation; against RETURNN's updater."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from returnn_ray.errors import ConfigError
+from returnn_ray.training.optim import (
+    AmpSettings,
+    amp_context,
+    apply_update,
+    build_optimizer,
+    clip_gradients,
+    make_grad_scaler,
+    set_learning_rate,
+    should_step,
+)
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Embedding(5, 4), torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2, bias=False)
+    )
+
+
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("adam", torch.optim.Adam),
+        ("AdamW", torch.optim.AdamW),
+        ("sgd", torch.optim.SGD),
+        ("nadam", torch.optim.NAdam),
+        ("rmsprop", torch.optim.RMSprop),
+        ("adagrad", torch.optim.Adagrad),
+        ("torch.optim.Adamax", torch.optim.Adamax),
+        (torch.optim.RAdam, torch.optim.RAdam),
+        (lambda: torch.optim.Adadelta, torch.optim.Adadelta),  # RETURNN: a callable returns the class
+    ],
+)
+def test_optimizer_class_by_name(name, cls):
+    opt = build_optimizer(_model(), optimizer={"class": name}, learning_rate=0.25)
+    assert type(opt) is cls
+    assert [g["lr"] for g in opt.param_groups] == [0.25]
+
+
+def test_optimizer_options_and_epsilon():
+    opt = build_optimizer(
+        _model(), optimizer={"class": "adam", "epsilon": 1e-5, "betas": (0.8, 0.9)}, learning_rate=0.1
+    )
+    assert opt.param_groups[0]["eps"] == 1e-5 and opt.param_groups[0]["betas"] == (0.8, 0.9)
+
+
+@pytest.mark.parametrize(
+    "optimizer, message",
+    [
+        ({"class": "adam", "learning_rate": 0.1}, "found 'learning_rate'"),
+        ({"class": "adam", "lr": 0.1}, "found 'lr'"),
+        ({"class": "adamww"}, "not a torch.optim optimizer; did you mean 'adamw'?"),
+        ({"class": "adam", "beta": (0.9, 0.99)}, "unknown option 'beta'; did you mean 'betas'?"),
+        ({"class": "rprop", "weight_decay": 0.1}, "unknown option 'weight_decay'"),
+        ({"betas": (0.9, 0.99)}, "has no 'class'"),
+        ({"class": "mypackage_that_does_not_exist.Lion"}, "cannot be imported"),
+        ({"class": "torch.nn.Linear"}, "not a torch.optim.Optimizer subclass"),
+        (42, "must be a dict"),
+    ],
+)
+def test_optimizer_config_errors(optimizer, message):
+    with pytest.raises(ConfigError, match=message):
+        build_optimizer(_model(), optimizer=optimizer, learning_rate=0.1)
+
+
+def test_defaults_and_old_flags():
+    model = _model()
+    sgd = build_optimizer(model, learning_rate=0.5)
+    assert type(sgd) is torch.optim.SGD and sgd.param_groups[0]["lr"] == 0.5  # RETURNN TF's default
+    with pytest.raises(ConfigError, match=r"no optimizer set; set e.g. optimizer = \{'class': 'adam'\}"):
+        build_optimizer(model, learning_rate=0.5, default="error")  # RETURNN's torch engine
+    adam = build_optimizer(model, adam=True, learning_rate=0.1)
+    nadam = build_optimizer(model, nadam=True, learning_rate=0.1)
+    assert type(adam) is torch.optim.Adam and type(nadam) is torch.optim.NAdam
+    assert adam.param_groups[0]["eps"] == 1e-16  # RETURNN TF's optimizer_epsilon default
+    with pytest.raises(ConfigError, match="both adam = True and nadam = True"):
+        build_optimizer(model, adam=True, nadam=True, learning_rate=0.1)
+    with pytest.warns(UserWarning, match="the 'optimizer' dict is used"):
+        assert type(build_optimizer(model, optimizer={"class": "sgd"}, adam=True, learning_rate=0.1)) is torch.optim.SGD
+
+
+def _group_names(model, opt) -> list[tuple[list[str], float]]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [([names[id(p)] for p in g["params"]], g["weight_decay"]) for g in opt.param_groups]
+
+
+def test_weight_decay_groups():
+    model = _model()
+    opt = build_optimizer(model, optimizer={"class": "adamw", "weight_decay": 0.1}, learning_rate=0.1)
+    assert _group_names(model, opt) == [
+        (["1.weight", "3.weight"], 0.1),
+        (["0.weight", "1.bias", "2.bias", "2.weight"], 0.0),
+    ]
+    opt = build_optimizer(
+        model,
+        optimizer={"class": "adamw", "weight_decay": 0.1, "weight_decay_modules_blacklist": ["torch.nn.Linear"]},
+        learning_rate=0.1,
+    )
+    # the blacklist replaces the default one; biases never get weight decay
+    assert _group_names(model, opt) == [
+        (["0.weight", "2.weight"], 0.1),
+        (["1.bias", "1.weight", "2.bias", "3.weight"], 0.0),
+    ]
+    opt = build_optimizer(
+        model,
+        optimizer={
+            "class": "adamw",
+            "weight_decay": 0.1,
+            "weight_decay_custom_include_check": lambda *, full_param_name, **_: (
+                True if full_param_name == "1.bias" else None
+            ),
+        },
+        learning_rate=0.1,
+    )
+    assert _group_names(model, opt)[0] == (["1.bias", "1.weight", "3.weight"], 0.1)
+    with pytest.raises(ConfigError, match="cannot import 'torch.nn.NoSuchNorm'"):
+        build_optimizer(
+            model,
+            optimizer={
+                "class": "adamw",
+                "weight_decay": 0.1,
+                "weight_decay_modules_blacklist": ["torch.nn.NoSuchNorm"],
+            },
+            learning_rate=0.1,
+        )
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        {"class": "adamw", "weight_decay": 0.1, "epsilon": 1e-5},
+        {"class": "adam", "weight_decay": 0.01, "weight_decay_modules_blacklist": ["torch.nn.Linear"]},
+        {"class": "sgd", "momentum": 0.9},
+    ],
+)
+def test_optimizer_like_returnn(optimizer):
+    """Differential: same class, param groups (members, order, options) as RETURNN's torch Updater."""
+    returnn_config = pytest.importorskip("returnn.config")
+    returnn_updater = pytest.importorskip("returnn.torch.updater")
+    model = _model()
+    updater = returnn_updater.Updater(
+        config=returnn_config.Config({"optimizer": dict(optimizer)}),
+        network=model,
+        device="cpu",
+        initial_learning_rate=0.3,
+    )
+    updater.create_optimizer()
+    theirs = updater.optimizer
+    ours = build_optimizer(model, optimizer=optimizer, learning_rate=0.3)
+    assert type(ours) is type(theirs)
+    assert len(ours.param_groups) == len(theirs.param_groups)
+    for o, t in zip(ours.param_groups, theirs.param_groups):
+        assert [id(p) for p in o["params"]] == [id(p) for p in t["params"]]
+        assert {k: v for k, v in o.items() if k != "params"} == {k: v for k, v in t.items() if k != "params"}
+
+
+def test_param_groups_custom_and_lr_multiplier():
+    model = _model()
+
+    def groups(*, model, optimizer_class, optimizer_opts, **_):
+        return [
+            {"params": list(model[0].parameters()), "learning_rate_multiplier": 0.1},
+            {"params": [p for m in list(model)[1:] for p in m.parameters()]},
+        ]
+
+    opt = build_optimizer(model, optimizer={"class": "sgd", "param_groups_custom": groups}, learning_rate=2.0)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.2, 2.0])
+    set_learning_rate(opt, 0.5)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.05, 0.5])
+    # the multiplier survives a checkpoint round trip
+    fresh = build_optimizer(model, optimizer={"class": "sgd", "param_groups_custom": groups}, learning_rate=1.0)
+    fresh.load_state_dict(opt.state_dict())
+    set_learning_rate(fresh, 1.0)
+    assert [g["lr"] for g in fresh.param_groups] == pytest.approx([0.1, 1.0])
+
+
+def test_plain_params_get_uniform_weight_decay():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = build_optimizer([p], optimizer={"class": "adamw", "weight_decay": 0.2}, learning_rate=0.1)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.2]
+
+
+def _params_with_grads():
+    a = torch.nn.Parameter(torch.zeros(2))
+    b = torch.nn.Parameter(torch.zeros(1))
+    a.grad = torch.tensor([3.0, -10.0])
+    b.grad = torch.tensor([0.5])
+    return [a, b]
+
+
+def test_clip_gradients():
+    params = _params_with_grads()
+    assert clip_gradients(params, 0.0, None) is None and params[0].grad.tolist() == [3.0, -10.0]  # 0: off
+    norm = clip_gradients(params, 4.0, 2.5)  # value first: [3, -4], 0.5 -> norm 5.0249
+    assert norm.item() == pytest.approx((9 + 16 + 0.25) ** 0.5)
+    total = torch.cat([p.grad for p in params]).norm()
+    assert total.item() == pytest.approx(2.5, rel=1e-5)
+    with pytest.raises(ConfigError, match="gradient_clip must be >= 0"):
+        clip_gradients(params, -1.0, None)
+
+
+def test_clipping_like_returnn():
+    """Differential: the update after clipping equals RETURNN's Updater.step with the same options."""
+    returnn_config = pytest.importorskip("returnn.config")
+    returnn_updater = pytest.importorskip("returnn.torch.updater")
+
+    def run(ours: bool) -> list[torch.Tensor]:
+        model = _model()
+        for i, p in enumerate(model.parameters()):
+            p.grad = torch.full_like(p, float(i + 1)) * torch.linspace(-2, 2, p.numel()).view_as(p)
+        opts = {"optimizer": {"class": "sgd"}, "gradient_clip": 1.5, "gradient_clip_global_norm": 3.0}
+        if ours:
+            opt = build_optimizer(model, optimizer=opts["optimizer"], learning_rate=0.1)
+            apply_update(opt, model, gradient_clip=1.5, gradient_clip_global_norm=3.0)
+        else:
+            updater = returnn_updater.Updater(
+                config=returnn_config.Config(opts), network=model, device="cpu", initial_learning_rate=0.1
+            )
+            updater.create_optimizer()
+            updater.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    for o, t in zip(run(True), run(False)):
+        torch.testing.assert_close(o, t)
+
+
+def test_amp_settings():
+    assert AmpSettings.from_config(None) is None
+    assert AmpSettings.from_config("bfloat16") == AmpSettings(torch.bfloat16, {})
+    assert AmpSettings.from_config({"dtype": "float16"}) == AmpSettings(torch.float16, {})
+    assert AmpSettings.from_config({"dtype": None}) == AmpSettings(None, {})
+    assert AmpSettings.from_config("bfloat16", grad_scaler=None) == AmpSettings(torch.bfloat16, None)
+    assert AmpSettings.from_config({"dtype": "float16", "grad_scaler": {"init_scale": 8.0}}).grad_scaler == {
+        "init_scale": 8.0
+    }
+    with pytest.raises(ConfigError, match="torch_amp dtype 'float8' is not one of"):
+        AmpSettings.from_config("float8")
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['enabled'\]"):
+        AmpSettings.from_config({"dtype": "bfloat16", "enabled": True})
+    with pytest.raises(ConfigError, match="grad_scaler must be a dict"):
+        AmpSettings.from_config("float16", grad_scaler=True)
+
+
+def test_amp_context_on_cpu():
+    lin = torch.nn.Linear(4, 3)
+    x = torch.ones(2, 4)
+    with amp_context("bfloat16", "cpu"):
+        y = lin(x)
+    assert y.dtype == torch.bfloat16
+    with amp_context(None, "cpu"):
+        assert lin(x).dtype == torch.float32
+    with amp_context(AmpSettings.from_config({"dtype": "bfloat16"}), "cpu"):
+        loss = lin(x).float().sum()
+    loss.backward()
+    assert lin.weight.grad.dtype == torch.float32  # params and their grads stay float32
+
+
+def test_grad_scaler_only_on_cuda():
+    assert make_grad_scaler("float16", "cpu") is None
+    assert make_grad_scaler(None, "cuda") is None
+    assert make_grad_scaler({"dtype": "float16", "grad_scaler": None}, "cuda") is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "CUDA is not available" on CPU-only machines
+        scaler = make_grad_scaler({"dtype": "float16", "grad_scaler": {"init_scale": 8.0}}, "cuda")
+    assert isinstance(scaler, torch.amp.GradScaler)
+
+
+def test_accumulation_drops_the_partial_step_at_epoch_end():
+    """accum_grad_multiple_step=2, epochs of 3 steps: an update after step 1 of each epoch; step 2's grads dropped."""
+    assert [should_step(i, 1) for i in range(3)] == [True, True, True]
+    assert [should_step(i, 2) for i in range(3)] == [False, True, False]
+    with pytest.raises(ConfigError, match="accum_grad_multiple_step must be >= 1"):
+        should_step(0, 0)
+
+    w = torch.nn.Parameter(torch.zeros(()))
+    opt = torch.optim.SGD([w], lr=1.0)
+    grads = [[1.0, 2.0, 100.0], [3.0, 4.0, 100.0]]  # per epoch, per step
+    for epoch_grads in grads:
+        opt.zero_grad()  # each epoch starts from zero grads
+        for i, g in enumerate(epoch_grads):
+            (w * g).backward()
+            if should_step(i, 2):
+                opt.step()
+                opt.zero_grad()
+    assert w.item() == -(1 + 2) - (3 + 4)  # summed over the accumulation, the 100s never applied
