@@ -15,8 +15,12 @@ def init_ray(
     rebuild a Python config, :meth:`returnn_ray.config.Config.worker_env`). A no-op if this
     process is already connected.
     """
+    import logging
+
     import ray
 
+    # Ray announces on every start that token auth is on; nothing for a returnn-ray user to act on.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None

@@ -82,6 +82,7 @@ def _fit(settings: Settings, config: Config, start: float) -> int:
             "worker_env": config.worker_env(),
             "log_queue": queue,
             "use_gpu": use_gpu,
+            "process_start": _process_start_time(),
         },
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -100,6 +101,13 @@ def _fit(settings: Settings, config: Config, start: float) -> int:
         log.close()
     log.print(f"returnn-ray: finished training in {time.monotonic() - start:.1f} s")
     return 0
+
+
+def _process_start_time() -> float:
+    """When this `returnn-ray` process started (wall clock), for the time-to-first-step figure."""
+    import psutil  # ships with ray[default]
+
+    return psutil.Process().create_time()
 
 
 def _check_placeable(num_workers: int, use_gpu: bool) -> None:

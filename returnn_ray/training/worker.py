@@ -142,7 +142,7 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
         log.line(f"start epoch {epoch} global train step {step} with effective learning rate {lr} ...")
         start = time.monotonic()
         train_scores, step = _train_epoch(
-            settings, ctx, spec, train_model, optimizer, grad_scaler, train, specs, epoch, step, log
+            settings, ctx, spec, train_model, optimizer, grad_scaler, train, specs, epoch, step, log, job.get("process_start")
         )
         train_secs = time.monotonic() - start
         scores = score_keys("train", train_scores)
@@ -163,7 +163,9 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
     return {"epoch": num_epochs, "step": step}
 
 
-def _train_epoch(settings, ctx, spec: ModelSpec, model, optimizer, grad_scaler, train: Dataset, specs, epoch, step, log):
+def _train_epoch(
+    settings, ctx, spec: ModelSpec, model, optimizer, grad_scaler, train: Dataset, specs, epoch, step, log, job_start
+):
     model.train()
     order = train.seq_order_for_epoch(epoch)
     plan = plan_epoch(order, train.seq_lens, batching_options(settings, "train"), ctx.world_size)
@@ -197,6 +199,8 @@ def _train_epoch(settings, ctx, spec: ModelSpec, model, optimizer, grad_scaler, 
                 gradient_clip_global_norm=settings.training.gradient_clip_global_norm,
             )
             optimizer.zero_grad(set_to_none=True)
+        if step == 0 and job_start is not None:
+            log.line(f"time to first training step: {time.time() - job_start:.1f} s since returnn-ray started", level=4)
         acc.add(losses, weight=weight)
         step += 1
         now = time.monotonic()
