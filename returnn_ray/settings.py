@@ -266,6 +266,7 @@ class ForwardSettings(_Checked):
     search_output_file: str | None = setting(None, "search: results file.", read="str")
     search_output_file_format: Literal["py", "txt"] = setting("py", "search: py (a dict by seq tag) or txt.", read="str")
     search_output_beam: bool = setting(False, "search, py format: the whole beam [(score, hyp), ...].", read="bool")
+    eval_output_file: str | None = setting(None, "eval: file for the scores ({dataset: {key: value}}).", read="str")
 
     def _validate(self) -> None:
         if self.beam_size < 1:

@@ -55,16 +55,24 @@ def run(settings: Settings, config: Config) -> int:
 
 
 def _fit(settings: Settings, config: Config, start: float) -> int:
-    from ray import cloudpickle
+    from returnn_ray.training.worker import train_loop_per_worker
+
+    run_on_workers(settings, config, train_loop_per_worker, what="training", run_name="returnn_ray_train")
+    print(f"returnn-ray: finished training in {time.monotonic() - start:.1f} s", flush=True)
+    return 0
+
+
+def run_on_workers(settings: Settings, config: Config, loop, *, what: str, run_name: str, extra: dict | None = None):
+    """Run ``loop`` (a ``train_loop_per_worker``) on ``ray_num_workers`` DDP workers of a
+    ``TorchTrainer``, printing rank 0's log lines; a worker's UserError becomes the driver's."""
+    import ray
     import ray.train
+    from ray import cloudpickle
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Queue
 
     from returnn_ray.training.log import DriverLog
-    from returnn_ray.training.worker import train_loop_per_worker
-
-    import ray
 
     # RETURNN picks the GPU when there is one and `device` is unset.
     use_gpu = settings.run.device == "gpu" or (
@@ -76,31 +84,30 @@ def _fit(settings: Settings, config: Config, start: float) -> int:
     log = DriverLog(queue, log_files=settings.run.log).start()
     model_dir = os.path.dirname(os.path.abspath(settings.run.model or "returnn_ray_out/model"))
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        loop,
         train_loop_config={
             "settings": cloudpickle.dumps(settings),
             "worker_env": config.worker_env(),
             "log_queue": queue,
             "use_gpu": use_gpu,
             "process_start": _process_start_time(),
+            **(extra or {}),
         },
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(
-            name="returnn_ray_train",
+            name=run_name,
             storage_path=os.path.join(model_dir, "ray_train"),
             failure_config=FailureConfig(max_failures=settings.run.ray_max_failures),
         ),
     )
-    log.print(f"returnn-ray: training with {num_workers} worker(s) on Ray ({'gpu' if use_gpu else 'cpu'})")
+    log.print(f"returnn-ray: {what} with {num_workers} worker(s) on Ray ({'gpu' if use_gpu else 'cpu'})")
     try:
-        trainer.fit()
+        return trainer.fit()
     except ray.train.TrainingFailedError as exc:
         raise _user_error_from(exc) or exc
     finally:
         log.close()
-    log.print(f"returnn-ray: finished training in {time.monotonic() - start:.1f} s")
-    return 0
 
 
 def _process_start_time() -> float:

@@ -362,6 +362,11 @@ def load_checkpoint(model: str, epoch: int, *, map_location: Any = "cpu", weight
     return _torch_load(checkpoint_path(model, epoch), map_location, weights_only)
 
 
+def load_checkpoint_file(path: str, *, map_location: Any = "cpu") -> dict[str, Any]:
+    """The dict of a checkpoint file (e.g. :func:`checkpoint_to_load`'s ``path``), safe loader."""
+    return _torch_load(path, map_location, True)
+
+
 def load_optimizer_state(
     model: str, epoch: int, *, map_location: Any = "cpu", weights_only: bool = True
 ) -> dict[str, Any]:

@@ -76,12 +76,8 @@ def data_specs(settings: Settings, train: Dataset) -> dict[str, DataSpec]:
     return {k: train.specs.get(k, s) for k, s in specs.items()} if specs else dict(train.specs)
 
 
-def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
-    """Ray Train's ``train_loop_per_worker``; ``job`` is built by :mod:`returnn_ray.tasks.train`.
-
-    The settings come pickled (they hold functions of a Python config), so that this process
-    first learns which config to rebuild for them (:func:`use_worker_config`).
-    """
+def start_worker(job: Mapping[str, Any]) -> tuple[Settings, WorkerContext, WorkerLog]:
+    """The settings (unpickled once this process knows which config to rebuild), rank and log."""
     from ray import cloudpickle
 
     from returnn_ray.config_workers import use_worker_config
@@ -91,6 +87,16 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
     ctx = _context(job.get("use_gpu", False))
     log = WorkerLog(job.get("log_queue"), enabled=ctx.is_chief, verbosity=settings.run.log_verbosity)
     torch.manual_seed(job.get("seed", 42))
+    return settings, ctx, log
+
+
+def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
+    """Ray Train's ``train_loop_per_worker``; ``job`` is built by :mod:`returnn_ray.tasks.train`.
+
+    The settings come pickled (they hold functions of a Python config), so that this process
+    first learns which config to rebuild for them (:func:`use_worker_config`).
+    """
+    settings, ctx, log = start_worker(job)
 
     train = open_dataset(settings, "train")
     evals = {name: open_dataset(settings, name) for name in eval_dataset_names(settings)}
@@ -150,7 +156,7 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
         log.line(f"Epoch {epoch}: Total train loss: {format_scores(train_scores)}  ({hms(train_secs)})")
         eval_text = []
         for name, dataset in evals.items():
-            ds_scores = _eval_epoch(settings, ctx, spec, model, dataset, name, specs, epoch, step)
+            ds_scores = eval_epoch(settings, ctx, spec, model, dataset, name, specs, epoch, step)
             scores.update(score_keys(name, ds_scores))
             eval_text.append(f"{name}: {format_scores(ds_scores)}")
         if eval_text:
@@ -159,7 +165,7 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
         lr_control.set_epoch_meta(epoch, {"epoch_train_time_secs": round(train_secs), "global_train_step_end": step})
         if ctx.is_chief:
             _save_epoch(settings, lr_control, model, optimizer, epoch, step, lr)
-        _report(ctx, epoch, step, scores, lr)
+        report(ctx, epoch, step, scores, lr)
     return {"epoch": num_epochs, "step": step}
 
 
@@ -223,7 +229,7 @@ def _loss_names(spec: ModelSpec, model, padding: Batch, epoch: int, step: int, a
         return list(spec.step(model, padding, epoch=epoch, step=step))
 
 
-def _eval_epoch(settings, ctx, spec: ModelSpec, model, dataset: Dataset, name: str, specs, epoch, step) -> dict:
+def eval_epoch(settings, ctx, spec: ModelSpec, model, dataset: Dataset, name: str, specs, epoch, step) -> dict:
     """Score ``dataset`` with the current model, each rank on its shard; no collectives until the reduce."""
     model.eval()
     plan = plan_epoch(dataset.seq_order_for_epoch(epoch), dataset.seq_lens, batching_options(settings, name), ctx.world_size)
@@ -280,7 +286,7 @@ def _save_epoch(settings: Settings, lr_control, model, optimizer, epoch: int, st
             checkpoints.delete_checkpoint(prefix, old)
 
 
-def _report(ctx: WorkerContext, epoch: int, step: int, scores: Mapping[str, float], lr: float) -> None:
+def report(ctx: WorkerContext, epoch: int, step: int, scores: Mapping[str, float], lr: float) -> None:
     """Every rank reports once per epoch (a sync point in Ray Train; per-step reports are throttled).
 
     Rank 0 attaches a small checkpoint marker, so Ray Train's failure handling knows the

@@ -150,3 +150,22 @@ def test_returnn_torch_demo_config_runs_with_only_its_imports_changed(ray_sessio
     assert main(args) == 0
     assert set(scores(tmp_path)[1]) == {"train_loss_ce", "train_loss_fer", "dev_loss_ce", "dev_loss_fer"}
     assert find_checkpoints(str(tmp_path / "model")) == [1]
+
+
+def test_eval_task_scores_a_checkpoint_like_training_did(ray_session, tmp_path):
+    config = write_config(tmp_path, num_epochs=1)
+    assert main([config]) == 0
+    out = tmp_path / "eval_scores.txt"
+    assert main([config, "++task", "eval", "++eval_output_file", str(out), "++ray_num_workers", "2"]) == 0
+    import ast
+
+    written = ast.literal_eval(out.read_text())
+    trained = scores(tmp_path)[1]
+    assert set(written) == {"dev"}
+    for key, value in written["dev"].items():
+        assert value == pytest.approx(trained[key], rel=1e-5), key
+
+
+def test_eval_without_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert main([write_config(tmp_path), "++task", "eval"]) == 2
+    assert "no checkpoint found" in capsys.readouterr().err

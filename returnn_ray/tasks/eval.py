@@ -1,0 +1,38 @@
+"""``task = "eval"``: score a checkpoint (``load_epoch``, else the newest) on ``dev``, ``eval``
+and every ``eval_datasets`` entry, across ``ray_num_workers`` workers; print the scores and,
+with ``eval_output_file``, write them (a Python dict literal ``{dataset: {key: value}}``)."""
+
+from __future__ import annotations
+
+import time
+
+from returnn_ray.config import Config
+from returnn_ray.errors import ConfigError
+from returnn_ray.settings import Settings
+from returnn_ray.tasks.common import open_dataset
+from returnn_ray.tasks.train import RAY_TRAIN_ENV, run_on_workers
+from returnn_ray.training import checkpoints
+from returnn_ray.training.steps import model_spec
+from returnn_ray.training.worker import data_specs, eval_dataset_names
+
+
+def run(settings: Settings, config: Config) -> int:
+    names = eval_dataset_names(settings)
+    if not names:
+        raise ConfigError("task 'eval' needs a dataset to score: set `eval`, `dev` or `eval_datasets`")
+    datasets = [open_dataset(settings, name) for name in names]
+    model_spec(settings, data_specs(settings, datasets[0]))
+    checkpoints.checkpoint_to_load(settings.run.model, settings.run.load_epoch, load=settings.run.load)
+    if settings.forward.eval_output_file:
+        checkpoints.check_model_dir_writable(settings.forward.eval_output_file)
+
+    from returnn_ray.ray_setup import init_ray
+    from returnn_ray.training.eval_worker import eval_loop_per_worker
+
+    start = time.monotonic()
+    init_ray(settings.run.ray_address, env_vars=RAY_TRAIN_ENV)
+    run_on_workers(
+        settings, config, eval_loop_per_worker, what="evaluating", run_name="returnn_ray_eval", extra={"datasets": names}
+    )
+    print(f"returnn-ray: finished evaluation in {time.monotonic() - start:.1f} s", flush=True)
+    return 0

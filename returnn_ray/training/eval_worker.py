@@ -1,0 +1,44 @@
+"""The loop every Ray Train worker runs for ``task = "eval"``: score one checkpoint on datasets.
+
+Each rank scores its shard of every dataset (the same batch plan as after a training epoch);
+the sums are all-reduced, so the scores equal a one-worker evaluation. Rank 0 prints them and
+writes ``eval_output_file`` (atomically).
+"""
+
+from __future__ import annotations
+
+import pprint
+from typing import Any, Mapping
+
+from returnn_ray.atomic import atomic_write
+from returnn_ray.tasks.common import open_dataset
+from returnn_ray.training import checkpoints
+from returnn_ray.training.log import format_scores
+from returnn_ray.training.scores import score_keys
+from returnn_ray.training.steps import model_spec
+from returnn_ray.training.worker import data_specs, eval_epoch, start_worker
+
+
+def eval_loop_per_worker(job: Mapping[str, Any]) -> dict:
+    settings, ctx, log = start_worker(job)
+    names: list[str] = job["datasets"]
+    datasets = {name: open_dataset(settings, name) for name in names}
+    specs = data_specs(settings, next(iter(datasets.values())))
+    spec = model_spec(settings, specs)
+    which = checkpoints.checkpoint_to_load(settings.run.model, settings.run.load_epoch, load=settings.run.load)
+    state = checkpoints.load_checkpoint_file(which.path)
+    model = spec.build(which.epoch, int(state.get("step", 0)))
+    model.load_state_dict(state["model"])
+    model.to(ctx.device)
+    log.line(f"Evaluating {which.path} (epoch {which.epoch})")
+    results: dict[str, dict[str, float]] = {}
+    for name, dataset in datasets.items():
+        scores = eval_epoch(settings, ctx, spec, model, dataset, name, specs, which.epoch, int(state.get("step", 0)))
+        results[name] = score_keys(name, scores)
+        log.line(f"{name}: {format_scores(scores)}")
+    if ctx.is_chief and settings.forward.eval_output_file:
+        atomic_write(settings.forward.eval_output_file, pprint.pformat(results, sort_dicts=True) + "\n")
+    import ray.train
+
+    ray.train.report({k: v for scores in results.values() for k, v in scores.items()})
+    return results
