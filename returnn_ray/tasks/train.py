@@ -105,7 +105,7 @@ def run_on_workers(settings: Settings, config: Config, loop, *, what: str, run_n
     try:
         return trainer.fit()
     except ray.train.TrainingFailedError as exc:
-        raise _user_error_from(exc) or exc
+        raise _user_error_from(exc) or _worker_death(exc, settings) or exc
     finally:
         log.close()
 
@@ -137,6 +137,28 @@ def default_num_workers(use_gpu: bool) -> int:
     import ray
 
     return max(1, int(ray.cluster_resources().get("GPU", 0))) if use_gpu else 1
+
+
+def _worker_death(exc: BaseException, settings: Settings) -> UserError | None:
+    """A worker process that died (killed, out of memory, node lost) as a one-line error that
+    says where and how to go on; Ray's own report is a page of actor metadata."""
+    import re
+
+    for rank, error in sorted((getattr(exc, "worker_failures", None) or {}).items()):
+        text = str(error)
+        if type(error).__name__ != "WorkerHealthCheckFailedError" and "actor died" not in text.lower():
+            continue
+        host = re.search(r"hostname='([^']*)'", text)
+        pid = re.search(r"\bpid=(\d+)", text)
+        where = f" on node {host.group(1)}" if host else ""
+        where += f" (pid {pid.group(1)})" if pid else ""
+        newest = checkpoints.newest_complete_epoch(settings.run.model) if settings.run.model else None
+        resume = f"resume after epoch {newest}" if newest else "start again"
+        return UserError(
+            f"training worker rank {rank}{where} died (killed, out of memory, or its node was lost); "
+            f"rerun the same command to {resume}, or set ray_max_failures to let Ray restart it"
+        )
+    return None
 
 
 def _user_error_from(exc: BaseException) -> UserError | None:

@@ -97,6 +97,8 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
     first learns which config to rebuild for them (:func:`use_worker_config`).
     """
     settings, ctx, log = start_worker(job)
+    if job.get("process_start") is not None:
+        log.line(f"training worker {ctx.rank} up {time.time() - job['process_start']:.1f} s after returnn-ray started", level=4)
 
     train = open_dataset(settings, "train")
     evals = {name: open_dataset(settings, name) for name in eval_dataset_names(settings)}
