@@ -1,7 +1,9 @@
 """returnn_ray: run RETURNN experiment configs on Ray.
 
-The public surface, for config authors and scripts, is what :data:`__all__` lists; every
-other module is internal. Importing the package is cheap (no torch, no Ray).
+The public surface, for config authors and scripts, is what :data:`__all__` lists, plus the
+RETURNN-compatible modules torch-style configs import instead of ``returnn``'s:
+``returnn_ray.frontend`` (as ``rf``), ``returnn_ray.tensor`` and ``returnn_ray.util.basic``.
+Every other module is internal. Importing the package is cheap (no torch, no Ray).
 """
 
 from returnn_ray.config import Config, load_config
