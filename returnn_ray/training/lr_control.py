@@ -249,6 +249,15 @@ class LearningRateControl:
         before = [e for e in self.epochs if e < epoch]
         return max(before) if before else None
 
+    def _last_lr_and_pair(self, epoch: int) -> tuple[float, tuple[int, int] | None]:
+        """The newest recorded lr before ``epoch`` (else the initial one) and the last two
+        recorded epochs ``(older, newer)`` before ``epoch``, if there are two: what newbob compares."""
+        last = self._last_epoch(epoch)
+        if last is None:
+            return self.default_learning_rate, None
+        last2 = self._last_epoch(last)
+        return self.epochs[last].learning_rate, (None if last2 is None else (last2, last))
+
     def _most_recent_learning_rate(self, epoch: int, *, exclude_current: bool = True) -> float:
         for e in sorted(self.epochs, reverse=True):
             if e < epoch or (e == epoch and not exclude_current):
@@ -294,14 +303,10 @@ class NewbobRelative(LearningRateControl):
         self.relative_error_threshold = float(newbob_relative_error_threshold)
 
     def _calc_learning_rate(self, epoch: int) -> float:
-        last = self._last_epoch(epoch)
-        if last is None:
-            return self.default_learning_rate
-        lr = self.epochs[last].learning_rate
-        last2 = self._last_epoch(last)
-        if last2 is None:
+        lr, pair = self._last_lr_and_pair(epoch)
+        if pair is None:
             return lr
-        rel = self.relative_error(last2, last)
+        rel = self.relative_error(*pair)
         if rel is None:
             return lr
         return self._decay_or_grow(lr, decay=rel > self.relative_error_threshold)
@@ -317,13 +322,10 @@ class NewbobAbs(LearningRateControl):
         self.error_threshold = float(newbob_error_threshold)
 
     def _calc_learning_rate(self, epoch: int) -> float:
-        last = self._last_epoch(epoch)
-        if last is None:
-            return self.default_learning_rate
-        lr = self.epochs[last].learning_rate
-        last2 = self._last_epoch(last)
-        if last2 is None:
+        lr, pair = self._last_lr_and_pair(epoch)
+        if pair is None:
             return lr
+        last2, last = pair
         old_key, old = self.epoch_error(last2)
         new_key, new = self.epoch_error(last)
         if old is None or new is None or old_key != new_key:
