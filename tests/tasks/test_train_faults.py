@@ -12,7 +12,6 @@ process (the embedded Ray's raylet is our child), never anything else on the mac
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -23,43 +22,25 @@ from pathlib import Path
 import pytest
 
 from returnn_ray.cli import main
+from test_train import write_config as base_config  # tests/tasks is on sys.path (rootdir import)
 from returnn_ray.training.checkpoints import checkpoint_path, find_checkpoints, opt_path
 from returnn_ray.training.lr_file import load_learning_rate_file
-
-NETWORK = {
-    "hidden": {"class": "linear", "activation": "tanh", "n_out": 16},
-    "output": {"class": "softmax", "loss": "ce", "from": ["hidden"]},
-}
-pytestmark = pytest.mark.slow  # minutes, not seconds; runs in CI (`-m "not slow"` skips it locally)
 
 NUM_EPOCHS = 3
 RUN_TIMEOUT_S = 300.0
 
 
-def write_config(directory: Path, **overrides) -> str:
-    """Like tests/tasks/test_train.py's, but long enough to kill a worker mid-epoch: one seq per
+def write_config(directory: Path) -> str:
+    """tests/tasks/test_train.py's config, long enough to kill a worker mid-epoch: one seq per
     step, 800 steps, a few seconds per epoch on one CPU (epoch 1 also pays Ray Data's start-up)."""
-    config = {
-        "task": "train",
-        "train": {"class": "Task12AXDataset", "num_seqs": 800, "seq_ordering": "laplace:.10"},
-        "dev": {"class": "Task12AXDataset", "num_seqs": 10, "fixed_random_seed": 1},
-        "num_inputs": 9,
-        "num_outputs": 2,
-        "network": NETWORK,
-        "batch_size": 400,
-        "max_seqs": 1,
-        "adam": True,
-        "learning_rate": 0.01,
-        "model": str(directory / "model"),
-        "learning_rate_file": str(directory / "learning_rates"),
-        "log": str(directory / "train.log"),
-        "num_epochs": NUM_EPOCHS,
-        "log_verbosity": 4,
-    }
-    config.update(overrides)
-    path = directory / "train.json"
-    path.write_text(json.dumps(config))
-    return str(path)
+    return base_config(
+        directory,
+        train={"class": "Task12AXDataset", "num_seqs": 800, "seq_ordering": "laplace:.10"},
+        max_seqs=1,
+        num_epochs=NUM_EPOCHS,
+        log=str(directory / "train.log"),
+        log_verbosity=4,
+    )
 
 
 def scores(directory: Path) -> dict[int, dict[str, float]]:
