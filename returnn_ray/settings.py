@@ -234,7 +234,12 @@ class TrainingSettings(_Checked):
     apply_cleanup_old_models_to_optim_states: bool = setting(
         False, "Keep optimizer states as cleanup_old_models keeps models (default: only the last two).", read="bool"
     )
-    use_tensorboard: bool = setting(False, "Also write TensorBoard event files.", read="bool")
+    use_tensorboard: bool = setting(
+        False, "Also write TensorBoard event files (needs the tensorboard extra).", read="bool"
+    )
+    tensorboard_opts: dict | None = setting(
+        None, "log_every_n_train_steps (default 100); log_dir (default <model dir>/tensorboard)."
+    )
 
     def _validate(self) -> None:
         measure = self.learning_rate_control_error_measure

@@ -40,6 +40,10 @@ def check_before_start(settings: Settings) -> None:
         checkpoints.check_model_dir_writable(settings.run.model)
     if settings.training.learning_rate_file:
         checkpoints.check_model_dir_writable(settings.training.learning_rate_file)
+    if settings.training.use_tensorboard:
+        from returnn_ray.training.tensorboard import check_tensorboard
+
+        check_tensorboard(settings.training.tensorboard_opts or {})
 
 
 def run(settings: Settings, config: Config) -> int:

@@ -53,12 +53,15 @@ class WorkerLog:
         if self.enabled and level <= self.verbosity:
             self._queue.put(("line", text))
 
+    def progress_due(self, step: int, num_steps: int) -> bool:
+        """Whether a progress update for ``step`` would be sent (at most ~4 a second, and the last step)."""
+        return self.enabled and (time.monotonic() - self._last_progress >= 0.25 or step + 1 >= num_steps)
+
     def progress(self, *, epoch: int, step: int, num_steps: int, loss: float | None, elapsed: float) -> None:
-        """A live progress update; sent at most ~4 times a second."""
-        now = time.monotonic()
-        if not self.enabled or (now - self._last_progress < 0.25 and step + 1 < num_steps):
+        """A live progress update, if one is due (:meth:`progress_due`)."""
+        if not self.progress_due(step, num_steps):
             return
-        self._last_progress = now
+        self._last_progress = time.monotonic()
         self._queue.put(("progress", (epoch, step, num_steps, loss, elapsed)))
 
     def step_line(
@@ -82,9 +85,9 @@ class WorkerLog:
 class DriverLog:
     """The driver's side: prints what rank 0 sends, to stdout (and log files)."""
 
-    def __init__(self, queue, *, log_files: tuple[str, ...] = (), out: TextIO = sys.stdout) -> None:
+    def __init__(self, queue, *, log_files: tuple[str, ...] = (), out: TextIO | None = None) -> None:
         self._queue = queue
-        self._out = out
+        self._out = out = out or sys.stdout
         self._files = [open(path, "a", encoding="utf-8") for path in log_files]
         self._tty = out.isatty()
         self._progress_shown = False

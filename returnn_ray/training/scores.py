@@ -57,6 +57,13 @@ class ScoreAccumulator:
     def names(self) -> list[str]:
         return sorted(self._sums)
 
+    def local_mean(self, name: str) -> float | None:
+        """This rank's running ``Σ sum / Σ frames`` of ``name`` so far (no collective; for progress display)."""
+        if name not in self._sums:
+            return None
+        frames = float(self._frames[name])
+        return float(self._sums[name]) / frames if frames else None
+
 
 def score_keys(dataset_name: str, scores: Mapping[str, float]) -> dict[str, float]:
     """Scores under the keys RETURNN's learning_rate_file uses (``dev_score``, ``train_loss_ce``, ...).

@@ -33,6 +33,7 @@ from returnn_ray.training.lr_control import make_lr_control
 from returnn_ray.training.optim import amp_context, apply_update, build_optimizer, make_grad_scaler, set_learning_rate, should_step
 from returnn_ray.training.scores import ScoreAccumulator, objective, score_keys
 from returnn_ray.training.steps import ModelSpec, dummy_batch, model_spec
+from returnn_ray.training.tensorboard import TensorBoardLog, tensorboard_dir
 
 
 @dataclasses.dataclass
@@ -141,6 +142,7 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
         # counts cannot hang; network dicts have no buffers to keep in sync.
         train_model = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
 
+    tb = _tensorboard_log(settings) if ctx.is_chief else None
     num_epochs = settings.run.num_epochs
     if start_epoch > num_epochs:
         log.line(f"Already trained until final epoch {num_epochs}, nothing to do.")
@@ -150,17 +152,20 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
         log.line(f"start epoch {epoch} global train step {step} with effective learning rate {lr} ...")
         start = time.monotonic()
         train_scores, step = _train_epoch(
-            settings, ctx, spec, train_model, optimizer, grad_scaler, train, specs, epoch, step, log, job.get("process_start")
+            settings, ctx, spec, train_model, optimizer, grad_scaler, train, specs, epoch, step, log, job.get("process_start"), tb
         )
         train_secs = time.monotonic() - start
         scores = score_keys("train", train_scores)
         _check_finite(scores, epoch)
         log.line(f"Epoch {epoch}: Total train loss: {format_scores(train_scores)}  ({hms(train_secs)})")
+        log.line(f"epoch {epoch} train time {train_secs:.3f} s", level=4)
         eval_text = []
         for name, dataset in evals.items():
             ds_scores = eval_epoch(settings, ctx, spec, model, dataset, name, specs, epoch, step)
             scores.update(score_keys(name, ds_scores))
             eval_text.append(f"{name}: {format_scores(ds_scores)}")
+            if tb is not None:
+                tb.evaluated(name, ds_scores, step)
         if eval_text:
             log.line(f"Epoch {epoch} evaluation: {' '.join(eval_text)}")
         lr_control.set_epoch_error(epoch, scores)
@@ -168,11 +173,22 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
         if ctx.is_chief:
             _save_epoch(settings, lr_control, model, optimizer, epoch, step, lr)
         report(ctx, epoch, step, scores, lr)
+    if tb is not None:
+        tb.close()
     return {"epoch": num_epochs, "step": step}
 
 
+def _tensorboard_log(settings: Settings) -> TensorBoardLog | None:
+    if not settings.training.use_tensorboard:
+        return None
+    opts = settings.training.tensorboard_opts or {}
+    return TensorBoardLog(
+        tensorboard_dir(settings.run.model, opts), every_n_train_steps=opts.get("log_every_n_train_steps", 100)
+    )
+
+
 def _train_epoch(
-    settings, ctx, spec: ModelSpec, model, optimizer, grad_scaler, train: Dataset, specs, epoch, step, log, job_start
+    settings, ctx, spec: ModelSpec, model, optimizer, grad_scaler, train: Dataset, specs, epoch, step, log, job_start, tb
 ):
     model.train()
     order = train.seq_order_for_epoch(epoch)
@@ -212,12 +228,17 @@ def _train_epoch(
         acc.add(losses, weight=weight)
         step += 1
         now = time.monotonic()
+        if tb is not None and step % tb.every_n_train_steps == 0 and not is_padding:
+            tb.train_step(step, {n: float(v.sum) / max(float(v.num_frames), 1.0) for n, v in losses.items()}, optimizer.param_groups[0]["lr"])
         if log.enabled:
             frac = (i + 1) / len(my_batches)
             if log.verbosity >= 5:
                 step_scores = {n: float(v.sum) / max(float(v.num_frames), 1.0) for n, v in losses.items()}
                 log.step_line(epoch=epoch, step=i, scores=step_scores, step_secs=now - last, elapsed=now - start, frac=frac)
-            log.progress(epoch=epoch, step=i, num_steps=len(my_batches), loss=None, elapsed=now - start)
+            if log.progress_due(i, len(my_batches)):
+                # this rank's running epoch mean of the first loss: no collective, no per-step sync
+                shown = acc.local_mean(acc.names()[0]) if acc.names() else None
+                log.progress(epoch=epoch, step=i, num_steps=len(my_batches), loss=shown, elapsed=now - start)
         last = now
     return acc.reduce(sorted(_loss_names(spec, model, padding, epoch, step, acc))), step
 

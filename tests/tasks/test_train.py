@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
+import sys
 
 import pytest
 import torch
@@ -169,3 +172,37 @@ def test_eval_task_scores_a_checkpoint_like_training_did(ray_session, tmp_path):
 def test_eval_without_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert main([write_config(tmp_path), "++task", "eval"]) == 2
     assert "no checkpoint found" in capsys.readouterr().err
+
+
+class _Terminal(io.StringIO):
+    """What an interactive terminal is to the driver's log: a stream that says it is a tty."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_tensorboard_curves_and_a_live_progress_line_on_a_terminal(ray_session, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    config = write_config(tmp_path, use_tensorboard=True, tensorboard_opts={"log_every_n_train_steps": 2})
+    assert main([config]) == 0
+    shown = terminal.getvalue()
+    # the bar is redrawn in place (\r) with steps, the running loss and time remaining, then cleared
+    assert re.search(r"\rep 1 \[[#-]{30}\] step \d+/10 loss \d\.\d{3} remaining \d+:\d\d:\d\d", shown), shown
+    assert "\r\033[K" in shown
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    # a network dict's losses, named as RETURNN names them (score/error in the lr file)
+    losses = ("cost:output", "error:output")
+    assert tags == {"train/learning_rate"} | {f"{ds}/{n}" for ds in ("train", "dev") for n in losses}, tags
+    # 10 steps an epoch, 2 epochs: global steps 2, 4, ..., 20; dev once an epoch at its last step
+    assert [e.step for e in events.Scalars("train/cost:output")] == list(range(2, 21, 2))
+    assert [e.step for e in events.Scalars("dev/cost:output")] == [10, 20]
+    dev = scores(tmp_path)
+    assert [e.value for e in events.Scalars("dev/cost:output")] == pytest.approx(
+        [dev[1]["dev_score"], dev[2]["dev_score"]], rel=1e-5
+    )

@@ -40,6 +40,8 @@ def run_cli(tmp_path, **changes) -> subprocess.CompletedProcess:
         ({"train": None}, "train"),
         ({"network": None}, "model"),
         ({"model": "/proc/returnn_ray_cannot_write/model"}, "/proc/returnn_ray_cannot_write"),
+        ({"use_tensorboard": True, "tensorboard_opts": {"log_evry_n_train_steps": 10}}, "log_evry_n_train_steps"),
+        ({"use_tensorboard": True, "tensorboard_opts": {"log_every_n_train_steps": 0}}, "log_every_n_train_steps"),
     ],
 )
 def test_bad_training_config_is_one_line_and_writes_nothing(tmp_path, changes, culprit):
