@@ -182,6 +182,9 @@ class TrainingSettings(_Checked):
     get_model: Callable | None = setting(None, "`get_model(*, epoch, step, **kwargs)` returns the `torch.nn.Module`.")
     train_step: Callable | None = setting(None, "`train_step(*, model, extern_data, **kwargs)` marks the losses.")
     forward_step: Callable | None = setting(None, "`forward_step(*, model, extern_data, **kwargs)` marks the outputs.")
+    search_step: Callable | None = setting(
+        None, "`search_step(*, model, extern_data, beam_size, **kwargs)`: per seq [(score, labels), ...], best first."
+    )
     learning_rate: float = setting(1.0, "Initial learning rate (-r).", read="float")
     optimizer: dict | None = setting(None, "{'class': 'adam', ...}: a torch.optim class by lower-case name, no lr.")
     adam: bool = setting(False, "Old style: optimizer Adam.", read="bool")
@@ -271,6 +274,7 @@ class ForwardSettings(_Checked):
     search_output_file: str | None = setting(None, "search: results file.", read="str")
     search_output_file_format: Literal["py", "txt"] = setting("py", "search: py (a dict by seq tag) or txt.", read="str")
     search_output_beam: bool = setting(False, "search, py format: the whole beam [(score, hyp), ...].", read="bool")
+    ctc_blank_index: int | None = setting(None, "search, CTC output layer: the blank's label index; default the last.", read="int")
     eval_output_file: str | None = setting(None, "eval: file for the scores ({dataset: {key: value}}).", read="str")
 
     def _validate(self) -> None:

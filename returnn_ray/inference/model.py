@@ -1,0 +1,136 @@
+"""One batch through a loaded model: the outputs forward writes, or the beams search writes.
+
+Both ways RETURNN users write models are served:
+- a ``network`` dict: forward writes the ``output`` layer (softmax probabilities for a softmax
+  layer, as RETURNN's TF backend dumps them); search runs CTC beam search on an ``output``
+  layer with a ``ctc`` loss (blank = the last label, or ``ctc_blank_index``);
+- plain PyTorch: ``forward_step(*, model, extern_data, **kwargs)`` marks outputs on the run
+  context (``mark_as_default_output`` is ``output``); ``search_step(*, model, extern_data,
+  beam_size, **kwargs)`` returns, per seq, ``[(score, labels), ...]`` best first.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from returnn_ray.data.base import DataSpec
+from returnn_ray.data.ray_data import Batch
+from returnn_ray.errors import ConfigError, UserError
+from returnn_ray.settings import Settings
+
+Outputs = dict[str, tuple[np.ndarray, np.ndarray]]
+"""Output name -> (padded values ``[B, T, ...]``, seq lengths ``[B]``)."""
+
+Beam = list[tuple[float, tuple[int, ...]]]
+"""One seq's hypotheses: ``(log score, label ids)``, best first."""
+
+
+def check_inference_model(settings: Settings, *, search: bool) -> None:
+    """What the model must define for forward/search; checked before Ray starts."""
+    t = settings.training
+    if t.network is None and t.get_model is None:
+        raise ConfigError("the config defines no model: set `network` (a layer dict) or `get_model`")
+    if t.network is None:
+        needed = "search_step" if search else "forward_step"
+        if getattr(t, needed) is None:
+            raise ConfigError(f"the config defines get_model but no {needed}(*, model, extern_data, **kwargs)")
+
+
+def build_model(settings: Settings, specs: Mapping[str, DataSpec], *, epoch: int, step: int) -> torch.nn.Module:
+    """The config's model with fresh parameters (load a state dict into it)."""
+    if settings.training.network is not None:
+        from returnn_ray.model import build_network
+
+        return build_network(settings.training.network, dict(specs))
+    model = settings.training.get_model(epoch=epoch, step=step)
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"get_model must return a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def check_ctc_output(settings: Settings, model: torch.nn.Module) -> None:
+    """A network dict searched without ``search_step`` needs a CTC output layer."""
+    if settings.training.network is None:
+        return
+    loss = model.loss_specs.get(model.output_layer_name)
+    if loss is None or loss.kind != "ctc":
+        raise ConfigError(
+            "search with a network dict needs an `output` layer with loss 'ctc' (CTC beam search);"
+            " for other models define search_step(*, model, extern_data, beam_size, **kwargs)"
+        )
+
+
+def forward_outputs(settings: Settings, specs: Mapping[str, DataSpec], model, batch: Batch, *, epoch: int) -> Outputs:
+    """The outputs of one batch, as numpy on the CPU."""
+    if settings.training.network is not None:
+        out = model(batch.data, batch.lens)[model.output_layer_name]
+        return {"output": (out.value.detach().cpu().numpy(), out.lens.cpu().numpy().astype(np.int32))}
+    from returnn_ray import frontend
+    from returnn_ray.tensor import extern_data_from_batch
+
+    with frontend.run_ctx_scope("forward_step", epoch=epoch, expected_outputs=settings.forward.model_outputs) as ctx:
+        settings.training.forward_step(model=model, extern_data=extern_data_from_batch(batch, specs), epoch=epoch)
+        ctx.check_outputs_complete()
+        marked = dict(ctx.outputs.data)
+    if not marked:
+        raise UserError("forward_step marked no output: call rf.get_run_ctx().mark_as_default_output(tensor)")
+    return {name: _per_seq_axis(name, tensor, batch.num_seqs) for name, tensor in marked.items()}
+
+
+def _per_seq_axis(name: str, tensor: Any, num_seqs: int) -> tuple[np.ndarray, np.ndarray]:
+    """``[B, T, ...]`` values and their lengths; an output without a time axis cannot go to HDF per frame."""
+    raw = tensor.raw_tensor.detach()
+    if raw.dim() < 2:
+        raise UserError(
+            f"model output {name!r} has shape {tuple(raw.shape)}, no time axis: forward writes a sequence per seq"
+            " to HDF; mark an output [B, T, ...] (with model_outputs giving its time dim)"
+        )
+    time_dim = tensor.dims[1]
+    if time_dim.dyn_size_ext is not None and time_dim.dyn_size_ext.raw_tensor is not None:
+        lens = torch.as_tensor(time_dim.dyn_size_ext.raw_tensor).cpu().numpy().astype(np.int32)
+    else:
+        lens = np.full((num_seqs,), raw.shape[1], dtype=np.int32)
+    if raw.dtype in (torch.bfloat16, torch.float16):
+        raw = raw.float()
+    return raw.cpu().numpy(), lens
+
+
+def search_beams(
+    settings: Settings, specs: Mapping[str, DataSpec], model, batch: Batch, *, epoch: int, beam_size: int
+) -> list[Beam]:
+    """Per seq of the batch, its hypotheses best first (at most ``beam_size``)."""
+    if settings.training.network is None:
+        from returnn_ray.tensor import extern_data_from_batch
+
+        result = settings.training.search_step(
+            model=model, extern_data=extern_data_from_batch(batch, specs), beam_size=beam_size, epoch=epoch
+        )
+        return _checked_beams(result, batch.num_seqs)
+    from returnn_ray.search import ctc_beam_search
+
+    out = model(batch.data, batch.lens)[model.output_layer_name]
+    logits = out.logits if out.logits is not None else out.value  # a linear output layer gives logits
+    log_probs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+    blank = settings.forward.ctc_blank_index
+    blank = log_probs.shape[-1] - 1 if blank is None else blank
+    beams = []
+    for b, length in enumerate(out.lens.tolist()):
+        hyps = ctc_beam_search(log_probs[b, :length], beam_size=beam_size, blank=blank)
+        beams.append([(h.score, h.labels) for h in hyps])
+    return beams
+
+
+def _checked_beams(result: Any, num_seqs: int) -> list[Beam]:
+    what = "search_step must return, per seq of the batch, a list [(score, labels), ...] best first"
+    if not isinstance(result, (list, tuple)) or len(result) != num_seqs:
+        raise UserError(f"{what}; got {type(result).__name__} for {num_seqs} seqs")
+    beams = []
+    for hyps in result:
+        try:
+            beams.append([(float(score), tuple(int(x) for x in np.asarray(labels).reshape(-1))) for score, labels in hyps])
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{what}; got {hyps!r:.80}") from exc
+    return beams

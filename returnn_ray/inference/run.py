@@ -1,0 +1,405 @@
+"""Forward and search over the whole Ray cluster: exactly once, resumable.
+
+The driver plans the batches of the dataset (RETURNN's batching, one plan for any number of
+actors, so the results do not depend on the cluster), and hands the batch ids to a Ray Data
+``map_batches`` over a pool of :class:`InferenceActor` (one per GPU, or per CPU worker), which
+Ray spreads over the nodes. Each actor loads the model once (the checkpoint travels through the
+object store, so nodes need no shared disk for it), reads its batches' seqs itself and returns
+the results; the driver writes each batch's result as it arrives to ``<output>.parts/``
+(:mod:`returnn_ray.inference.parts`). Ray Data restarts a dead actor and reruns its batch; a
+rerun of the command after an interruption skips the batches already written. At the end the
+output file is assembled from the parts in plan order, atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from returnn_ray.config import Config
+from returnn_ray.data import plan_epoch
+from returnn_ray.data.base import Dataset, DataSpec
+from returnn_ray.errors import ConfigError, UserError
+from returnn_ray.inference.model import (
+    build_model,
+    check_ctc_output,
+    check_inference_model,
+    forward_outputs,
+    search_beams,
+)
+from returnn_ray.inference.parts import PartStore, plan_digest, tags_digest
+from returnn_ray.settings import Settings
+from returnn_ray.tasks.common import batching_options, open_dataset
+from returnn_ray.training import checkpoints
+from returnn_ray.training.log import hms
+
+MAX_BLOCKS = 4096
+"""At most this many Ray Data blocks (tasks); a block of more batches runs them one after another."""
+
+
+def dataset_name(settings: Settings, *, search: bool) -> str:
+    """``search_data`` / ``forward_data`` if set, else ``eval`` (RETURNN's choice)."""
+    own = "search_data" if search else "forward_data"
+    if getattr(settings.data, own) is not None:
+        return own
+    if settings.data.eval is None:
+        raise ConfigError(f"task {'search' if search else 'forward'} needs a dataset: set `eval` (or `{own}`)")
+    return "eval"
+
+
+def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
+    """The forward or search task, start to finish; returns the exit code."""
+    start = time.monotonic()
+    task = "search" if search else "forward"
+    name = dataset_name(settings, search=search)
+    dataset = open_dataset(settings, name)
+    check_inference_model(settings, search=search)
+    from returnn_ray.training.worker import data_specs
+
+    specs = data_specs(settings, dataset)
+    which = checkpoints.checkpoint_to_load(settings.run.model, settings.run.load_epoch, load=settings.run.load)
+    epoch = which.epoch or 1
+    out_path = _output_path(settings, search=search, epoch=epoch)
+    state = checkpoints.load_checkpoint_file(which.path)
+    model = build_model(settings, specs, epoch=epoch, step=int(state.get("step", 0)))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"checkpoint {which.path!r} does not fit the config's model: {first}") from exc
+    if search:
+        check_ctc_output(settings, model)
+
+    plan = plan_epoch(dataset.seq_order_for_epoch(1), dataset.seq_lens, batching_options(settings, name), 1).for_rank(0)
+    plan = [np.asarray(b, dtype=np.int64) for b in plan if len(b)]
+    manifest = {
+        "task": task,
+        "checkpoint": os.path.abspath(which.path),
+        "checkpoint_bytes": os.path.getsize(which.path),
+        "checkpoint_mtime_ns": os.stat(which.path).st_mtime_ns,
+        "dataset_seqs": dataset.num_seqs,
+        "dataset_tags": tags_digest(dataset.seq_tags),
+        "plan": plan_digest(plan),
+        **({"beam_size": settings.forward.beam_size, "ctc_blank_index": settings.forward.ctc_blank_index} if search else {}),
+    }
+    store = PartStore(out_path, manifest)
+    done = store.open()
+    todo = [i for i in range(len(plan)) if i not in done]
+    num_seqs = sum(len(b) for b in plan)
+    resumed = sum(len(plan[i]) for i in done)
+    if done:
+        print(f"returnn-ray: {task}: resuming, {resumed} of {num_seqs} seqs already done ({store.dir})", flush=True)
+    nodes: set[str] = set()
+    if todo:
+        nodes = _run_batches(settings, config, state, plan, todo, store, dataset, name, search=search, epoch=epoch)
+    if search:
+        summary = _assemble_search(settings, dataset, specs, plan, store, out_path)
+    else:
+        summary = _assemble_hdf(settings, dataset, plan, store, out_path)
+    store.remove()
+    secs = time.monotonic() - start
+    ran = num_seqs - resumed
+    where = f" on {len(nodes)} node(s)" if nodes else ""
+    print(
+        f"returnn-ray: {task} done: {num_seqs} seqs ({ran} run now{where}, {resumed} resumed) in {secs:.1f} s,"
+        f" {ran / max(secs, 1e-9):.1f} seqs/s -> {out_path}{summary}",
+        flush=True,
+    )
+    return 0
+
+
+def _output_path(settings: Settings, *, search: bool, epoch: int) -> str:
+    f = settings.forward
+    if search:
+        if not f.search_output_file:
+            raise ConfigError("task search needs `search_output_file` (where the hypotheses go)")
+        path = f.search_output_file
+    else:
+        path = f.output_file or f"dump-fwd-epoch{epoch:03d}.hdf"  # RETURNN's default name
+        if os.path.exists(path) and not f.forward_override_hdf_output:
+            raise UserError(
+                f"output_file {path!r} exists; delete it, choose another output_file,"
+                " or set forward_override_hdf_output True"
+            )
+    checkpoints.check_model_dir_writable(path)
+    return path
+
+
+# -- on the cluster ------------------------------------------------------------------------------
+
+
+class InferenceActor:
+    """One per GPU or CPU worker: loads the model once, then runs planned batches by id."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        import ray
+        import torch
+        from ray import cloudpickle
+
+        from returnn_ray.config_workers import use_worker_config
+        from returnn_ray.training.worker import data_specs
+
+        use_worker_config(job["worker_env"])
+        self.settings: Settings = cloudpickle.loads(job["settings"])
+        self.dataset = open_dataset(self.settings, job["dataset"])
+        self.specs = data_specs(self.settings, self.dataset)
+        self.keys = [k for k in self.specs if k in self.dataset.specs]
+        self.plan: list[np.ndarray] = ray.get(job["plan"])
+        state = ray.get(job["state"])
+        self.device = torch.device("cuda" if job["use_gpu"] and torch.cuda.is_available() else "cpu")
+        self.epoch, self.search = job["epoch"], job["search"]
+        self.model = build_model(self.settings, self.specs, epoch=self.epoch, step=int(state.get("step", 0)))
+        self.model.load_state_dict(state["model"])
+        self.model.to(self.device).eval()
+        self.reference = reference_key(self.settings, self.model, self.dataset) if self.search else None
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids = [int(i) for i in rows["batch_id"]]
+        payloads = np.empty(len(ids), dtype=object)  # bytes objects, not a fixed-width bytes dtype
+        payloads[:] = [self._run(i) for i in ids]
+        nodes = np.empty(len(ids), dtype=object)
+        nodes[:] = [self.node] * len(ids)
+        return {"batch_id": np.asarray(ids, dtype=np.int64), "payload": payloads, "node": nodes}
+
+    def _run(self, batch_id: int) -> bytes:
+        import torch
+
+        from returnn_ray.data.ray_data import Batch, pad_batch
+
+        indices = self.plan[batch_id]
+        batch = Batch.from_columns(pad_batch(self.dataset, indices), self.keys)
+        if self.device.type != "cpu":
+            batch = Batch(batch.seq_idx, {k: v.to(self.device) for k, v in batch.data.items()}, batch.lens)
+        with torch.no_grad():
+            if self.search:
+                beams = search_beams(
+                    self.settings, self.specs, self.model, batch, epoch=self.epoch, beam_size=self.settings.forward.beam_size
+                )
+                return _search_payload(indices, beams, batch, self.reference, self.dataset)
+            return _forward_payload(indices, forward_outputs(self.settings, self.specs, self.model, batch, epoch=self.epoch))
+
+
+def reference_key(settings: Settings, model, dataset: Dataset) -> str | None:
+    """The data key holding reference transcriptions for WER/LER, if the dataset has it."""
+    key = "classes"
+    if settings.training.network is not None:
+        loss = model.loss_specs.get(model.output_layer_name)
+        key = loss.target if loss is not None else key
+    return key if key in dataset.specs and dataset.specs[key].sparse else None
+
+
+def _forward_payload(indices: np.ndarray, outputs: dict[str, tuple[np.ndarray, np.ndarray]]) -> bytes:
+    """The batch's outputs, unpadded and concatenated over its seqs, as ``.npz`` bytes."""
+    arrays: dict[str, np.ndarray] = {"seq_idx": np.asarray(indices, dtype=np.int64)}
+    for name, (values, lens) in outputs.items():
+        if len(lens) != len(indices):
+            raise UserError(f"model output {name!r} has {len(lens)} seqs, the batch {len(indices)}")
+        arrays[f"{name}:lens"] = lens.astype(np.int32)
+        arrays[f"{name}:values"] = np.concatenate([values[b, : int(n)] for b, n in enumerate(lens)], axis=0)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _search_payload(indices, beams, batch, reference: str | None, dataset: Dataset) -> bytes:
+    """The batch's beams (and, with references, the best hypotheses' label edit counts), as JSON."""
+    from returnn_ray.search import edit_distance
+
+    record: dict[str, Any] = {
+        "seq_idx": [int(i) for i in indices],
+        "beams": [[[score, list(labels)] for score, labels in beam] for beam in beams],
+    }
+    if reference is not None:
+        refs = batch.data[reference].cpu().numpy()
+        lens = batch.lens[reference].cpu().numpy()
+        pairs = [(refs[b, : lens[b]].tolist(), list(beams[b][0][1]) if beams[b] else []) for b in range(len(beams))]
+        record["label_edits"] = sum(edit_distance(r, h) for r, h in pairs)
+        record["label_ref"] = int(lens.sum())
+    return json.dumps(record).encode("utf-8")
+
+
+def _run_batches(settings, config, state, plan, todo, store: PartStore, dataset, name, *, search: bool, epoch: int) -> set[str]:
+    """Run the batches ``todo`` on the actor pool, writing each result to ``store`` as it comes."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    from returnn_ray.ray_setup import init_ray
+    from returnn_ray.tasks.train import _check_placeable
+
+    if not settings.run.debug:
+        # Ray Data's start/finish notices, and Ray's warning (from C++) that its actor pool's
+        # constructor arguments live in the object store: nothing a returnn-ray user can act on.
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+    init_ray(settings.run.ray_address)
+    use_gpu = settings.run.device == "gpu" or (settings.run.device is None and ray.cluster_resources().get("GPU", 0) > 0)
+    kind = "GPU" if use_gpu else "CPU"
+    num_actors = settings.run.ray_num_workers or max(1, int(ray.cluster_resources().get(kind, 0)))
+    _check_placeable(num_actors, use_gpu)
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.execution_options.preserve_order = False  # results are keyed by batch id, not by arrival
+    ctx.op_resource_reservation_enabled = False
+    from ray import cloudpickle
+
+    job = {
+        "settings": cloudpickle.dumps(settings),
+        "worker_env": config.worker_env(),
+        "dataset": name,
+        "plan": ray.put(plan),
+        "state": ray.put(state),
+        "use_gpu": use_gpu,
+        "epoch": epoch,
+        "search": search,
+    }
+    ids = ray.data.from_items([{"batch_id": i} for i in todo], override_num_blocks=min(len(todo), MAX_BLOCKS))
+    results = ids.map_batches(
+        InferenceActor,
+        fn_constructor_kwargs={"job": job},
+        batch_size=1,
+        compute=ActorPoolStrategy(size=num_actors),
+        num_cpus=1,
+        num_gpus=1 if use_gpu else 0,
+        zero_copy_batch=True,
+    )
+    task = "search" if search else "forward"
+    print(f"returnn-ray: {task} with {num_actors} actor(s) on Ray ({kind.lower()})", flush=True)
+    progress = Progress(task, total=sum(len(plan[i]) for i in todo), verbosity=settings.run.log_verbosity)
+    nodes: set[str] = set()
+    for row in results.iter_rows():
+        batch_id = int(row["batch_id"])
+        store.put(batch_id, row["payload"])
+        nodes.add(str(row["node"]))
+        progress.advance(len(plan[batch_id]))
+    progress.close()
+    missing = [i for i in todo if i not in store.done()]
+    if missing:
+        raise UserError(f"{task}: {len(missing)} batches got no result (first: {missing[0]}); rerun to finish them")
+    return nodes
+
+
+class Progress:
+    """Seqs done / total, seqs/s and time remaining: a live line on a terminal, else every 10%."""
+
+    def __init__(self, task: str, *, total: int, verbosity: int, out=None) -> None:
+        self.task, self.total, self.verbosity = task, total, verbosity
+        self.out = out or sys.stdout
+        self.tty = self.out.isatty()
+        self.done = 0
+        self.start = time.monotonic()
+        self._next_line = 0.1
+
+    def advance(self, seqs: int) -> None:
+        self.done += seqs
+        if self.verbosity < 3:
+            return
+        text = self.text()
+        if self.tty:
+            self.out.write("\r\033[K" + text)
+            self.out.flush()
+        elif self.done >= self._next_line * self.total:
+            print(text, file=self.out, flush=True)
+            while self._next_line * self.total <= self.done:
+                self._next_line += 0.1
+
+    def text(self) -> str:
+        secs = time.monotonic() - self.start
+        rate = self.done / secs if secs > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        return f"{self.task}: {self.done}/{self.total} seqs, {rate:.1f} seqs/s, remaining {hms(eta)}"
+
+    def close(self) -> None:
+        if self.tty and self.verbosity >= 3:
+            self.out.write("\r\033[K")
+            self.out.flush()
+
+
+# -- assembling the output file ------------------------------------------------------------------
+
+
+def _parts_in_plan_order(plan: Sequence[np.ndarray], store: PartStore, load):
+    """Each batch's part, checked to hold exactly the batch's seqs: no seq lost, none twice."""
+    for batch_id, indices in enumerate(plan):
+        part = load(store.get(batch_id))
+        if not np.array_equal(np.asarray(part["seq_idx"], dtype=np.int64), indices):
+            raise UserError(f"{store.dir}: part {batch_id} holds other seqs than its batch; delete the directory")
+        yield part
+
+
+def _load_npz(payload: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(payload)) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _assemble_hdf(settings: Settings, dataset: Dataset, plan, store: PartStore, out_path: str) -> str:
+    """The forward outputs in RETURNN's HDF layout: ``output`` as ``inputs``, others as targets."""
+    from returnn_ray.data.hdf import HDFWriter
+
+    specs = _output_specs(settings, _parts_in_plan_order(plan, store, _load_npz))
+    keys = {name: ("data" if name == "output" else name) for name in specs}
+    with HDFWriter(out_path, {keys[n]: s for n, s in specs.items()}) as writer:
+        for part in _parts_in_plan_order(plan, store, _load_npz):
+            offsets = {n: np.concatenate([[0], np.cumsum(part[f"{n}:lens"])]) for n in specs}
+            for b, seq in enumerate(part["seq_idx"]):
+                values = {}
+                for n, spec in specs.items():
+                    v = part[f"{n}:values"][offsets[n][b] : offsets[n][b + 1]]
+                    values[keys[n]] = v.reshape(len(v), -1) if not spec.sparse else v
+                writer.add_seq(dataset.seq_tags[int(seq)], values)
+    return ""
+
+
+def _output_specs(settings: Settings, parts) -> dict[str, DataSpec]:
+    """Each output's HDF spec: dense ``[T, dim]``, or sparse ``[T]`` for integer ``[B, T]`` outputs."""
+    declared = settings.forward.model_outputs or {}
+    shapes: dict[str, tuple] = {}
+    dtypes: dict[str, np.dtype] = {}
+    max_label: dict[str, int] = {}
+    for part in parts:
+        for key in part:
+            if not key.endswith(":values"):
+                continue
+            name, values = key[: -len(":values")], part[key]
+            shapes[name], dtypes[name] = values.shape[1:], values.dtype
+            if values.ndim == 1 and np.issubdtype(values.dtype, np.integer) and len(values):
+                max_label[name] = max(max_label.get(name, 0), int(values.max()))
+    specs = {}
+    for name, shape in shapes.items():
+        if not shape and np.issubdtype(dtypes[name], np.integer):
+            dim = (declared.get(name) or {}).get("dim") or max_label.get(name, 0) + 1
+            specs[name] = DataSpec(int(dim), sparse=True, dtype="int32")
+        else:
+            specs[name] = DataSpec(int(np.prod(shape)) if shape else 1, dtype=str(dtypes[name]))
+    return specs
+
+
+def _assemble_search(settings: Settings, dataset: Dataset, specs, plan, store: PartStore, out_path: str) -> str:
+    """RETURNN's search output file, seqs in corpus order; returns the LER/WER text if there were references."""
+    from returnn_ray.search import labels_to_string, write_search_output
+
+    vocab_key = "classes" if "classes" in dataset.labels else next(iter(dataset.labels), None)
+    vocab = dataset.labels.get(vocab_key) if vocab_key else None
+    by_seq: dict[int, list] = {}
+    edits = refs = 0
+    have_refs = False
+    for part in _parts_in_plan_order(plan, store, lambda p: json.loads(p)):
+        for seq, beam in zip(part["seq_idx"], part["beams"]):
+            by_seq[int(seq)] = [(float(score), labels_to_string(labels, vocab)) for score, labels in beam]
+        if "label_edits" in part:
+            have_refs = True
+            edits += part["label_edits"]
+            refs += part["label_ref"]
+    f = settings.forward
+    entries = [(dataset.seq_tags[i], by_seq[i]) for i in sorted(by_seq)]
+    write_search_output(out_path, entries, fmt=f.search_output_file_format, beam=f.search_output_beam)
+    if not have_refs:
+        return ""
+    return f", label error rate {100.0 * edits / max(refs, 1):.2f}% ({edits}/{refs})"

@@ -1,0 +1,263 @@
+"""``task = forward`` / ``search`` end to end on the shared local Ray: outputs RETURNN reads,
+exactly once under actor deaths and interruptions, CTC search as brute force would decode."""
+
+from __future__ import annotations
+
+import ast
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from returnn_ray.cli import main
+from returnn_ray.data.datasets import Task12AXDataset
+from returnn_ray.search import ctc_beam_search
+
+# A torch-style config: get_model/train_step/forward_step/search_step. Marker files next to it
+# make an actor slow ("slow") or kill itself once mid-run ("kill-once"), as a crash would.
+TORCH_CONFIG = '''#!returnn.py
+import os, signal, time
+import torch
+import returnn_ray.frontend as rf
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+task = "train"
+train = {"class": "Task12AXDataset", "num_seqs": 40}
+eval = {"class": "Task12AXDataset", "num_seqs": %(num_eval)d, "fixed_random_seed": 2}
+extern_data = {"data": {"dim": 9}, "classes": {"dim": 2, "sparse": True}}
+model_outputs = {"output": {"dim": 2}}
+batch_size = 400
+max_seqs = 3
+optimizer = {"class": "adam"}
+learning_rate = 0.01
+num_epochs = 1
+model = os.path.join(_HERE, "model")
+output_file = os.path.join(_HERE, "out.hdf")
+
+
+def get_model(**_kwargs):
+    return torch.nn.Sequential(torch.nn.Linear(9, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+
+
+def train_step(*, model, extern_data, **_kwargs):
+    data, classes = extern_data["data"], extern_data["classes"]
+    mask = torch.arange(data.raw_tensor.shape[1])[None, :] < data.dims[1].dyn_size_ext.raw_tensor[:, None]
+    logits = model(data.raw_tensor)
+    ce = torch.nn.functional.cross_entropy(logits[mask], classes.raw_tensor[mask].long(), reduction="none")
+    rf.get_run_ctx().mark_as_loss(name="ce", loss=ce)
+
+
+def _faults():
+    if os.path.exists(os.path.join(_HERE, "slow")):
+        time.sleep(0.4)
+    try:
+        os.rename(os.path.join(_HERE, "kill-once"), os.path.join(_HERE, "killed"))
+    except FileNotFoundError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def forward_step(*, model, extern_data, **_kwargs):
+    _faults()
+    data = extern_data["data"]
+    rf.get_run_ctx().expected_outputs["output"].dims[1].dyn_size_ext.raw_tensor = data.dims[1].dyn_size_ext.raw_tensor
+    rf.get_run_ctx().mark_as_default_output(torch.log_softmax(model(data.raw_tensor), dim=-1))
+'''
+
+
+def torch_config(tmp_path, num_eval: int = 30) -> str:
+    path = tmp_path / "fwd.config"
+    path.write_text(TORCH_CONFIG % {"num_eval": num_eval})
+    return str(path)
+
+
+def trained(tmp_path, num_eval: int = 30) -> str:
+    config = torch_config(tmp_path, num_eval)
+    assert main([config]) == 0
+    return config
+
+
+def expected_outputs(tmp_path, num_eval: int = 30) -> dict[str, np.ndarray]:
+    """The model applied to each eval seq in this process: what the HDF must hold."""
+    state = torch.load(tmp_path / "model.001.pt", weights_only=True)["model"]
+    model = torch.nn.Sequential(torch.nn.Linear(9, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+    model.load_state_dict(state)
+    dataset = Task12AXDataset(num_seqs=num_eval, fixed_random_seed=2)
+    out = {}
+    with torch.no_grad():
+        for i, seq in enumerate(dataset.get_seqs(list(range(num_eval)))):
+            out[dataset.seq_tags[i]] = torch.log_softmax(model(torch.from_numpy(seq["data"])), dim=-1).numpy()
+    return out
+
+
+def read_hdf(path) -> dict[str, np.ndarray]:
+    with h5py.File(path, "r") as f:
+        tags = [t.decode() if isinstance(t, bytes) else t for t in f["seqTags"][...]]
+        lens = f["seqLengths"][:, 0]
+        data = f["inputs"][...]
+    starts = np.concatenate([[0], np.cumsum(lens)])
+    return {tag: data[starts[i] : starts[i + 1]] for i, tag in enumerate(tags)}
+
+
+def ray_address() -> str:
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
+def test_forward_writes_every_seq_once_in_an_hdf_returnn_reads(ray_session, tmp_path):
+    config = trained(tmp_path)
+    assert main([config, "++task", "forward", "++ray_num_workers", "2"]) == 0
+    got = read_hdf(tmp_path / "out.hdf")
+    want = expected_outputs(tmp_path)
+    assert list(got) == list(want)  # corpus order (the eval data's default seq_ordering)
+    for tag in want:
+        np.testing.assert_allclose(got[tag], want[tag], rtol=1e-5, atol=1e-6, err_msg=tag)
+    assert not (tmp_path / "out.hdf.parts").exists()
+
+    hdf = pytest.importorskip("returnn.datasets.hdf")
+    ds = hdf.HDFDataset(files=[str(tmp_path / "out.hdf")])
+    ds.initialize()
+    ds.init_seq_order(epoch=1)
+    ds.load_seqs(0, ds.num_seqs)
+    assert ds.num_seqs == len(want) and ds.get_data_dim("data") == 2
+    for i in range(ds.num_seqs):
+        np.testing.assert_array_equal(ds.get_data(i, "data"), got[ds.get_tag(i)])
+
+
+def test_a_killed_actor_is_replaced_and_the_output_is_still_complete(ray_session, tmp_path):
+    config = trained(tmp_path)
+    (tmp_path / "kill-once").touch()
+    assert main([config, "++task", "forward", "++ray_num_workers", "2"]) == 0
+    assert (tmp_path / "killed").exists()  # an actor did die mid-batch
+    got, want = read_hdf(tmp_path / "out.hdf"), expected_outputs(tmp_path)
+    assert list(got) == list(want)  # every seq, once, in order
+    for tag in want:
+        np.testing.assert_allclose(got[tag], want[tag], rtol=1e-5, atol=1e-6, err_msg=tag)
+
+
+def test_an_interrupted_forward_resumes_and_equals_an_uninterrupted_one(ray_session, tmp_path):
+    config = trained(tmp_path, num_eval=60)
+    cmd = [sys.executable, "-m", "returnn_ray", config, "++task", "forward", "++ray_address", ray_address()]
+    assert subprocess.run(cmd + ["++output_file", str(tmp_path / "full.hdf")], capture_output=True).returncode == 0
+
+    (tmp_path / "slow").touch()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    parts = tmp_path / "out.hdf.parts"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len([p for p in os.listdir(parts) if p.endswith(".part")] if parts.exists() else []) < 3:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole command, as a lost terminal or node would
+    proc.wait()
+    written = {p for p in os.listdir(parts) if p.endswith(".part")}
+    assert 3 <= len(written) < 20 and not (tmp_path / "out.hdf").exists()
+
+    (tmp_path / "slow").unlink()
+    rerun = subprocess.run(cmd, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming" in rerun.stdout
+    full, resumed = read_hdf(tmp_path / "full.hdf"), read_hdf(tmp_path / "out.hdf")
+    assert list(full) == list(resumed)
+    for tag in full:
+        np.testing.assert_array_equal(resumed[tag], full[tag], err_msg=tag)  # bitwise: same batches
+    assert not parts.exists()
+
+
+CTC_NETWORK = {
+    "hidden": {"class": "rec", "unit": "lstm", "n_out": 8},
+    "output": {"class": "softmax", "loss": "ctc", "from": ["hidden"]},
+}
+
+
+def test_ctc_search_writes_returnn_search_output_and_matches_beam_search_on_the_model(ray_session, tmp_path, capsys):
+    from returnn_ray.data import DataSpec
+    from returnn_ray.model import build_network
+    from test_train import write_config  # tests/tasks is on sys.path (rootdir import)
+
+    config = write_config(
+        tmp_path, network=CTC_NETWORK, num_epochs=1,
+        eval={"class": "Task12AXDataset", "num_seqs": 7, "fixed_random_seed": 3},
+        search_output_file=str(tmp_path / "search.py"), search_output_beam=True, beam_size=3,
+    )
+    specs = {"data": DataSpec(9), "classes": DataSpec(2, sparse=True, dtype="int32")}
+    torch.manual_seed(0)
+    net = build_network(CTC_NETWORK, specs)  # untrained: search only has to decode what the model says
+    torch.save({"model": net.state_dict(), "epoch": 1, "step": 0}, tmp_path / "model.001.pt")
+    assert main([config, "++task", "search", "++ray_num_workers", "2"]) == 0
+    assert "label error rate" in capsys.readouterr().out
+    results = ast.literal_eval((tmp_path / "search.py").read_text())
+    dataset = Task12AXDataset(num_seqs=7, fixed_random_seed=3)
+    assert list(results) == dataset.seq_tags  # corpus order
+    net.eval()
+    with torch.no_grad():
+        for i, seq in enumerate(dataset.get_seqs(list(range(7)))):
+            x = torch.from_numpy(seq["data"])[None]
+            out = net({"data": x}, {"data": torch.tensor([len(x[0])], dtype=torch.int32)})["output"]
+            lp = torch.log_softmax(out.logits[0], dim=-1).numpy()
+            want = ctc_beam_search(lp, beam_size=3, blank=2)
+            beam = results[dataset.seq_tags[i]]
+            vocab = dataset.labels["classes"]  # hypotheses are written as label strings
+            assert [h for _, h in beam] == [" ".join(vocab[x] for x in h.labels) for h in want]
+            assert [s for s, _ in beam] == pytest.approx([h.score for h in want], rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "changes, culprit",
+    [
+        (["++model", "/nonexistent/model"], "no checkpoint found"),
+        (["++eval", "None"], "eval"),
+    ],
+)
+def test_bad_forward_input_is_one_line(tmp_path, changes, culprit, capsys):
+    config = torch_config(tmp_path)
+    assert main([config, "++task", "forward", *changes]) == 2
+    err = capsys.readouterr().err
+    assert culprit in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out.hdf").exists() and not (tmp_path / "out.hdf.parts").exists()
+
+
+def test_forward_refuses_to_overwrite_an_output_file(tmp_path, capsys):
+    config = torch_config(tmp_path)
+    torch.save({"model": {}, "epoch": 1}, tmp_path / "model.001.pt")
+    (tmp_path / "out.hdf").write_text("precious")
+    assert main([config, "++task", "forward"]) == 2
+    assert "forward_override_hdf_output" in capsys.readouterr().err
+    assert (tmp_path / "out.hdf").read_text() == "precious"
+
+
+CLUSTER_SCRIPT = """
+import subprocess, sys
+from ray.cluster_utils import Cluster
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+for _ in range(2):
+    cluster.add_node(num_cpus=1)
+cluster.wait_for_nodes()
+try:
+    cmd = [sys.executable, "-m", "returnn_ray", *sys.argv[1:], "++ray_address", cluster.address]
+    sys.exit(subprocess.run(cmd).returncode)
+finally:
+    cluster.shutdown()
+"""
+
+
+def test_three_nodes_write_the_same_file_as_one(ray_session, tmp_path):
+    config = trained(tmp_path, num_eval=45)
+    assert main([config, "++task", "forward", "++output_file", str(tmp_path / "one.hdf")]) == 0
+    (tmp_path / "slow").touch()  # 15 batches of 0.4 s: every actor gets work, wherever it starts late
+    proc = subprocess.run(
+        [sys.executable, "-c", CLUSTER_SCRIPT, config, "++task", "forward", "++output_file", str(tmp_path / "three.hdf")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "with 3 actor(s)" in proc.stdout and "on 3 node(s)" in proc.stdout, proc.stdout
+    one, three = read_hdf(tmp_path / "one.hdf"), read_hdf(tmp_path / "three.hdf")
+    assert list(one) == list(three)
+    for tag in one:
+        np.testing.assert_array_equal(three[tag], one[tag], err_msg=tag)  # bitwise: the plan ignores the cluster
