@@ -223,7 +223,19 @@ def _search_payload(indices, beams, batch, reference: str | None, dataset: Datas
         pairs = [(refs[b, : lens[b]].tolist(), list(beams[b][0][1]) if beams[b] else []) for b in range(len(beams))]
         record["label_edits"] = sum(edit_distance(r, h) for r, h in pairs)
         record["label_ref"] = int(lens.sum())
+        vocab = dataset.labels.get(reference)
+        if vocab:
+            words = [(_words(r, vocab), _words(h, vocab)) for r, h in pairs]
+            record["word_edits"] = sum(edit_distance(r, h) for r, h in words)
+            record["word_ref"] = sum(len(r) for r, _ in words)
     return json.dumps(record).encode("utf-8")
+
+
+def _words(labels: Sequence[int], vocab: Sequence[str]) -> list[str]:
+    """The words of a label sequence: labels joined by spaces, BPE's ``@@ `` continuation merged."""
+    from returnn_ray.search import labels_to_string
+
+    return labels_to_string(labels, vocab).replace("@@ ", "").split()
 
 
 def _run_batches(settings, config, state, plan, todo, store: PartStore, dataset, name, *, search: bool, epoch: int) -> set[str]:
@@ -296,9 +308,12 @@ class Progress:
         self.done = 0
         self.start = time.monotonic()
         self._next_line = 0.1
+        self._first: tuple[float, int] | None = None  # when the first result came, and its seqs
 
     def advance(self, seqs: int) -> None:
         self.done += seqs
+        if self._first is None:
+            self._first = (time.monotonic(), seqs)
         if self.verbosity < 3:
             return
         text = self.text()
@@ -320,6 +335,10 @@ class Progress:
         if self.tty and self.verbosity >= 3:
             self.out.write("\r\033[K")
             self.out.flush()
+        if self.verbosity >= 4 and self._first is not None and self.done > self._first[1]:
+            secs = time.monotonic() - self._first[0]
+            rate = (self.done - self._first[1]) / secs if secs > 0 else float("inf")
+            print(f"{self.task}: {rate:.2f} seqs/s after the first result (actors started)", file=self.out, flush=True)
 
 
 # -- assembling the output file ------------------------------------------------------------------
@@ -388,8 +407,8 @@ def _assemble_search(settings: Settings, dataset: Dataset, specs, plan, store: P
     vocab_key = "classes" if "classes" in dataset.labels else next(iter(dataset.labels), None)
     vocab = dataset.labels.get(vocab_key) if vocab_key else None
     by_seq: dict[int, list] = {}
-    edits = refs = 0
-    have_refs = False
+    edits = refs = word_edits = words = 0
+    have_refs = have_words = False
     for part in _parts_in_plan_order(plan, store, lambda p: json.loads(p)):
         for seq, beam in zip(part["seq_idx"], part["beams"]):
             by_seq[int(seq)] = [(float(score), labels_to_string(labels, vocab)) for score, labels in beam]
@@ -397,9 +416,16 @@ def _assemble_search(settings: Settings, dataset: Dataset, specs, plan, store: P
             have_refs = True
             edits += part["label_edits"]
             refs += part["label_ref"]
+        if "word_edits" in part:
+            have_words = True
+            word_edits += part["word_edits"]
+            words += part["word_ref"]
     f = settings.forward
     entries = [(dataset.seq_tags[i], by_seq[i]) for i in sorted(by_seq)]
     write_search_output(out_path, entries, fmt=f.search_output_file_format, beam=f.search_output_beam)
     if not have_refs:
         return ""
-    return f", label error rate {100.0 * edits / max(refs, 1):.2f}% ({edits}/{refs})"
+    text = f", LER {100.0 * edits / max(refs, 1):.2f}% ({edits}/{refs} labels)"
+    if have_words:
+        text += f", WER {100.0 * word_edits / max(words, 1):.2f}% ({word_edits}/{words} words)"
+    return text

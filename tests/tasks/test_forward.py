@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -71,9 +72,23 @@ def forward_step(*, model, extern_data, **_kwargs):
 '''
 
 
+SEARCH_STEP = '''
+
+def search_step(*, model, extern_data, beam_size, **_kwargs):
+    data = extern_data["data"]
+    log_probs = torch.log_softmax(model(data.raw_tensor), dim=-1)
+    beams = []
+    for b, n in enumerate(data.dims[1].dyn_size_ext.raw_tensor.tolist()):
+        best = log_probs[b, :n].max(dim=-1)
+        labels = torch.unique_consecutive(best.indices)
+        beams.append([(float(best.values.sum()), labels.tolist())])
+    return beams
+'''
+
+
 def torch_config(tmp_path, num_eval: int = 30) -> str:
     path = tmp_path / "fwd.config"
-    path.write_text(TORCH_CONFIG % {"num_eval": num_eval})
+    path.write_text(TORCH_CONFIG % {"num_eval": num_eval} + SEARCH_STEP)
     return str(path)
 
 
@@ -190,7 +205,8 @@ def test_ctc_search_writes_returnn_search_output_and_matches_beam_search_on_the_
     net = build_network(CTC_NETWORK, specs)  # untrained: search only has to decode what the model says
     torch.save({"model": net.state_dict(), "epoch": 1, "step": 0}, tmp_path / "model.001.pt")
     assert main([config, "++task", "search", "++ray_num_workers", "2"]) == 0
-    assert "label error rate" in capsys.readouterr().out
+    summary = capsys.readouterr().out
+    assert re.search(r"LER \d+\.\d\d% \(\d+/\d+ labels\), WER \d+\.\d\d% \(\d+/\d+ words\)", summary), summary
     results = ast.literal_eval((tmp_path / "search.py").read_text())
     dataset = Task12AXDataset(num_seqs=7, fixed_random_seed=3)
     assert list(results) == dataset.seq_tags  # corpus order
@@ -261,3 +277,17 @@ def test_three_nodes_write_the_same_file_as_one(ray_session, tmp_path):
     assert list(one) == list(three)
     for tag in one:
         np.testing.assert_array_equal(three[tag], one[tag], err_msg=tag)  # bitwise: the plan ignores the cluster
+
+
+def test_search_step_of_a_torch_config_writes_one_line_per_seq_in_txt(ray_session, tmp_path):
+    config = trained(tmp_path, num_eval=8)
+    out = tmp_path / "hyps.txt"
+    args = ["++task", "search", "++search_output_file", str(out), "++search_output_file_format", "txt"]
+    assert main([config, *args]) == 0
+    want = expected_outputs(tmp_path, num_eval=8)
+    vocab = Task12AXDataset(num_seqs=1).labels["classes"]
+    lines = out.read_text().splitlines()
+    assert len(lines) == 8
+    for line, log_probs in zip(lines, want.values()):
+        labels = [k for i, k in enumerate(log_probs.argmax(-1)) if i == 0 or k != log_probs.argmax(-1)[i - 1]]
+        assert line == " ".join(vocab[k] for k in labels)

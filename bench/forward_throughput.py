@@ -1,0 +1,112 @@
+"""Benchmark: forward throughput (seqs/s) of `returnn-ray ++task forward` with 1 and 2 CPU
+actors, against a plain single-process PyTorch loop over the same batches with the same model.
+
+    .venv/bin/python bench/forward_throughput.py             # 1200 seqs, 100-400 frames, 80-dim, BLSTM
+    .venv/bin/python bench/forward_throughput.py --quick     # a small look
+
+Goals (issue 4): 2 actors >= 1.6x one actor on a 2-core machine; one actor >= 0.9x the plain
+loop. Actors and the plain loop each use one thread (an actor holds one CPU). The returnn-ray
+figure is its steady rate, from the first result to the last ("seqs/s after the first result"),
+so actor start-up is not counted; the whole command's wall time is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from returnn_ray.data import BatchingOptions, HDFDataset, plan_epoch
+from returnn_ray.data.ray_data import Batch, pad_batch
+from returnn_ray.model import build_network
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from data_throughput import make_corpus  # noqa: E402
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "forward")
+NETWORK = {
+    "fw": {"class": "rec", "unit": "lstm", "n_out": 192, "direction": 1},
+    "bw": {"class": "rec", "unit": "lstm", "n_out": 192, "direction": -1},
+    "output": {"class": "softmax", "loss": "ce", "from": ["fw", "bw"], "n_out": 100},
+}
+BATCHING = {"batch_size": 8000, "max_seqs": 40}
+
+
+def setup(num_seqs: int) -> tuple[str, str]:
+    os.makedirs(OUT, exist_ok=True)
+    corpus = os.path.join(OUT, f"corpus-{num_seqs}.hdf")
+    make_corpus(corpus, num_seqs, dim=80, min_len=100, max_len=400)
+    ds = HDFDataset([corpus])
+    torch.manual_seed(0)
+    model = build_network(NETWORK, ds.specs)
+    torch.save({"model": model.state_dict(), "epoch": 1, "step": 0}, os.path.join(OUT, "model.001.pt"))
+    config = os.path.join(OUT, "forward.json")
+    with open(config, "w") as f:
+        json.dump({"task": "forward", "eval": corpus, "network": NETWORK, "model": os.path.join(OUT, "model"),
+                   "device": "cpu", "log_verbosity": 4, **BATCHING}, f)
+    return corpus, config
+
+
+def plain_loop(corpus: str) -> float:
+    """seqs/s of the same model over the same planned batches, one process, one thread, no Ray."""
+    torch.set_num_threads(1)
+    ds = HDFDataset([corpus])
+    model = build_network(NETWORK, ds.specs)
+    model.load_state_dict(torch.load(os.path.join(OUT, "model.001.pt"), weights_only=True)["model"])
+    model.eval()
+    opts = BatchingOptions(batch_size=BATCHING["batch_size"], max_seqs=BATCHING["max_seqs"])
+    batches = plan_epoch(ds.seq_order_for_epoch(1), ds.seq_lens, opts, 1).for_rank(0)
+    start, seqs = time.perf_counter(), 0
+    with torch.no_grad():
+        for indices in batches:
+            batch = Batch.from_columns(pad_batch(ds, indices), ds.data_keys)
+            out = model(batch.data, batch.lens)["output"]
+            values, lens = out.value.numpy(), out.lens.numpy()
+            np.concatenate([values[b, :n] for b, n in enumerate(lens)])
+            seqs += batch.num_seqs
+    return seqs / (time.perf_counter() - start)
+
+
+def returnn_ray(config: str, actors: int) -> tuple[float, float]:
+    """(steady seqs/s, whole command seconds) of `returnn-ray ++task forward` with ``actors`` actors."""
+    out = os.path.join(OUT, f"out-{actors}.hdf")
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "returnn_ray", config, "++ray_num_workers", str(actors), "++output_file", out,
+         "++forward_override_hdf_output", "True"],
+        capture_output=True, text=True,
+    )
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"returnn-ray failed:\n{proc.stderr[-3000:]}")
+    m = re.search(r"forward: ([\d.]+) seqs/s after the first result", proc.stdout)
+    if not m:
+        sys.exit(f"no throughput line in:\n{proc.stdout[-3000:]}")
+    return float(m.group(1)), wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-seqs", type=int, default=1200)
+    parser.add_argument("--quick", action="store_true", help="200 seqs")
+    args = parser.parse_args()
+    corpus, config = setup(200 if args.quick else args.num_seqs)
+    plain = plain_loop(corpus)
+    one, one_wall = returnn_ray(config, 1)
+    two, two_wall = returnn_ray(config, 2)
+    print(f"plain PyTorch loop, 1 thread:   {plain:8.2f} seqs/s")
+    print(f"returnn-ray, 1 actor:           {one:8.2f} seqs/s  (command {one_wall:.1f} s)")
+    print(f"returnn-ray, 2 actors:          {two:8.2f} seqs/s  (command {two_wall:.1f} s)")
+    print(f"1 actor / plain loop:  {one / plain:.2f}x  (goal >= 0.9)")
+    print(f"2 actors / 1 actor:    {two / one:.2f}x  (goal >= 1.6)")
+
+
+if __name__ == "__main__":
+    main()
