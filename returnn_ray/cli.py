@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import os
 import sys
 import traceback
 from typing import Callable, Literal, Sequence
@@ -32,6 +33,7 @@ from returnn_ray.settings import Settings, load_settings, warn_unread_keys
 USAGE = """\
 usage: returnn-ray CONFIG [CONFIG2 ...] [++key value ...] [options]
        returnn-ray dump-dataset CONFIG [++key value ...] [--dataset NAME] [--epoch N] [--shard K/W] [--batches]
+       returnn-ray sweep CONFIG [++key value ...] --grid KEY=V1,V2 [--grid ...] [--variants FILE ...] [sweep options]
 
 Runs a RETURNN config (task train, forward, search, eval) with Ray.
 
@@ -55,7 +57,23 @@ dump-dataset options:
   --epoch N         epoch whose seq order to dump (default: 1)
   --shard K/W       only the part of rank K of W workers
   --batches         print the batch plan instead of the sequences
+
+sweep options (each also a config key, see the README):
+  --grid KEY=V1,V2  try these values of any config key (repeatable; a grid over all of them)
+  --variants FILE.. one trial per config file, loaded after CONFIG
+  --num-samples N   sweep_num_samples         --metric KEY        sweep_metric (default: first dev_ score)
+  --mode min|max    sweep_mode                --scheduler fifo|asha  sweep_scheduler
+  --max-concurrent N  sweep_max_concurrent_trials   --dir DIR     sweep_dir
 """
+
+_SWEEP_OPTIONS = {
+    "--num-samples": "sweep_num_samples",
+    "--metric": "sweep_metric",
+    "--mode": "sweep_mode",
+    "--scheduler": "sweep_scheduler",
+    "--max-concurrent": "sweep_max_concurrent_trials",
+    "--dir": "sweep_dir",
+}
 
 TaskFn = Callable[[Settings, Config], int]
 
@@ -119,6 +137,10 @@ class Invocation:
     """Options for :meth:`Config.parse_cmd_args` (``++key value``, short options)."""
     dump: DumpDatasetArgs | None = None
     """Set for ``returnn-ray dump-dataset``."""
+    sweep_grid: tuple[str, ...] = ()
+    """``returnn-ray sweep --grid KEY=V1,V2`` texts."""
+    sweep_variants: tuple[str, ...] = ()
+    """``returnn-ray sweep --variants FILE ...``."""
     debug: bool = False
     """``--debug`` or ``++debug <true>`` was given."""
 
@@ -132,11 +154,16 @@ def parse_argv(argv: Sequence[str]) -> Invocation:
     """
     argv = list(argv)
     dump = None
+    sweep = argv[:1] == ["sweep"]
+    grid: list[str] = []
+    variants: list[str] = []
     if argv[:1] == ["dump-dataset"]:
         argv = argv[1:]
         dump = DumpDatasetArgs()
+    if sweep:
+        argv = argv[1:]
     files, rest = split_command_line(argv)
-    config_args: list[str] = []
+    config_args: list[str] = ["++task", "sweep"] if sweep else []
     debug = False
     dump_opts: dict[str, str | bool] = {}
     i = 0
@@ -150,6 +177,21 @@ def parse_argv(argv: Sequence[str]) -> Invocation:
         if arg == "--debug":
             debug = True
             config_args += ["++debug", "True"]
+            i += 1
+            continue
+        if sweep and name in ("--grid", "--variants", *_SWEEP_OPTIONS):
+            values = [inline] if inline else []
+            while i + 1 < len(rest) and not rest[i + 1].startswith(("--", "++")) and (name == "--variants" or not values):
+                values.append(rest[i + 1])
+                i += 1
+            if not values:
+                raise UserError(f"sweep: {name} needs a value")
+            if name == "--grid":
+                grid += values
+            elif name == "--variants":
+                variants += values
+            else:
+                config_args += [f"++{_SWEEP_OPTIONS[name]}", values[0]]
             i += 1
             continue
         if dump is not None and arg == "--batches":
@@ -174,11 +216,14 @@ def parse_argv(argv: Sequence[str]) -> Invocation:
             config_args.append(rest[i + 1])
             i += 1
         i += 1
-    if not files and "--config" not in config_args and not any(a.startswith("--config=") for a in config_args):
+    has_config = files or "--config" in config_args or any(a.startswith("--config=") for a in config_args)
+    if not has_config and not variants:
         raise UserError("no config file given (usage: returnn-ray CONFIG [++key value ...]; --help for more)")
     if dump is not None:
         dump = _dump_args(dump_opts)
-    return Invocation("run", tuple(files), tuple(config_args), dump, debug)
+    return Invocation(
+        "run", tuple(files), tuple(config_args), dump, debug=debug, sweep_grid=tuple(grid), sweep_variants=tuple(variants)
+    )
 
 
 def _dump_args(opts: dict[str, str | bool]) -> DumpDatasetArgs:
@@ -214,6 +259,15 @@ def run_dump_dataset(settings: Settings, config: Config, args: DumpDatasetArgs) 
     """Runs ``returnn_ray.tasks.dump_dataset.run`` with the parsed options."""
     module = _import_task("dump-dataset", "returnn_ray.tasks.dump_dataset")
     return module.run(settings, config, dataset=args.dataset, epoch=args.epoch, shard=args.shard, batches=args.batches)
+
+
+def run_sweep(settings: Settings, config: Config, inv: Invocation) -> int:
+    """Runs ``returnn_ray.tasks.sweep.run`` with the base command line and the swept values."""
+    module = _import_task("sweep", "returnn_ray.tasks.sweep")
+    files = tuple(os.path.abspath(f) for f in inv.config_files)  # trials run in other processes
+    variants = tuple(os.path.abspath(f) for f in inv.sweep_variants)
+    args = module.SweepArgs(files, inv.config_args, inv.sweep_grid, variants)  # a trial adds ++task train
+    return module.run(settings, config, args)
 
 
 class _LowerLevelFormatter(logging.Formatter):
@@ -258,6 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         warn_unread_keys(config)
         if inv.dump is not None or settings.run.task == "dump-dataset":
             return run_dump_dataset(settings, config, inv.dump or DumpDatasetArgs())
+        if settings.run.task == "sweep":
+            return run_sweep(settings, config, inv)
         task = TASKS.get(settings.run.task)
         if task is None:
             raise UserError(f"task {settings.run.task!r} is not available in this returnn-ray version")

@@ -92,6 +92,12 @@ class RunSettings(_Checked):
     ray_num_workers: int | None = setting(
         None, "Number of Ray workers (DDP ranks); unset: one per GPU with device gpu, else 1.", read="int"
     )
+    ray_local_mode: bool | None = setting(
+        None,
+        "Train/eval in this process (Ray Train's local mode, no Ray started); unset: when one worker is all the"
+        " run can use (ray_num_workers, ray_address and RAY_ADDRESS unset, at most one GPU).",
+        read="bool",
+    )
     ray_max_failures: int = setting(
         0, "Worker-group restarts Ray Train may do after a failure (each resumes from the last checkpoint).",
         read="int",
@@ -283,6 +289,40 @@ class ForwardSettings(_Checked):
 
 
 @dataclass(frozen=True)
+class SweepSettings(_Checked):
+    """Hyperparameter sweeps (``returnn-ray sweep``): one Ray Tune trial per config variant."""
+
+    sweep: dict | None = setting(
+        None,
+        "{key: [values] or {grid/choice: [...]} or {uniform/loguniform/randint: [lo, hi]}}; also --grid key=v1,v2.",
+    )
+    sweep_variants: tuple[str, ...] = setting(
+        (), "Config files, one trial each, loaded after the base config (--variants).", read="str_list"
+    )
+    sweep_num_samples: int = setting(1, "Trials per grid point (random ranges are sampled anew each).", read="int")
+    sweep_metric: str | None = setting(
+        None, "Score key the sweep ranks by; default: the first dev_ key, as newbob picks it.", read="str"
+    )
+    sweep_mode: Literal["min", "max"] = setting("min", "Whether a lower or higher sweep_metric is better.", read="str")
+    sweep_scheduler: Literal["fifo", "asha"] = setting(
+        "fifo", "fifo: run every trial to the end; asha: stop weak trials early.", read="str"
+    )
+    sweep_grace_period: int = setting(1, "asha: epochs every trial runs before it can be stopped.", read="int")
+    sweep_max_concurrent_trials: int | None = setting(
+        None, "Trials at once; default: as many as the cluster can place.", read="int"
+    )
+    sweep_dir: str | None = setting(None, "Where trials, results and the best config go; default <model dir>/sweep.", read="str")
+
+    def _validate(self) -> None:
+        if self.sweep_num_samples < 1:
+            raise ConfigError(f"sweep_num_samples must be >= 1, got {self.sweep_num_samples}")
+        if self.sweep_grace_period < 1:
+            raise ConfigError(f"sweep_grace_period must be >= 1, got {self.sweep_grace_period}")
+        if self.sweep_max_concurrent_trials is not None and self.sweep_max_concurrent_trials < 1:
+            raise ConfigError(f"sweep_max_concurrent_trials must be >= 1, got {self.sweep_max_concurrent_trials}")
+
+
+@dataclass(frozen=True)
 class Settings:
     """All settings of one run, read once by :func:`load_settings`."""
 
@@ -291,6 +331,7 @@ class Settings:
     batching: BatchingSettings
     training: TrainingSettings
     forward: ForwardSettings
+    sweep: SweepSettings
 
 
 _LR_CONTROL_FIELDS: tuple[str, ...] = tuple(
@@ -298,7 +339,9 @@ _LR_CONTROL_FIELDS: tuple[str, ...] = tuple(
 )
 """The TrainingSettings fields :meth:`TrainingSettings.lr_control_options` passes on."""
 
-SETTINGS_CLASSES: tuple[type, ...] = (RunSettings, DataSettings, BatchingSettings, TrainingSettings, ForwardSettings)
+SETTINGS_CLASSES: tuple[type, ...] = (
+    RunSettings, DataSettings, BatchingSettings, TrainingSettings, ForwardSettings, SweepSettings
+)
 
 #: RETURNN keys returnn-ray accepts without effect, with the reason (no "unused key" warning).
 IGNORED_KEYS: dict[str, str] = {
@@ -354,6 +397,7 @@ def load_settings(config: Config) -> Settings:
         batching=_read_class(BatchingSettings, config),
         training=_read_class(TrainingSettings, config),
         forward=_read_class(ForwardSettings, config),
+        sweep=_read_class(SweepSettings, config),
     )
 
 

@@ -233,3 +233,55 @@ def iter_batches(ray_dataset: "ray.data.Dataset", keys: Sequence[str]) -> Iterat
     """Iterate a :func:`rank_dataset` as :class:`Batch` objects, one per planned batch."""
     for row in ray_dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=PREFETCH_BATCHES):
         yield Batch.from_columns({name: col[0] for name, col in row.items()}, keys)
+
+
+def rank_batches(dataset: Dataset, batches: Sequence[np.ndarray], keys: Sequence[str]) -> Iterator[Batch]:
+    """One rank's planned batches, in plan order: through Ray Data on a Ray worker, or read by a
+    background thread in this process when no Ray is running (Ray Train's local mode).
+
+    Both give the same batches (:func:`pad_batch` of the same plan); the in-process reader
+    keeps up to :data:`PREFETCH_BATCHES` batches ahead of the consumer.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield from iter_batches(rank_dataset(dataset, batches), keys)
+        return
+    yield from _prefetched(dataset, batches, keys)
+
+
+def _prefetched(dataset: Dataset, batches: Sequence[np.ndarray], keys: Sequence[str]) -> Iterator[Batch]:
+    import queue
+    import threading
+
+    ready: queue.Queue = queue.Queue(maxsize=max(1, PREFETCH_BATCHES))
+    stop = threading.Event()
+    done = object()
+
+    def read() -> None:
+        try:
+            for indices in batches:
+                if stop.is_set():
+                    return
+                ready.put(pad_batch(dataset, indices))
+            ready.put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            ready.put(exc)
+
+    thread = threading.Thread(target=read, name="returnn-ray-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield Batch.from_columns(item, keys)
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a reader waiting on a full queue
+            try:
+                ready.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)

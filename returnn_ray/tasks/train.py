@@ -54,8 +54,29 @@ def run(settings: Settings, config: Config) -> int:
     from returnn_ray.ray_setup import init_ray
 
     start = time.monotonic()
-    init_ray(settings.run.ray_address, env_vars=RAY_TRAIN_ENV)
+    if not use_local_mode(settings):
+        init_ray(settings.run.ray_address, env_vars=RAY_TRAIN_ENV)
     return _fit(settings, config, start)
+
+
+def use_local_mode(settings: Settings) -> bool:
+    """Whether to run the one worker in this process (Ray Train's local mode, ``num_workers=0``).
+
+    Starting a Ray cluster costs a 2-core machine 15-20 s before the first step, RETURNN none; a
+    run that can only ever use one worker (no ``ray_num_workers``, no cluster to join, at most one
+    GPU) gets nothing for it. Same loop, same batches, same files; ``ray_local_mode False`` forces Ray.
+    """
+    import ray
+
+    if settings.run.ray_local_mode is not None:
+        return settings.run.ray_local_mode
+    if settings.run.ray_num_workers is not None or settings.run.ray_address or os.environ.get("RAY_ADDRESS"):
+        return False
+    if ray.is_initialized():  # e.g. a notebook or test that started Ray itself
+        return False
+    import torch
+
+    return settings.run.device == "cpu" or torch.cuda.device_count() <= 1
 
 
 def _fit(settings: Settings, config: Config, start: float) -> int:
@@ -66,7 +87,16 @@ def _fit(settings: Settings, config: Config, start: float) -> int:
     return 0
 
 
-def run_on_workers(settings: Settings, config: Config, loop, *, what: str, run_name: str, extra: dict | None = None):
+def run_on_workers(
+    settings: Settings,
+    config: Config,
+    loop,
+    *,
+    what: str,
+    run_name: str,
+    extra: dict | None = None,
+    callbacks: list | None = None,
+):
     """Run ``loop`` (a ``train_loop_per_worker``) on ``ray_num_workers`` DDP workers of a
     ``TorchTrainer``, printing rank 0's log lines; a worker's UserError becomes the driver's."""
     import ray
@@ -78,13 +108,25 @@ def run_on_workers(settings: Settings, config: Config, loop, *, what: str, run_n
 
     from returnn_ray.training.log import DriverLog
 
-    # RETURNN picks the GPU when there is one and `device` is unset.
-    use_gpu = settings.run.device == "gpu" or (
-        settings.run.device is None and ray.cluster_resources().get("GPU", 0) > 0
-    )
-    num_workers = settings.run.ray_num_workers or default_num_workers(use_gpu)
-    _check_placeable(num_workers, use_gpu)
-    queue = Queue(actor_options={"num_cpus": 0})
+    local = use_local_mode(settings)
+    if local:
+        import logging
+        import queue as queue_module
+
+        import torch
+
+        use_gpu = settings.run.device == "gpu" or (settings.run.device is None and torch.cuda.is_available())
+        num_workers = 1
+        queue = queue_module.Queue()  # the driver's log reads the same get/put API
+        logging.getLogger("ray.train").setLevel(logging.WARNING)  # "Running in local mode", "Reported metrics"
+    else:
+        # RETURNN picks the GPU when there is one and `device` is unset.
+        use_gpu = settings.run.device == "gpu" or (
+            settings.run.device is None and ray.cluster_resources().get("GPU", 0) > 0
+        )
+        num_workers = settings.run.ray_num_workers or default_num_workers(use_gpu)
+        _check_placeable(num_workers, use_gpu)
+        queue = Queue(actor_options={"num_cpus": 0})
     log = DriverLog(queue, log_files=settings.run.log).start()
     model_dir = os.path.dirname(os.path.abspath(settings.run.model or "returnn_ray_out/model"))
     trainer = TorchTrainer(
@@ -97,15 +139,17 @@ def run_on_workers(settings: Settings, config: Config, loop, *, what: str, run_n
             "process_start": _process_start_time(),
             **(extra or {}),
         },
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        scaling_config=ScalingConfig(num_workers=0 if local else num_workers, use_gpu=use_gpu),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(
             name=run_name,
             storage_path=os.path.join(model_dir, "ray_train"),
             failure_config=FailureConfig(max_failures=settings.run.ray_max_failures),
+            callbacks=callbacks,
         ),
     )
-    log.print(f"returnn-ray: {what} with {num_workers} worker(s) on Ray ({'gpu' if use_gpu else 'cpu'})")
+    where = "in this process (Ray Train local mode)" if local else "on Ray"
+    log.print(f"returnn-ray: {what} with {num_workers} worker(s) {where} ({'gpu' if use_gpu else 'cpu'})")
     try:
         return trainer.fit()
     except ray.train.TrainingFailedError as exc:

@@ -23,7 +23,7 @@ import torch
 
 from returnn_ray.data import plan_epoch
 from returnn_ray.data.base import Dataset, DataSpec
-from returnn_ray.data.ray_data import Batch, iter_batches, rank_dataset
+from returnn_ray.data.ray_data import Batch, rank_batches
 from returnn_ray.errors import UserError
 from returnn_ray.settings import Settings
 from returnn_ray.tasks.common import batching_options, open_dataset
@@ -146,6 +146,10 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
     num_epochs = settings.run.num_epochs
     if start_epoch > num_epochs:
         log.line(f"Already trained until final epoch {num_epochs}, nothing to do.")
+        if newest in lr_control.epochs:  # the run's result is the last epoch's (e.g. for a resumed sweep)
+            last = lr_control.epochs[newest]
+            scores = {k: v for k, v in last.error.items() if not k.startswith(":meta:")}
+            report(ctx, newest, step, scores, last.learning_rate, sweep_metric=job.get("sweep_metric", False))
     for epoch in range(start_epoch, num_epochs + 1):
         lr = lr_control.learning_rate_for_epoch(epoch)
         set_learning_rate(optimizer, lr)
@@ -172,7 +176,7 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
         lr_control.set_epoch_meta(epoch, {"epoch_train_time_secs": round(train_secs), "global_train_step_end": step})
         if ctx.is_chief:
             _save_epoch(settings, lr_control, model, optimizer, epoch, step, lr)
-        report(ctx, epoch, step, scores, lr)
+        report(ctx, epoch, step, scores, lr, sweep_metric=job.get("sweep_metric", False))
     if tb is not None:
         tb.close()
     return {"epoch": num_epochs, "step": step}
@@ -201,7 +205,7 @@ def _train_epoch(
     start = time.monotonic()
     last = start
     optimizer.zero_grad(set_to_none=True)
-    for i, batch in enumerate(iter_batches(rank_dataset(train, my_batches), list(train.specs))):
+    for i, batch in enumerate(rank_batches(train, my_batches, list(train.specs))):
         is_padding = batch.num_seqs == 0
         batch = padding if is_padding else _to_device(batch, ctx.device)
         weight = 0.0 if is_padding else 1.0
@@ -259,7 +263,7 @@ def eval_epoch(settings, ctx, spec: ModelSpec, model, dataset: Dataset, name: st
     acc = ScoreAccumulator()
     padding = dummy_batch(specs, ctx.device)
     with torch.no_grad():
-        for batch in iter_batches(rank_dataset(dataset, plan.for_rank(ctx.rank)), list(dataset.specs)):
+        for batch in rank_batches(dataset, plan.for_rank(ctx.rank), list(dataset.specs)):
             if batch.num_seqs:
                 acc.add(spec.step(model, _to_device(batch, ctx.device), epoch=epoch, step=step))
         names = _loss_names(spec, model, padding, epoch, step, acc)
@@ -309,17 +313,28 @@ def _save_epoch(settings: Settings, lr_control, model, optimizer, epoch: int, st
             checkpoints.delete_checkpoint(prefix, old)
 
 
-def report(ctx: WorkerContext, epoch: int, step: int, scores: Mapping[str, float], lr: float) -> None:
+def report(
+    ctx: WorkerContext, epoch: int, step: int, scores: Mapping[str, float], lr: float, *, sweep_metric: str | None | bool = False
+) -> None:
     """Every rank reports once per epoch (a sync point in Ray Train; per-step reports are throttled).
 
     Rank 0 attaches a small checkpoint marker, so Ray Train's failure handling knows the
     epoch; the weights themselves stay in ``<model>.NNN.pt``, the file RETURNN tools read.
+    In a sweep trial (``sweep_metric`` not False) the metrics also carry ``objective``, the
+    score the sweep ranks by: ``sweep_metric``, or (None) the dev key newbob would pick.
     """
     import json
 
     import ray.train
 
     metrics = {"epoch": epoch, "global_step": step, "learning_rate": lr, **scores}
+    if sweep_metric is not False:
+        from returnn_ray.training.lr_control import error_key_for_scores
+
+        key = sweep_metric or error_key_for_scores(scores)
+        if key not in scores:
+            raise UserError(f"sweep_metric {key!r} is not among the scores of this run: {', '.join(sorted(scores))}")
+        metrics.update(objective=scores[key], objective_key=key)
     if not ctx.is_chief:
         ray.train.report(metrics)
         return

@@ -63,3 +63,35 @@ def test_empty_padding_batch_arrives_as_an_empty_step(ray_session, hdf_dataset):
     assert sorted(sizes) == [[0], [0], [1]]
     empty = next(b for r in range(3) for b in _read_rank(ds, plan.for_rank(r)) if b.num_seqs == 0)
     assert tuple(empty.data["data"].shape) == (0, 0, 5)
+
+
+def test_in_process_reader_gives_the_ray_data_batches_without_ray(hdf_dataset):
+    # Ray Train's local mode (no Ray running) reads the plan in a background thread instead.
+    from returnn_ray.data.ray_data import _prefetched, pad_batch
+
+    ds, _ = hdf_dataset
+    plan = plan_epoch(ds.seq_order_for_epoch(2), ds.seq_lens, BatchingOptions(batch_size=60, max_seqs=4), num_ranks=2)
+    batches = plan.for_rank(1)
+    got = list(_prefetched(ds, batches, ds.data_keys))
+    assert len(got) == len(batches)
+    for batch, planned in zip(got, batches):
+        want = pad_batch(ds, planned)
+        assert batch.seq_idx.tolist() == planned.tolist()
+        for key in ("data", "classes"):
+            np.testing.assert_array_equal(batch.data[key].numpy(), want[key])
+            np.testing.assert_array_equal(batch.lens[key].numpy(), want[key + ":lens"])
+
+
+def test_in_process_reader_stops_early_and_passes_errors_on(hdf_dataset):
+    import threading
+
+    from returnn_ray.data.ray_data import _prefetched
+
+    ds, _ = hdf_dataset
+    batches = [np.array([i]) for i in range(ds.num_seqs)]
+    reader = _prefetched(ds, batches, ds.data_keys)
+    next(reader)
+    reader.close()  # the consumer leaves after one batch: the reader thread must end too
+    assert not any(t.name == "returnn-ray-reader" for t in threading.enumerate())
+    with pytest.raises(IndexError):
+        list(_prefetched(ds, [np.array([0]), np.array([10_000])], ds.data_keys))

@@ -206,3 +206,26 @@ def test_tensorboard_curves_and_a_live_progress_line_on_a_terminal(ray_session, 
     assert [e.value for e in events.Scalars("dev/cost:output")] == pytest.approx(
         [dev[1]["dev_score"], dev[2]["dev_score"]], rel=1e-5
     )
+
+
+def test_local_mode_trains_exactly_like_one_ray_worker(ray_session, tmp_path):
+    # The plain command with one worker to give runs Ray Train's local mode in its own process
+    # (no Ray started); the same config on a Ray worker must give the same scores and weights.
+    import subprocess
+
+    ray_dir, local_dir = tmp_path / "ray", tmp_path / "local"
+    ray_dir.mkdir(), local_dir.mkdir()
+    assert main([write_config(ray_dir), "++ray_num_workers", "1"]) == 0
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "returnn_ray", write_config(local_dir), "++log_verbosity", "4"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "in this process (Ray Train local mode)" in proc.stdout
+    assert proc.stderr == "", proc.stderr  # Ray Train's local-mode notices stay out of the way
+    assert scores(local_dir).keys() == scores(ray_dir).keys() == {1, 2}
+    for epoch in (1, 2):
+        for key, value in scores(ray_dir)[epoch].items():
+            assert scores(local_dir)[epoch][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (epoch, key)
+    assert_same_params(params(local_dir, 2), params(ray_dir, 2))

@@ -1,0 +1,81 @@
+"""Benchmark: sweep overhead. Total wall time of `returnn-ray sweep` over N variants, against the
+sum of the same N trainings run one by one as plain `returnn-ray` commands, divided by the
+number of trials the sweep runs at once.
+
+    .venv/bin/python bench/sweep_overhead.py            # 4 variants of a small Task12AX BLSTM, 3 epochs
+    .venv/bin/python bench/sweep_overhead.py --quick    # 2 variants, 1 epoch
+
+Goal (issue 5): at most 1.2x. On a 2-core machine a trial's single worker holds one CPU, so
+the sweep runs 2 trials at once; both sides include Ray's start-up as a user would see it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "sweep")
+LEARNING_RATES = [0.01, 0.005, 0.02, 0.003]
+
+
+def write_config(epochs: int) -> str:
+    config = {
+        "task": "train",
+        "train": {"class": "Task12AXDataset", "num_seqs": 1000},
+        "dev": {"class": "Task12AXDataset", "num_seqs": 100, "fixed_random_seed": 1},
+        "num_inputs": 9,
+        "num_outputs": 2,
+        "network": {
+            "lstm": {"class": "rec", "unit": "lstm", "n_out": 64},
+            "output": {"class": "softmax", "loss": "ce", "from": ["lstm"]},
+        },
+        "batch_size": 5000,
+        "max_seqs": 10,
+        "adam": True,
+        "num_epochs": epochs,
+        "model": os.path.join(OUT, "base", "model"),
+    }
+    path = os.path.join(OUT, "base.json")
+    with open(path, "w") as f:
+        json.dump(config, f)
+    return path
+
+
+def timed(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    shutil.rmtree(OUT, ignore_errors=True)
+    os.makedirs(OUT)
+    lrs = LEARNING_RATES[:2] if args.quick else LEARNING_RATES
+    config = write_config(1 if args.quick else 3)
+    cli = [sys.executable, "-m", "returnn_ray"]
+    alone = []
+    for lr in lrs:
+        model = os.path.join(OUT, f"alone-{lr}", "model")
+        alone.append(timed(cli + [config, "++learning_rate", str(lr), "++model", model]))
+        print(f"standalone learning_rate={lr}: {alone[-1]:.1f} s", flush=True)
+    concurrency = min(2, len(lrs))  # one CPU per trial's worker, 2 CPUs
+    grid = "learning_rate=" + ",".join(map(str, lrs))
+    sweep = timed(cli + ["sweep", config, "--grid", grid, "--dir", os.path.join(OUT, "sweep"), "--max-concurrent", str(concurrency)])
+    ideal = sum(alone) / concurrency
+    print(f"sweep of {len(lrs)} trials, {concurrency} at once: {sweep:.1f} s")
+    print(f"sum of standalone runs / {concurrency}: {ideal:.1f} s")
+    print(f"RATIO sweep / (sum standalone / concurrency): {sweep / ideal:.2f}   (goal <= 1.2)")
+
+
+if __name__ == "__main__":
+    main()

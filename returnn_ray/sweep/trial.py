@@ -1,0 +1,66 @@
+"""One sweep trial: a full training run of the base config plus the trial's variant.
+
+Ray 2.60 combines Tune and Train through a Tune *function* trainable that builds and fits a
+``TorchTrainer`` (``Tuner(trainer)`` fails); ``TuneReportCallback`` forwards each epoch's report
+(with ``objective``, :func:`returnn_ray.training.worker.report`) to Tune, whose scheduler may
+stop the trial. The trial trains in its own directory (``<sweep_dir>/trials/<variant>-<id>/``:
+checkpoints, ``learning_rates``, ``train.log``), so a restored sweep resumes an unfinished trial
+from its checkpoints, exactly as rerunning ``returnn-ray`` would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from returnn_ray.sweep.space import VARIANT_KEY, override_args, variant_name
+
+
+def trial_dir(sweep_dir: str, values: dict[str, Any], trial_id: str) -> str:
+    return os.path.join(sweep_dir, "trials", f"{variant_name(values)}-{trial_id}")
+
+
+def trial_args(job: dict[str, Any], values: dict[str, Any], directory: str) -> tuple[list[str], list[str]]:
+    """The trial's command line: config files and ``++`` arguments, as a user would type it."""
+    files = list(job["files"]) + ([str(values[VARIANT_KEY])] if VARIANT_KEY in values else [])
+    model_name = os.path.basename(job["model"] or "model")
+    args = list(job["args"]) + override_args(values) + [
+        "++task", "train",
+        "++ray_local_mode", "False",  # a trial's workers are Ray actors holding the trial's CPUs/GPUs
+        "++model", os.path.join(directory, model_name),
+        "++learning_rate_file", os.path.join(directory, "learning_rates"),
+        "++log", os.path.join(directory, "train.log"),
+    ]
+    return files, args
+
+
+def run_trial(trial_config: dict[str, Any]) -> None:
+    """Tune's function trainable (runs in a Tune trial actor)."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from returnn_ray.config import load_config, set_global_config
+    from returnn_ray.settings import load_settings
+    from returnn_ray.tasks.train import check_before_start, run_on_workers
+    from returnn_ray.training.worker import train_loop_per_worker
+
+    job, values = trial_config["job"], dict(trial_config["values"])
+    directory = trial_dir(job["sweep_dir"], values, tune.get_context().get_trial_id())
+    os.makedirs(directory, exist_ok=True)
+    files, args = trial_args(job, values, directory)
+    with open(os.path.join(directory, "variant.json"), "w", encoding="utf-8") as f:
+        json.dump({"values": values, "files": files, "args": args}, f, indent=1, default=repr)
+    config = load_config(files, args)
+    set_global_config(config)
+    settings = load_settings(config)
+    check_before_start(settings)
+    run_on_workers(
+        settings,
+        config,
+        train_loop_per_worker,
+        what="training",
+        run_name="returnn_ray_train",
+        extra={"sweep_metric": job["metric"]},
+        callbacks=[TuneReportCallback()],
+    )

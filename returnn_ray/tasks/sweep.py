@@ -1,0 +1,190 @@
+"""``returnn-ray sweep``: one Ray Tune trial per config variant, each a full training run.
+
+    returnn-ray sweep base.config --grid learning_rate=0.0005,0.001,0.003 --grid batch_size=2000,5000
+
+Checks everything it can before any trial starts (the sweep, the base config, the metric, that a
+trial's workers fit the cluster), then runs a ``Tuner`` over :func:`returnn_ray.sweep.trial.run_trial`
+with as many trials at once as the cluster can place (``sweep_max_concurrent_trials``), the rest
+queued. ``sweep_scheduler asha`` stops weak trials early. Rerunning the same command resumes an
+interrupted sweep: finished trials are kept, unfinished ones resume from their checkpoints. At
+the end: a table of trials, ``best.config`` and ``<metric>.png`` in ``sweep_dir``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+from typing import Sequence
+
+from returnn_ray.config import Config
+from returnn_ray.errors import ConfigError, UserError
+from returnn_ray.settings import KNOWN_KEYS, Settings
+from returnn_ray.sweep.space import VARIANT_KEY, parse_space, tune_param_space, warn_unknown_keys
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepArgs:
+    """What ``returnn-ray sweep`` takes besides ``++key value``."""
+
+    files: tuple[str, ...] = ()
+    """The base config files."""
+    args: tuple[str, ...] = ()
+    """The base ``++key value`` arguments."""
+    grid: tuple[str, ...] = ()
+    """``--grid key=v1,v2`` texts."""
+    variants: tuple[str, ...] = ()
+    """``--variants`` config files."""
+
+
+def run(settings: Settings, config: Config, sweep_args: SweepArgs | None = None) -> int:
+    sweep_args = sweep_args or SweepArgs()
+    s = settings.sweep
+    variants = tuple(s.sweep_variants) + sweep_args.variants
+    space = parse_space(s.sweep, sweep_args.grid, variants)
+    for path in variants:
+        if not os.path.isfile(path):
+            raise ConfigError(f"--variants: config file {path!r} does not exist")
+    warn_unknown_keys(space, KNOWN_KEYS, config.keys())
+    _check_base(settings, has_variants=bool(variants))
+    sweep_dir = os.path.abspath(s.sweep_dir or os.path.join(os.path.dirname(os.path.abspath(settings.run.model or "returnn_ray_out/model")), "sweep"))
+
+    import ray
+    from ray import tune
+
+    from returnn_ray.ray_setup import init_ray
+    from returnn_ray.sweep.trial import run_trial
+    from returnn_ray.tasks.train import RAY_TRAIN_ENV, _check_placeable, default_num_workers
+
+    # Trials keep the command's working directory (Tune would chdir into its own trial dir),
+    # so relative paths in configs mean what they mean for `returnn-ray CONFIG`.
+    env = {**RAY_TRAIN_ENV, "RAY_CHDIR_TO_TRIAL_DIR": "0"}
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    init_ray(settings.run.ray_address, env_vars=env)
+    use_gpu = settings.run.device == "gpu" or (settings.run.device is None and ray.cluster_resources().get("GPU", 0) > 0)
+    workers = settings.run.ray_num_workers or default_num_workers(use_gpu)
+    _check_placeable(workers, use_gpu)
+    capacity = int(ray.cluster_resources().get("GPU" if use_gpu else "CPU", 0)) // workers
+    concurrent = min(s.sweep_max_concurrent_trials or capacity, capacity)
+
+    job = {
+        "files": list(sweep_args.files),
+        "args": [a for a in sweep_args.args],
+        "model": settings.run.model,
+        "sweep_dir": sweep_dir,
+        "metric": s.sweep_metric,
+    }
+    scheduler = None
+    if s.sweep_scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(
+            time_attr="epoch", max_t=settings.run.num_epochs, grace_period=s.sweep_grace_period, reduction_factor=2
+        )
+    trainable = tune.with_resources(run_trial, {"CPU": 0.01})  # the trial's workers hold the real resources
+    experiment = os.path.join(sweep_dir, "tune", "sweep")
+    start = time.monotonic()
+    if tune.Tuner.can_restore(experiment):
+        print(f"returnn-ray: resuming the sweep in {sweep_dir}", flush=True)
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={**tune_param_space(space), "job": job},
+            tune_config=tune.TuneConfig(
+                metric="objective",
+                mode=s.sweep_mode,
+                scheduler=scheduler,
+                num_samples=s.sweep_num_samples,
+                max_concurrent_trials=concurrent,
+                trial_dirname_creator=lambda trial: trial.trial_id,
+            ),
+            run_config=tune.RunConfig(name="sweep", storage_path=os.path.join(sweep_dir, "tune"), verbose=0),
+        )
+    print(
+        f"returnn-ray: sweep over {', '.join(d.key for d in space)}: up to {concurrent} trial(s) at once,"
+        f" {workers} worker(s) each -> {sweep_dir}",
+        flush=True,
+    )
+    grid = tuner.fit()
+    return _summarize(settings, grid, sweep_dir, job, time.monotonic() - start)
+
+
+def _check_base(settings: Settings, *, has_variants: bool) -> None:
+    """The base config must train (unless variants complete it); a sweep_metric must be a score it reports."""
+    if has_variants and settings.data.train is None:
+        return  # each variant file brings its own data and model; they are checked as their trials start
+    from returnn_ray.tasks.train import check_before_start
+
+    check_before_start(settings)
+    metric = settings.sweep.sweep_metric
+    if metric is not None:
+        known = expected_score_keys(settings)
+        if metric not in known:
+            raise ConfigError(f"sweep_metric {metric!r} is not a score this config reports; it reports: {', '.join(known)}")
+
+
+def expected_score_keys(settings: Settings) -> list[str]:
+    """The score keys each epoch of this config reports (``train_*`` and per evaluated dataset)."""
+    import torch
+
+    from returnn_ray.tasks.common import open_dataset
+    from returnn_ray.training.scores import score_keys
+    from returnn_ray.training.steps import dummy_batch, model_spec
+    from returnn_ray.training.worker import data_specs, eval_dataset_names
+
+    specs = data_specs(settings, open_dataset(settings, "train"))
+    spec = model_spec(settings, specs)
+    with torch.no_grad():
+        names = list(spec.step(spec.build(1, 0), dummy_batch(specs, torch.device("cpu")), epoch=1, step=0))
+    keys: list[str] = []
+    for dataset in ["train", *eval_dataset_names(settings)]:
+        keys += score_keys(dataset, dict.fromkeys(names, 0.0))
+    return sorted(keys)
+
+
+def _summarize(settings: Settings, grid, sweep_dir: str, job: dict, secs: float) -> int:
+    import json
+
+    from returnn_ray.atomic import atomic_write
+    from returnn_ray.sweep.results import TrialSummary, best_config_text, format_table, metric_per_epoch, ranked, write_plot
+    from returnn_ray.sweep.trial import trial_args, trial_dir
+
+    trials = []
+    for result in grid:
+        values = dict(result.config["values"])
+        # Tune names a trial's directory after its id; a restored trial's gets a suffix (`<id>_e2ef`).
+        trial_id = (result.metrics or {}).get("trial_id") or re.match(r"[0-9a-f]+_\d+", os.path.basename(result.path)).group(0)
+        directory = trial_dir(sweep_dir, values, trial_id)
+        scores, metric = metric_per_epoch(os.path.join(directory, "learning_rates"), job["metric"])
+        if result.error is not None:
+            status = "error: " + (str(result.error).strip().splitlines() or ["?"])[-1][:120]
+        elif len(scores) < settings.run.num_epochs:
+            status = "stopped early"
+        else:
+            status = "done"
+        trials.append(TrialSummary(os.path.basename(directory), directory, values, status, scores, metric))
+    if not trials:
+        raise UserError(f"the sweep in {sweep_dir} ran no trial")
+    mode = settings.sweep.sweep_mode
+    table = format_table(trials, mode)
+    atomic_write(os.path.join(sweep_dir, "results.txt"), table)
+    print(table, end="", flush=True)
+    best = ranked(trials, mode)[0]
+    if not best.scores:
+        raise UserError(f"no trial of the sweep reported a score; see the trials' train.log files in {sweep_dir}/trials")
+    files, args = trial_args(job, best.values, best.directory)
+    atomic_write(os.path.join(sweep_dir, "best.config"), best_config_text(best, files, args, mode))
+    atomic_write(os.path.join(sweep_dir, "best.json"), json.dumps({"values": best.values, "directory": best.directory}, default=repr) + "\n")
+    plot = os.path.join(sweep_dir, f"{best.metric or 'score'}.png")
+    plotted = write_plot(plot, trials)
+    failed = sum(t.status.startswith("error") for t in trials)
+    print(
+        f"returnn-ray: sweep done in {secs:.1f} s: {len(trials)} trials ({failed} failed); best {best.name};"
+        f" config {os.path.join(sweep_dir, 'best.config')}"
+        + (f"; plot {plot}" if plotted else "; no plot (pip install 'returnn-ray[plot]')"),
+        flush=True,
+    )
+    return 0

@@ -1,0 +1,131 @@
+"""Sweep definitions, trial command lines and the sweep's result files, without Ray."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import pytest
+
+from returnn_ray.cli import main, parse_argv
+from returnn_ray.config import load_config
+from returnn_ray.errors import ConfigError
+from returnn_ray.settings import KNOWN_KEYS, load_settings
+from returnn_ray.sweep.results import TrialSummary, best_config_text, format_table, ranked, write_plot
+from returnn_ray.sweep.space import Dimension, override_args, parse_space, warn_unknown_keys
+from returnn_ray.sweep.trial import trial_args
+
+
+def test_sweep_dict_and_grid_args_give_typed_dimensions():
+    space = parse_space(
+        {"dropout": {"uniform": [0.1, 0.3]}, "unit": ["lstm", "gru"]},
+        ["optimizer={'class': 'adam', 'epsilon': 1e-8},{'class': 'sgd'}", "batch_size=2000, 5000"],
+    )
+    assert space == [
+        Dimension("dropout", "uniform", (0.1, 0.3)),
+        Dimension("unit", "grid", ("lstm", "gru")),
+        Dimension("optimizer", "grid", ({"class": "adam", "epsilon": 1e-8}, {"class": "sgd"})),
+        Dimension("batch_size", "grid", (2000, 5000)),
+    ]
+
+
+@pytest.mark.parametrize(
+    "sweep, grid, culprit",
+    [
+        (None, [], "varies nothing"),
+        (None, ["learning_rate="], "no values"),
+        (None, ["=1,2"], "key=value1"),
+        ({"learning_rate": {"uniform": [0.1]}}, [], "low, high"),
+        ({"learning_rate": {"loguniform": [0, 1]}}, [], "low > 0"),
+        ({"learning_rate": {"normal": [0, 1]}}, [], "one of"),
+    ],
+)
+def test_bad_sweeps_name_the_culprit(sweep, grid, culprit):
+    with pytest.raises(ConfigError, match=culprit):
+        parse_space(sweep, grid)
+
+
+def test_an_unknown_swept_key_warns_with_the_closest_key(caplog):
+    space = parse_space(None, ["learning_rte=0.1,0.2", "my_own_key=1,2"])
+    with caplog.at_level(logging.WARNING, logger="returnn_ray"):
+        messages = warn_unknown_keys(space, KNOWN_KEYS, config_keys=["my_own_key"])
+    assert messages == ["swept key 'learning_rte' is neither a returnn-ray key nor in the config (did you mean 'learning_rate'?)"]
+
+
+def test_a_variant_reaches_the_trial_as_the_config_a_user_would_get(tmp_path):
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"learning_rate": 0.1, "optimizer": {"class": "sgd"}, "model": "/x/net", "batching": "random"}))
+    values = {"learning_rate": 0.003, "optimizer": {"class": "adam"}, "batching": "sorted", "max_seqs": 7}
+    job = {"files": [str(base)], "args": ["++num_epochs", "3"], "model": "/x/net"}
+    files, args = trial_args(job, values, str(tmp_path / "trial"))
+    settings = load_settings(load_config(files, args))
+    assert settings.training.learning_rate == 0.003 and settings.training.optimizer == {"class": "adam"}
+    assert settings.data.batching == "sorted" and settings.batching.max_seqs == 7 and settings.run.num_epochs == 3
+    assert settings.run.model == str(tmp_path / "trial" / "net") and settings.run.task == "train"
+    assert override_args({"variant": "a.config", "x": 1}) == ["++x", "1"]
+
+
+def _trial(name, values, scores, status="done"):
+    return TrialSummary(name, f"/s/{name}", values, status, scores, "dev_score")
+
+
+def test_table_ranks_trials_and_the_best_config_runs(tmp_path):
+    trials = [
+        _trial("a", {"learning_rate": 0.1}, {1: 0.5, 2: 0.4}),
+        _trial("b", {"learning_rate": 0.01}, {1: 0.3, 2: 0.2}),
+        _trial("c", {"learning_rate": 1.0}, {1: 0.9}, "stopped early"),
+        _trial("d", {"learning_rate": "oops"}, {}, "error: bad"),
+    ]
+    assert [t.name for t in ranked(trials, "min")] == ["b", "a", "c", "d"]
+    assert [t.name for t in ranked(trials, "max")] == ["c", "a", "b", "d"]
+    table = format_table(trials, "min").splitlines()
+    assert table[0].split() == ["#", "learning_rate", "best", "epoch", "best", "dev_score", "epochs", "status"]
+    assert table[2].split() == ["1", "0.01", "2", "0.2000", "2", "done"]
+    assert table[-1].split()[-2:] == ["error:", "bad"]
+
+    base = tmp_path / "base.config"
+    base.write_text("#!returnn.py\nimport os\nlearning_rate = 0.5\nnum_epochs = 2\nname = os.path.basename(__file__)\n")
+    lines = tmp_path / "extra.txt"
+    lines.write_text("max_seqs 9\n")
+    best = ranked(trials, "min")[0]
+    path = tmp_path / "best.config"
+    path.write_text(best_config_text(best, [str(base), str(lines)], ["++learning_rate", "0.01", "++task", "train"], "min"))
+    settings = load_settings(load_config([str(path)]))
+    assert settings.training.learning_rate == 0.01 and settings.batching.max_seqs == 9 and settings.run.num_epochs == 2
+    assert "dev_score 0.2 at epoch 2" in path.read_text()
+
+    png = tmp_path / "dev_score.png"
+    assert write_plot(str(png), trials)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_command_line():
+    inv = parse_argv(["sweep", "b.config", "--grid", "learning_rate=0.1,0.2", "--grid=max_seqs=2,4",
+                      "--variants", "x.config", "y.config", "--scheduler", "asha", "--num-samples=2"])
+    assert inv.sweep_grid == ("learning_rate=0.1,0.2", "max_seqs=2,4")
+    assert inv.sweep_variants == ("x.config", "y.config") and inv.config_files == ("b.config",)
+    assert inv.config_args == ("++task", "sweep", "++sweep_scheduler", "asha", "++sweep_num_samples", "2")
+
+
+@pytest.mark.parametrize(
+    "extra, culprit",
+    [
+        (["--grid"], "--grid needs a value"),
+        (["--grid", "learning_rate="], "no values"),
+        ([], "varies nothing"),
+        (["--grid", "learning_rate=0.1,0.2", "--metric", "dev_nonsense"], "dev_nonsense"),
+        (["--variants", "/nonexistent.config"], "/nonexistent.config"),
+    ],
+)
+def test_bad_sweep_input_fails_before_any_trial(tmp_path, capsys, extra, culprit):
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({
+        "train": {"class": "Task12AXDataset", "num_seqs": 5}, "dev": {"class": "Task12AXDataset", "num_seqs": 5},
+        "num_inputs": 9, "num_outputs": 2, "network": {"output": {"class": "softmax", "loss": "ce"}},
+        "model": str(tmp_path / "m" / "model"),
+    }))
+    assert main(["sweep", str(base), *extra]) == 2
+    err = capsys.readouterr().err
+    assert culprit in err and err.count("returnn-ray: error:") == 1, err
+    assert not (tmp_path / "m").exists() or not os.listdir(tmp_path / "m")  # nothing written
