@@ -235,16 +235,18 @@ def iter_batches(ray_dataset: "ray.data.Dataset", keys: Sequence[str]) -> Iterat
         yield Batch.from_columns({name: col[0] for name, col in row.items()}, keys)
 
 
-def rank_batches(dataset: Dataset, batches: Sequence[np.ndarray], keys: Sequence[str]) -> Iterator[Batch]:
+def rank_batches(
+    dataset: Dataset, batches: Sequence[np.ndarray], keys: Sequence[str], *, in_process: bool = False
+) -> Iterator[Batch]:
     """One rank's planned batches, in plan order: through Ray Data on a Ray worker, or read by a
-    background thread in this process when no Ray is running (Ray Train's local mode).
+    background thread in this process (``in_process``: Ray Train's local mode, or no Ray running).
 
     Both give the same batches (:func:`pad_batch` of the same plan); the in-process reader
     keeps up to :data:`PREFETCH_BATCHES` batches ahead of the consumer.
     """
     import ray
 
-    if ray.is_initialized():
+    if ray.is_initialized() and not in_process:
         yield from iter_batches(rank_dataset(dataset, batches), keys)
         return
     yield from _prefetched(dataset, batches, keys)

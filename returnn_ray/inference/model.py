@@ -83,16 +83,15 @@ def forward_outputs(settings: Settings, specs: Mapping[str, DataSpec], model, ba
 def _per_seq_axis(name: str, tensor: Any, num_seqs: int) -> tuple[np.ndarray, np.ndarray]:
     """``[B, T, ...]`` values and their lengths; an output without a time axis cannot go to HDF per frame."""
     raw = tensor.raw_tensor.detach()
-    if raw.dim() < 2:
+    time_dim = tensor.dims[1] if raw.dim() >= 2 else None
+    if time_dim is None or time_dim.dyn_size_ext is None or time_dim.dyn_size_ext.raw_tensor is None:
+        # Padded frames must not reach the HDF: only a dynamic time axis with lengths says which are real.
         raise UserError(
-            f"model output {name!r} has shape {tuple(raw.shape)}, no time axis: forward writes a sequence per seq"
-            " to HDF; mark an output [B, T, ...] (with model_outputs giving its time dim)"
+            f"model output {name!r} has shape {tuple(raw.shape)} and no time axis with seq lengths: forward"
+            f" writes a sequence per seq; declare model_outputs = {{{name!r}: {{'dim': ...}}}} and set"
+            f" rf.get_run_ctx().expected_outputs[{name!r}].dims[1].dyn_size_ext.raw_tensor = <lengths [B]>"
         )
-    time_dim = tensor.dims[1]
-    if time_dim.dyn_size_ext is not None and time_dim.dyn_size_ext.raw_tensor is not None:
-        lens = torch.as_tensor(time_dim.dyn_size_ext.raw_tensor).cpu().numpy().astype(np.int32)
-    else:
-        lens = np.full((num_seqs,), raw.shape[1], dtype=np.int32)
+    lens = torch.as_tensor(time_dim.dyn_size_ext.raw_tensor).cpu().numpy().astype(np.int32)
     if raw.dtype in (torch.bfloat16, torch.float16):
         raw = raw.float()
     return raw.cpu().numpy(), lens

@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 import time
 from typing import Any, Sequence
@@ -286,16 +287,39 @@ def _run_batches(settings, config, state, plan, todo, store: PartStore, dataset,
     print(f"returnn-ray: {task} with {num_actors} actor(s) on Ray ({kind.lower()})", flush=True)
     progress = Progress(task, total=sum(len(plan[i]) for i in todo), verbosity=settings.run.log_verbosity)
     nodes: set[str] = set()
-    for row in results.iter_rows():
-        batch_id = int(row["batch_id"])
-        store.put(batch_id, row["payload"])
-        nodes.add(str(row["node"]))
-        progress.advance(len(plan[batch_id]))
-    progress.close()
+    try:
+        for row in results.iter_rows():
+            batch_id = int(row["batch_id"])
+            store.put(batch_id, row["payload"])
+            nodes.add(str(row["node"]))
+            progress.advance(len(plan[batch_id]))
+    except Exception as exc:  # noqa: BLE001 - an actor's UserError (bad model output, ...) as one line
+        error = _user_error_in(exc)
+        if error is None:
+            raise
+        raise UserError(f"{error} (in a {task} actor; the batches done so far are kept in {store.dir})") from exc
+    finally:
+        progress.close()
     missing = [i for i in todo if i not in store.done()]
     if missing:
         raise UserError(f"{task}: {len(missing)} batches got no result (first: {missing[0]}); rerun to finish them")
     return nodes
+
+
+def _user_error_in(exc: BaseException) -> UserError | None:
+    """The UserError an actor raised, wherever Ray Data wrapped it (causes, ``RayTaskError.cause``)."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, UserError):
+            return e
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    # Ray Data's UserCodeException keeps the actor's exception only as traceback text.
+    found = re.findall(r"returnn_ray\.errors\.\w*Error: (.+)", str(exc))
+    return UserError(found[-1].strip()) if found else None
 
 
 class Progress:

@@ -27,7 +27,9 @@ def trial_args(job: dict[str, Any], values: dict[str, Any], directory: str) -> t
     model_name = os.path.basename(job["model"] or "model")
     args = list(job["args"]) + override_args(values) + [
         "++task", "train",
-        "++ray_local_mode", "False",  # a trial's workers are Ray actors holding the trial's CPUs/GPUs
+        # one CPU worker: trained inside the trial's actor, which holds the CPU (Ray Train local
+        # mode); else the trial's workers are Ray actors holding its CPUs/GPUs
+        "++ray_local_mode", str(bool(job.get("local_trials"))),
         "++model", os.path.join(directory, model_name),
         "++learning_rate_file", os.path.join(directory, "learning_rates"),
         "++log", os.path.join(directory, "train.log"),
@@ -35,8 +37,12 @@ def trial_args(job: dict[str, Any], values: dict[str, Any], directory: str) -> t
     return files, args
 
 
-def run_trial(trial_config: dict[str, Any]) -> None:
-    """Tune's function trainable (runs in a Tune trial actor)."""
+def run_trial(trial_config: dict[str, Any], shared_datasets: dict[str, Any] | None = None) -> None:
+    """Tune's function trainable (runs in a Tune trial actor).
+
+    ``shared_datasets``: ``{name: ObjectRef}`` of the datasets the sweep opened once; used when
+    the trial's data settings are the base config's (a variant that changes the data opens its own).
+    """
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -55,12 +61,23 @@ def run_trial(trial_config: dict[str, Any]) -> None:
     set_global_config(config)
     settings = load_settings(config)
     check_before_start(settings)
+    same_data = shared_datasets and data_fingerprint(settings) == job.get("data_fingerprint")
+    local = bool(job.get("local_trials"))
     run_on_workers(
         settings,
         config,
         train_loop_per_worker,
         what="training",
         run_name="returnn_ray_train",
-        extra={"sweep_metric": job["metric"]},
-        callbacks=[TuneReportCallback()],
+        extra={
+            "sweep_metric": job["metric"],
+            "shared_datasets": shared_datasets if same_data else None,
+            "report_to_tune": local,
+        },
+        callbacks=None if local else [TuneReportCallback()],
     )
+
+
+def data_fingerprint(settings) -> str:
+    """What decides a run's datasets: equal for two runs that would open the same data."""
+    return repr(settings.data)

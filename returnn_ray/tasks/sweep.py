@@ -54,7 +54,7 @@ def run(settings: Settings, config: Config, sweep_args: SweepArgs | None = None)
     from ray import tune
 
     from returnn_ray.ray_setup import init_ray
-    from returnn_ray.sweep.trial import run_trial
+    from returnn_ray.sweep.trial import data_fingerprint, run_trial
     from returnn_ray.tasks.train import RAY_TRAIN_ENV, _check_placeable, default_num_workers
 
     # Trials keep the command's working directory (Tune would chdir into its own trial dir),
@@ -83,7 +83,15 @@ def run(settings: Settings, config: Config, sweep_args: SweepArgs | None = None)
         scheduler = ASHAScheduler(
             time_attr="epoch", max_t=settings.run.num_epochs, grace_period=s.sweep_grace_period, reduction_factor=2
         )
-    trainable = tune.with_resources(run_trial, {"CPU": 0.01})  # the trial's workers hold the real resources
+    shared = _shared_datasets(settings, has_variants=bool(variants))
+    if shared:
+        job["data_fingerprint"] = data_fingerprint(settings)
+    # A one-CPU-worker trial trains inside its Tune actor, which then holds that CPU: no Train
+    # controller and worker actors to start per trial. Else the trial's workers hold the real
+    # resources. The datasets are opened once, for all trials.
+    job["local_trials"] = workers == 1 and not use_gpu
+    resources = {"CPU": 1} if job["local_trials"] else {"CPU": 0.01}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, shared_datasets=shared), resources)
     experiment = os.path.join(sweep_dir, "tune", "sweep")
     start = time.monotonic()
     if tune.Tuner.can_restore(experiment):
@@ -110,6 +118,19 @@ def run(settings: Settings, config: Config, sweep_args: SweepArgs | None = None)
     )
     grid = tuner.fit()
     return _summarize(settings, grid, sweep_dir, job, time.monotonic() - start)
+
+
+def _shared_datasets(settings: Settings, *, has_variants: bool) -> dict | None:
+    """The base config's datasets, opened once and put in Ray's object store for every trial
+    whose data settings are the same (generated corpora are not generated again per trial)."""
+    if has_variants and settings.data.train is None:
+        return None
+    import ray
+
+    from returnn_ray.tasks.common import open_dataset
+    from returnn_ray.training.worker import eval_dataset_names
+
+    return {name: ray.put(open_dataset(settings, name)) for name in ["train", *eval_dataset_names(settings)]}
 
 
 def _check_base(settings: Settings, *, has_variants: bool) -> None:

@@ -137,6 +137,7 @@ def run_on_workers(
             "log_queue": queue,
             "use_gpu": use_gpu,
             "process_start": _process_start_time(),
+            "local": local,
             **(extra or {}),
         },
         scaling_config=ScalingConfig(num_workers=0 if local else num_workers, use_gpu=use_gpu),

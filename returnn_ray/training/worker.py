@@ -43,6 +43,8 @@ class WorkerContext:
     rank: int
     world_size: int
     device: torch.device
+    local: bool = False
+    """Ray Train's local mode: the loop runs in the driver (or a sweep trial) process, reads in-process."""
 
     @property
     def is_chief(self) -> bool:
@@ -60,6 +62,15 @@ def _context(use_gpu: bool) -> WorkerContext:
     else:
         device = torch.device("cpu")
     return WorkerContext(rank, world, device)
+
+
+def _local_context(use_gpu: bool) -> WorkerContext:
+    """Rank 0 of 1 in this process (Ray Train's local mode; inside a Tune trial Ray Train's
+    context API is off limits, so it is not asked)."""
+    device = torch.device("cuda", 0) if use_gpu and torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return WorkerContext(0, 1, device, local=True)
 
 
 def eval_dataset_names(settings: Settings) -> list[str]:
@@ -85,7 +96,7 @@ def start_worker(job: Mapping[str, Any]) -> tuple[Settings, WorkerContext, Worke
 
     use_worker_config(job["worker_env"])
     settings: Settings = cloudpickle.loads(job["settings"])
-    ctx = _context(job.get("use_gpu", False))
+    ctx = _local_context(job.get("use_gpu", False)) if job.get("local") else _context(job.get("use_gpu", False))
     log = WorkerLog(job.get("log_queue"), enabled=ctx.is_chief, verbosity=settings.run.log_verbosity)
     torch.manual_seed(job.get("seed", 42))
     return settings, ctx, log
@@ -101,8 +112,8 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
     if job.get("process_start") is not None:
         log.line(f"training worker {ctx.rank} up {time.time() - job['process_start']:.1f} s after returnn-ray started", level=4)
 
-    train = open_dataset(settings, "train")
-    evals = {name: open_dataset(settings, name) for name in eval_dataset_names(settings)}
+    train = _dataset(settings, job, "train", log)
+    evals = {name: _dataset(settings, job, name, log) for name in eval_dataset_names(settings)}
     specs = data_specs(settings, train)
     spec = model_spec(settings, specs)
 
@@ -149,7 +160,10 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
         if newest in lr_control.epochs:  # the run's result is the last epoch's (e.g. for a resumed sweep)
             last = lr_control.epochs[newest]
             scores = {k: v for k, v in last.error.items() if not k.startswith(":meta:")}
-            report(ctx, newest, step, scores, last.learning_rate, sweep_metric=job.get("sweep_metric", False))
+            report(
+                ctx, newest, step, scores, last.learning_rate,
+                sweep_metric=job.get("sweep_metric", False), to_tune=job.get("report_to_tune", False),
+            )
     for epoch in range(start_epoch, num_epochs + 1):
         lr = lr_control.learning_rate_for_epoch(epoch)
         set_learning_rate(optimizer, lr)
@@ -176,10 +190,22 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
         lr_control.set_epoch_meta(epoch, {"epoch_train_time_secs": round(train_secs), "global_train_step_end": step})
         if ctx.is_chief:
             _save_epoch(settings, lr_control, model, optimizer, epoch, step, lr)
-        report(ctx, epoch, step, scores, lr, sweep_metric=job.get("sweep_metric", False))
+        report(ctx, epoch, step, scores, lr, sweep_metric=job.get("sweep_metric", False), to_tune=job.get("report_to_tune", False))
     if tb is not None:
         tb.close()
     return {"epoch": num_epochs, "step": step}
+
+
+def _dataset(settings: Settings, job: Mapping[str, Any], name: str, log: WorkerLog) -> Dataset:
+    """Dataset ``name``: a shared copy in Ray's object store if the job has one (the trials of a
+    sweep over the same data share the one the sweep opened), else opened from the config."""
+    shared = (job.get("shared_datasets") or {}).get(name)
+    if shared is None:
+        return open_dataset(settings, name)
+    import ray
+
+    log.line(f"dataset {name}: the sweep's shared copy from Ray's object store", level=4)
+    return ray.get(shared)
 
 
 def _tensorboard_log(settings: Settings) -> TensorBoardLog | None:
@@ -205,7 +231,7 @@ def _train_epoch(
     start = time.monotonic()
     last = start
     optimizer.zero_grad(set_to_none=True)
-    for i, batch in enumerate(rank_batches(train, my_batches, list(train.specs))):
+    for i, batch in enumerate(rank_batches(train, my_batches, list(train.specs), in_process=ctx.local)):
         is_padding = batch.num_seqs == 0
         batch = padding if is_padding else _to_device(batch, ctx.device)
         weight = 0.0 if is_padding else 1.0
@@ -263,7 +289,7 @@ def eval_epoch(settings, ctx, spec: ModelSpec, model, dataset: Dataset, name: st
     acc = ScoreAccumulator()
     padding = dummy_batch(specs, ctx.device)
     with torch.no_grad():
-        for batch in rank_batches(dataset, plan.for_rank(ctx.rank), list(dataset.specs)):
+        for batch in rank_batches(dataset, plan.for_rank(ctx.rank), list(dataset.specs), in_process=ctx.local):
             if batch.num_seqs:
                 acc.add(spec.step(model, _to_device(batch, ctx.device), epoch=epoch, step=step))
         names = _loss_names(spec, model, padding, epoch, step, acc)
@@ -314,7 +340,14 @@ def _save_epoch(settings: Settings, lr_control, model, optimizer, epoch: int, st
 
 
 def report(
-    ctx: WorkerContext, epoch: int, step: int, scores: Mapping[str, float], lr: float, *, sweep_metric: str | None | bool = False
+    ctx: WorkerContext,
+    epoch: int,
+    step: int,
+    scores: Mapping[str, float],
+    lr: float,
+    *,
+    sweep_metric: str | None | bool = False,
+    to_tune: bool = False,
 ) -> None:
     """Every rank reports once per epoch (a sync point in Ray Train; per-step reports are throttled).
 
@@ -322,6 +355,8 @@ def report(
     epoch; the weights themselves stay in ``<model>.NNN.pt``, the file RETURNN tools read.
     In a sweep trial (``sweep_metric`` not False) the metrics also carry ``objective``, the
     score the sweep ranks by: ``sweep_metric``, or (None) the dev key newbob would pick.
+    ``to_tune``: a sweep trial training in Ray Train's local mode, inside the Tune trial, has no
+    Train controller to forward its reports (``TuneReportCallback``): it reports to Tune itself.
     """
     import json
 
@@ -335,6 +370,11 @@ def report(
         if key not in scores:
             raise UserError(f"sweep_metric {key!r} is not among the scores of this run: {', '.join(sorted(scores))}")
         metrics.update(objective=scores[key], objective_key=key)
+    if to_tune:
+        from ray import tune
+
+        tune.report(metrics)
+        return
     if not ctx.is_chief:
         ray.train.report(metrics)
         return

@@ -291,3 +291,20 @@ def test_search_step_of_a_torch_config_writes_one_line_per_seq_in_txt(ray_sessio
     for line, log_probs in zip(lines, want.values()):
         labels = [k for i, k in enumerate(log_probs.argmax(-1)) if i == 0 or k != log_probs.argmax(-1)[i - 1]]
         assert line == " ".join(vocab[k] for k in labels)
+
+
+def test_a_model_output_without_time_axis_is_a_one_line_error(ray_session, tmp_path, capsys):
+    config = torch_config(tmp_path)
+    with open(config, "a") as f:  # later definitions win: an utterance-level output [B, 2]
+        f.write(
+            "\nmodel_outputs = None\n"
+            "def forward_step(*, model, extern_data, **_kwargs):\n"
+            "    rf.get_run_ctx().mark_as_default_output(model(extern_data['data'].raw_tensor).mean(dim=1))\n"
+        )
+    model = torch.nn.Sequential(torch.nn.Linear(9, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+    torch.save({"model": model.state_dict(), "epoch": 1, "step": 0}, tmp_path / "model.001.pt")
+    assert main([config, "++task", "forward"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("returnn-ray: error:")]
+    assert len(lines) == 1 and "has shape (3, 2) and no time axis with seq lengths" in lines[0], err
+    assert not (tmp_path / "out.hdf").exists()

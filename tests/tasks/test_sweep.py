@@ -22,7 +22,7 @@ GRID = "learning_rate=0.02,0.01,'oops',0.0"
 
 
 def sweep_args(tmp_path) -> list[str]:
-    config = write_config(tmp_path, num_epochs=3)
+    config = write_config(tmp_path, num_epochs=3, log_verbosity=4)
     return ["sweep", config, "--grid", GRID, "--scheduler", "asha", "--dir", str(tmp_path / "sweep")]
 
 
@@ -54,6 +54,8 @@ def test_sweep_runs_each_variant_in_its_own_dir_and_writes_table_best_config_and
     best_row = table.splitlines()[2].split()
     assert best_row[1] in ("0.02", "0.01") and best_row[-1] == "done", table  # ASHA may cut the other good one
     assert sorted(load_learning_rate_file(str(trials[best_row[1]] / "learning_rates"))) == [1, 2, 3]
+    # every trial read the datasets the sweep opened once, from Ray's object store
+    assert "dataset train: the sweep's shared copy" in (trials[best_row[1]] / "train.log").read_text()
 
     best_config = str(sweep_dir / "best.config")
     settings = load_settings(load_config([best_config]))
@@ -92,3 +94,11 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_sess
     assert len(rows) == 3 and all(r.endswith("done") for r in rows), rows
     for d in trials_dir.iterdir():
         assert sorted(load_learning_rate_file(str(d / "learning_rates"))) == [1, 2, 3]
+
+
+def test_more_workers_per_trial_than_the_cluster_has_fails_before_any_trial(ray_session, tmp_path, capsys):
+    args = sweep_args(tmp_path) + ["++ray_num_workers", "5"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "ray_num_workers 5 needs 5 CPUs but the Ray cluster has 2" in err, err
+    assert not (tmp_path / "sweep" / "trials").exists()

@@ -1,0 +1,103 @@
+"""``python experiments/asr.py`` end to end at a tiny scale: every stage's files, the stage table,
+the WER, and its Ray head gone afterwards."""
+
+from __future__ import annotations
+
+import ast
+import doctest
+import importlib.util
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "experiments", "asr.py")
+
+
+def load_asr_module():
+    spec = importlib.util.spec_from_file_location("asr_experiment", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_asr_helpers_doctests():
+    # experiments/ is not a package pytest collects: its sizes and timing estimates are checked here.
+    result = doctest.testmod(load_asr_module())
+    assert result.attempted >= 5 and result.failed == 0
+
+
+def hdf_tags(path) -> list[str]:
+    with h5py.File(path, "r") as f:
+        return [t.decode() if isinstance(t, bytes) else str(t) for t in f["seqTags"][...]]
+
+
+def test_asr_experiment_runs_every_stage_and_prints_stage_times_and_wer(tmp_path):
+    out = tmp_path / "asr"
+    cmd = [sys.executable, SCRIPT, "--scale", "0.04", "--out", str(out), "--num-cpus", "2", "--workers", "2",
+           "--grid", "learning_rate=0.005,0.01"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local head
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = proc.communicate(timeout=480)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)  # asr.py stops its Ray head on SIGTERM
+        output, _ = proc.communicate(timeout=60)
+        raise AssertionError(f"asr.py took over 8 minutes:\n{output[-5000:]}")
+    assert proc.returncode == 0, output[-5000:]
+
+    # data: 0.04 x (600, 100, 100) seqs
+    data = out / "data"
+    assert [len(hdf_tags(data / f"{n}.hdf")) for n in ("train", "dev", "eval")] == [24, 4, 4]
+    eval_tags = hdf_tags(data / "eval.hdf")
+    with h5py.File(data / "eval.hdf", "r") as f:
+        vocab_size = len(f["targets/labels/classes"])
+
+    # sweep: both trials trained their epoch; best.json names one of the grid's learning rates
+    trials = list((out / "sweep" / "trials").iterdir())
+    assert len(trials) == 2 and all((t / "net.001.pt").exists() for t in trials), trials
+    assert "learning_rate 0.005" in output or "learning_rate 0.01" in output
+    # train: DDP over 2 workers, 1 epoch, per-worker batch_size half the default 3000 frames per update
+    assert (out / "model" / "net.001.pt").exists() and (out / "model" / "net.001.opt.pt").exists()
+    assert (out / "model" / "learning_rates").exists()
+    assert "training with 2 worker(s) on Ray" in output
+    assert re.search(r"returnn-ray experiments/asr.config .*\+\+ray_num_workers 2 .*\+\+batch_size 1500", output), output
+    # forward: RETURNN's HDF layout, the CTC softmax (vocabulary + blank) per eval seq
+    with h5py.File(out / "forward" / "eval.hdf", "r") as f:
+        tags = [t.decode() if isinstance(t, bytes) else str(t) for t in f["seqTags"][...]]
+        lens = f["seqLengths"][...][:, 0]
+        probs = f["inputs"][...]
+    assert tags == eval_tags and probs.shape == (lens.sum(), vocab_size + 1)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-4)
+    # search: one entry per eval seq, in corpus order
+    results = ast.literal_eval((out / "search" / "eval.py").read_text())
+    assert list(results) == eval_tags
+
+    # the stage table and the WER line
+    table = output[output.index("\nstage ") :]
+    for stage in ("data", "ray start", "sweep", "train", "forward", "search", "ray stop", "total"):
+        assert re.search(rf"^{stage}\s+\d+\.\d", table, re.M), f"no row {stage!r} in\n{table}"
+    for stage in ("sweep", "train"):
+        row = re.search(rf"^{stage}\s+([\d.]+)\s+([\d.]+) s\s+(\d+)%", table, re.M)
+        assert row and 0 <= float(row.group(2)) <= float(row.group(1)), table
+    searched = re.search(r"search done: .* WER ([\d.]+)% \((\d+)/(\d+) words\)", output)
+    final = re.search(r"^WER ([\d.]+)% \((\d+)/(\d+) words\) on the eval set", output, re.M)
+    assert searched and final and final.groups() == searched.groups(), output[-3000:]
+
+    # its Ray head is gone: no process runs from its temp dir, and the dir is removed
+    temp_dir = f"/tmp/asr-ray-{proc.pid}"
+    assert not os.path.exists(temp_dir)
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if temp_dir.encode() in f.read():
+                    left.append(pid)
+        except OSError:
+            pass
+    assert not left, f"processes of asr.py's Ray head still run: {left}"
