@@ -23,14 +23,12 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import time
 
-import ray  # noqa: F401  (puts the psutil that ray[default] bundles on sys.path)
-import psutil
+from returnn_ray.ray_head import AUTH_ENV, start_head, stop_head
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -80,7 +78,6 @@ TINY_CONFIG = {
 # Ray 2.60 turns token auth on for a head that `ray start` makes when ~/.ray/auth_token exists, but a
 # driver given an explicit address (RAY_ADDRESS, ++ray_address) does not: it fails with
 # InvalidAuthToken unless RAY_AUTH_MODE=token. So head and attached drivers agree explicitly.
-AUTH_ENV = {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
 
 
 def run(cmd: list[str], env: dict, patterns: dict[str, str]) -> dict[str, float]:
@@ -114,52 +111,6 @@ def returnn_ray(out_dir: str, env: dict, address: str | None) -> dict[str, float
     return run(cmd, env, patterns)
 
 
-def start_head(temp_dir: str, port: int) -> tuple[subprocess.Popen, str]:
-    """``ray start --head`` in a new session (its daemons keep that process group); returns its address."""
-    cmd = [os.path.join(BIN, "ray"), "start", "--head", "--num-cpus", "2", "--disable-usage-stats",
-           "--temp-dir", temp_dir, "--port", str(port), "--dashboard-port", str(port + 1900),
-           "--ray-client-server-port", str(port + 16700), "--dashboard-agent-listen-port", str(port + 46000),
-           "--min-worker-port", str(port + 14610), "--max-worker-port", str(port + 15609)]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(AUTH_ENV)
-    head = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    output = head.communicate()[0]
-    if head.returncode != 0:
-        print(output[-3000:], file=sys.stderr)
-        stop_head(head, temp_dir)
-        sys.exit(f"ray start --head failed with exit code {head.returncode}")
-    with open(os.path.join(temp_dir, "ray_current_cluster")) as f:  # written there, not in /tmp/ray
-        return head, f.read().strip()
-
-
-def stop_head(head: subprocess.Popen, temp_dir: str) -> None:
-    """Kill the head's process group and anything else that runs from its private temp dir."""
-    def ours() -> list[psutil.Process]:
-        procs = []
-        for p in psutil.process_iter(["pid", "cmdline"]):
-            try:
-                in_temp_dir = temp_dir in " ".join(p.info["cmdline"] or [])
-                if p.pid != os.getpid() and (os.getpgid(p.pid) == head.pid or in_temp_dir):
-                    procs.append(p)
-            except (psutil.Error, ProcessLookupError):
-                pass
-        return procs
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        procs = ours()
-        for p in procs:
-            try:
-                p.send_signal(sig)
-            except psutil.Error:
-                pass
-        gone, alive = psutil.wait_procs(procs, timeout=10)
-        if not alive:
-            break
-    shutil.rmtree(temp_dir, ignore_errors=True)
-
-
 def summary(name: str, runs: list[dict[str, float]]) -> dict[str, float]:
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     each = ", ".join(f"{r['first_step']:.1f}" for r in runs)
@@ -172,7 +123,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 repeat")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--port", type=int, default=6390, help="GCS port of the attached-mode head (others derived)")
     parser.add_argument("--out-dir", default=os.path.join(HERE, "out", "startup"))
     args = parser.parse_args()
     repeats = 1 if args.quick else args.repeats
@@ -196,7 +146,7 @@ def main() -> None:
 
     temp_dir = f"/tmp/rrb-{os.getpid()}"  # short: Ray's socket paths live under it
     start = time.perf_counter()
-    head, address = start_head(temp_dir, args.port)
+    head, address = start_head(temp_dir, 2)
     print(f"ray start --head: {time.perf_counter() - start:.1f} s ({address}, temp dir {temp_dir})")
     try:
         attached_env = {**os.environ, **AUTH_ENV, "RAY_ADDRESS": address}

@@ -120,10 +120,18 @@ def plain_loop(config_path: str, epochs: int) -> list[tuple[float, float, float]
     return times
 
 
-def returnn_ray_run(config_path: str, model_dir: str) -> dict:
-    """Run the CLI on the config; returns epoch train times and the start-up figures it prints."""
+def returnn_ray_run(config_path: str, model_dir: str, *, local_mode: bool = False) -> dict:
+    """Run the CLI on the config; returns epoch train times and the start-up figures it prints.
+
+    Default: a Ray Train worker on an embedded Ray. ``local_mode``: the plain command, which with
+    one worker to give trains in-process (Ray Train's local mode), held to one thread like the
+    plain loop and the Ray worker (Ray gives a one-CPU worker OMP_NUM_THREADS=1).
+    """
     shutil.rmtree(model_dir, ignore_errors=True)  # else it resumes and trains nothing
-    env = {**os.environ, "RAY_ADDRESS": "local"}  # an embedded Ray even when another Ray runs here
+    if local_mode:
+        env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "OMP_NUM_THREADS": "1"}
+    else:
+        env = {**os.environ, "RAY_ADDRESS": "local"}  # an embedded Ray even when another Ray runs here
     start = time.perf_counter()
     proc = subprocess.run([RETURNN_RAY, config_path], cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -152,6 +160,7 @@ def main() -> None:
     parser.add_argument("--max-seqs", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=1, help="alternating plain / returnn-ray runs")
+    parser.add_argument("--local-mode", action="store_true", help="also time the plain command (local mode)")
     parser.add_argument("--out-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
     args = parser.parse_args()
     if args.quick:
@@ -169,9 +178,13 @@ def main() -> None:
     print(f"config: {config_path} ({args.layers}x BLSTM {args.units}, batch_size {args.batch_size}, "
           f"{args.epochs} epochs)")
 
-    plain, rr = [], []
+    plain, rr, local = [], [], []
     for _ in range(args.repeats):
         plain.append(plain_loop(config_path, args.epochs))
+        if args.local_mode:
+            local_run = returnn_ray_run(config_path, model_dir, local_mode=True)
+            print(f"  returnn-ray local mode epochs: {local_run['epochs']}", flush=True)
+            local.append(local_run)
         run = returnn_ray_run(config_path, model_dir)
         print(f"  returnn-ray epochs: {run['epochs']}  wall {run['wall']:.1f} s  "
               f"first step {run['first_step']:.1f} s", flush=True)
@@ -196,6 +209,9 @@ def main() -> None:
     print(f"RATIO returnn-ray/plain (best epoch): {rr_best / plain_best:.3f}   (goal <= 1.10)")
     print(f"RATIO returnn-ray/plain (median epoch): {rr_median / plain_best:.3f}")
     print(f"RATIO returnn-ray/plain compute only (best epoch): {rr_best / compute_best:.3f}")
+    if local:
+        local_best = min(s for run in local for e, s in sorted(run["epochs"].items())[steady])
+        print(f"RATIO returnn-ray local mode (plain command, 1 thread)/plain (best epoch): {local_best / plain_best:.3f}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ SCRIPT = os.path.join(ROOT, "experiments", "asr.py")
 def load_asr_module():
     spec = importlib.util.spec_from_file_location("asr_experiment", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -40,7 +41,7 @@ def hdf_tags(path) -> list[str]:
 def test_asr_experiment_runs_every_stage_and_prints_stage_times_and_wer(tmp_path):
     out = tmp_path / "asr"
     cmd = [sys.executable, SCRIPT, "--scale", "0.04", "--out", str(out), "--num-cpus", "2", "--workers", "2",
-           "--grid", "learning_rate=0.005,0.01"]
+           "--epochs", "1", "--grid", "learning_rate=0.005,0.01"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local head
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -62,11 +63,11 @@ def test_asr_experiment_runs_every_stage_and_prints_stage_times_and_wer(tmp_path
     trials = list((out / "sweep" / "trials").iterdir())
     assert len(trials) == 2 and all((t / "net.001.pt").exists() for t in trials), trials
     assert "learning_rate 0.005" in output or "learning_rate 0.01" in output
-    # train: DDP over 2 workers, 1 epoch, per-worker batch_size half the default 3000 frames per update
+    # train: DDP over 2 workers, 1 epoch, per-worker batch_size half the default 1500 frames per update
     assert (out / "model" / "net.001.pt").exists() and (out / "model" / "net.001.opt.pt").exists()
     assert (out / "model" / "learning_rates").exists()
     assert "training with 2 worker(s) on Ray" in output
-    assert re.search(r"returnn-ray experiments/asr.config .*\+\+ray_num_workers 2 .*\+\+batch_size 1500", output), output
+    assert re.search(r"returnn-ray experiments/asr.config .*\+\+ray_num_workers 2 .*\+\+batch_size 750", output), output
     # forward: RETURNN's HDF layout, the CTC softmax (vocabulary + blank) per eval seq
     with h5py.File(out / "forward" / "eval.hdf", "r") as f:
         tags = [t.decode() if isinstance(t, bytes) else str(t) for t in f["seqTags"][...]]

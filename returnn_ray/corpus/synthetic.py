@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from typing import Literal, Sequence
@@ -269,6 +270,11 @@ class SyntheticCorpus:
             "classes": DataSpec(len(self.vocab), sparse=True, dtype="int32"),
         }
         frames = samples = 0
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"synthetic corpus: cannot create the directory {directory!r}: {exc.strerror}") from exc
         with HDFWriter(path, specs, {"classes": self.vocab}) as writer:
             for index in range(num_seqs):
                 utt = self.utterance(index)

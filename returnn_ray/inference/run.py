@@ -43,6 +43,8 @@ from returnn_ray.training.log import hms
 
 MAX_BLOCKS = 4096
 """At most this many Ray Data blocks (tasks); a block of more batches runs them one after another."""
+BATCHES_PER_TASK = 4
+"""Planned batches per Ray Data task, where there are enough of them."""
 
 
 def dataset_name(settings: Settings, *, search: bool) -> str:
@@ -273,7 +275,10 @@ def _run_batches(settings, config, state, plan, todo, store: PartStore, dataset,
         "epoch": epoch,
         "search": search,
     }
-    ids = ray.data.from_items([{"batch_id": i} for i in todo], override_num_blocks=min(len(todo), MAX_BLOCKS))
+    # A few batches per Ray Data task (its ~15-20 ms overhead, and the driver's, shrink 4x), but
+    # at least 8 tasks per actor so the pool stays balanced to the end.
+    num_blocks = min(len(todo), MAX_BLOCKS, max(num_actors * 8, len(todo) // BATCHES_PER_TASK))
+    ids = ray.data.from_items([{"batch_id": i} for i in todo], override_num_blocks=num_blocks)
     results = ids.map_batches(
         InferenceActor,
         fn_constructor_kwargs={"job": job},

@@ -12,7 +12,7 @@ A trial's variant reaches its training run as ``++key value`` arguments, after t
 >>> override_args({"learning_rate": 0.001, "optimizer": {"class": "adam"}, "batching": "sorted"})
 ['++learning_rate', '0.001', '++optimizer', "{'class': 'adam'}", '++batching', 'sorted']
 >>> variant_name({"learning_rate": 0.001, "batch_size": 2000})
-'learning_rate=0.001,batch_size=2000'
+'learning_rate=0.001+batch_size=2000'
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def override_args(values: Mapping[str, Any]) -> list[str]:
 
 
 def variant_name(values: Mapping[str, Any]) -> str:
-    """A short, file-system-safe name of a variant, e.g. ``learning_rate=0.001,batch_size=2000``."""
+    """A short, file-system-safe name of a variant, e.g. ``learning_rate=0.001+batch_size=2000``."""
     parts = []
     for key, value in values.items():
         if key == VARIANT_KEY:
@@ -167,4 +167,5 @@ def variant_name(values: Mapping[str, Any]) -> str:
         elif isinstance(value, float):
             value = f"{value:.4g}"
         parts.append(f"{key}={value}")
-    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", ",".join(parts))[:120]
+    # No commas: the trial's paths go through `++key value`, where a comma splits a list.
+    return re.sub(r"[^A-Za-z0-9_.=+-]", "_", "+".join(parts))[:120]

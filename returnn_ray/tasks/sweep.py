@@ -57,12 +57,10 @@ def run(settings: Settings, config: Config, sweep_args: SweepArgs | None = None)
     from returnn_ray.sweep.trial import data_fingerprint, run_trial
     from returnn_ray.tasks.train import RAY_TRAIN_ENV, _check_placeable, default_num_workers
 
-    # Trials keep the command's working directory (Tune would chdir into its own trial dir),
-    # so relative paths in configs mean what they mean for `returnn-ray CONFIG`.
-    env = {**RAY_TRAIN_ENV, "RAY_CHDIR_TO_TRIAL_DIR": "0"}
-    for key, value in env.items():
+    # RAY_TRAIN_ENV keeps trials in the command's working directory too (Tune would chdir).
+    for key, value in RAY_TRAIN_ENV.items():
         os.environ.setdefault(key, value)
-    init_ray(settings.run.ray_address, env_vars=env)
+    init_ray(settings.run.ray_address, env_vars=RAY_TRAIN_ENV)
     use_gpu = settings.run.device == "gpu" or (settings.run.device is None and ray.cluster_resources().get("GPU", 0) > 0)
     workers = settings.run.ray_num_workers or default_num_workers(use_gpu)
     _check_placeable(workers, use_gpu)

@@ -25,6 +25,9 @@ RAY_TRAIN_ENV = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
     # The preemption watcher is for cloud spot nodes; off by default locally it saves start-up.
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    # Ray Train would run the workers in its own artifacts directory; relative paths in a config
+    # (model, HDF files) must mean what they mean for `returnn-ray CONFIG`, as with RETURNN.
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",
 }
 
 

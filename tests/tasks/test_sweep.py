@@ -29,7 +29,7 @@ def sweep_args(tmp_path) -> list[str]:
 def trials_by_lr(sweep_dir) -> dict:
     out = {}
     for name in os.listdir(sweep_dir / "trials"):
-        lr = name.split(",")[0].split("=")[1].rsplit("-", 1)[0]
+        lr = name.split("+")[0].split("=")[1].rsplit("-", 1)[0]
         out[lr] = sweep_dir / "trials" / name
     return out
 

@@ -1,0 +1,547 @@
+#!/usr/bin/env python3
+"""A complete small ASR experiment on Ray: data, a sweep, DDP training, forward, search, WER.
+
+    python experiments/asr.py                  # default scale: a few minutes on 2 CPU cores
+    python experiments/asr.py --scale 10       # 10x the data, a bigger model: for a GPU cluster
+    RAY_ADDRESS=auto python experiments/asr.py --scale 10 --out /shared/asr   # on a cluster's head node
+
+Stages, each the command a user would type (printed, and its output kept in ``<out>/logs/``),
+all with ``experiments/asr.config``:
+
+1. **data**: train/dev/eval HDF files of the synthetic speech corpus
+   (``python -m returnn_ray.corpus.synthetic``); kept if already there.
+2. **sweep**: ``returnn-ray sweep --variants`` over learning rate x batch size (one small variant
+   config per grid point, ``<out>/sweep/variants/``), short trials of one worker each, as many at
+   once as the cluster holds; the best one is named in ``<out>/sweep/best.json``.
+3. **train**: ``returnn-ray`` with the best values and DDP over ``--workers`` workers (default:
+   every GPU of the cluster, else every CPU). The swept ``batch_size`` is the frames of one update,
+   so each of W workers gets ``batch_size / W`` (returnn-ray's update over W workers equals one
+   worker accumulating their batches).
+4. **forward**: ``++task forward``, the eval set through the model into an HDF file, on all nodes.
+5. **search**: ``++task search``, CTC beam search on the eval set; its WER is the result.
+
+Ray starts once: unless ``--address`` or ``RAY_ADDRESS`` names a cluster, a local head
+(``ray start --head`` with a private temp dir and free ports) serves every stage and is stopped
+at the end by killing exactly its processes (never ``ray stop``, which stops every Ray of the
+user). At the end a table gives each stage's wall time and how much of it was Ray start-up or
+scheduling rather than work, estimated from what ``returnn-ray`` prints with ``++log_verbosity 4``
+(see :func:`print_table`). Rerunning the same command reuses what is done (data, sweep trials,
+checkpoints). ``--scale`` multiplies the corpus sizes and the epochs (by its square root).
+On a cluster of several nodes ``--out`` must be on storage every node reads (datasets, models);
+inside ``ray job submit`` RAY_ADDRESS is set already.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import glob
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Sequence
+
+from returnn_ray.ray_head import AUTH_ENV, start_head, stop_head
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# `ray submit cluster.yaml experiments/asr.py` copies only this file (to ~ on the head); the config
+# then comes from the project checkout returnn_ray is installed from (cluster.yaml's file mount).
+CONFIG = os.path.join(HERE, "asr.config")
+if not os.path.exists(CONFIG):
+    import returnn_ray
+
+    CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(returnn_ray.__file__))), "experiments", "asr.config")
+DEFAULT_OUT = "out/asr"  # asr.config's default asr_dir
+BIN = os.path.dirname(sys.executable)
+# Ray 2.60 turns token auth on for a head that `ray start` makes when ~/.ray/auth_token exists, but a
+# driver given an explicit address does not: it fails with InvalidAuthToken unless RAY_AUTH_MODE=token.
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The experiment's sizes, from ``--scale`` (and the options that override them)."""
+
+    train_seqs: int
+    dev_seqs: int
+    eval_seqs: int
+    epochs: int
+    sweep_epochs: int
+    lstm_units: int
+    lstm_layers: int
+    grid: tuple[str, ...]
+    """``key=v1,v2`` for ``returnn-ray sweep --grid``."""
+    defaults: dict
+    """learning_rate and batch_size (frames per update) when the sweep is skipped or leaves them out."""
+
+    @classmethod
+    def for_scale(cls, scale: float) -> "Plan":
+        """Scale 1: a few minutes on 2 CPU cores. From scale 4 up, a model and batches for GPUs.
+
+        >>> p = Plan.for_scale(1); (p.train_seqs, p.epochs, p.lstm_units, p.grid)
+        (600, 8, 96, ('learning_rate=0.005,0.01', 'batch_size=1500,3000'))
+        >>> p = Plan.for_scale(10); (p.train_seqs, p.epochs, p.sweep_epochs, p.lstm_units, p.lstm_layers)
+        (6000, 25, 2, 256, 3)
+        """
+        if scale <= 0:
+            raise ValueError(f"--scale must be > 0, got {scale}")
+        gpu_sized = scale >= 4
+        # A short trial prefers a low learning rate (CTC first learns to emit blanks, where a small
+        # step scores best), so the grid starts at rates that do well over the whole training.
+        rates = (0.002, 0.004) if gpu_sized else (0.005, 0.01)
+        batches = (10000, 20000) if gpu_sized else (1500, 3000)
+        return cls(
+            train_seqs=max(8, round(600 * scale)),
+            dev_seqs=max(4, round(100 * scale)),
+            eval_seqs=max(4, round(100 * scale)),
+            epochs=max(1, round(8 * math.sqrt(scale))),
+            sweep_epochs=2 if gpu_sized else 1,
+            lstm_units=256 if gpu_sized else 96,
+            lstm_layers=3 if gpu_sized else 2,
+            grid=("learning_rate=" + ",".join(map(str, rates)), "batch_size=" + ",".join(map(str, batches))),
+            defaults={"learning_rate": rates[0], "batch_size": batches[0]},
+        )
+
+
+# -- running a stage ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class StageResult:
+    """One stage: its wall time, and how much of it was Ray start-up/scheduling (None: not known)."""
+
+    name: str
+    wall: float
+    overhead: float | None = None
+    how: str = ""
+    """How the work part was measured."""
+
+
+@dataclasses.dataclass
+class CommandOutput:
+    """A command's stdout+stderr lines, each with the seconds since the command started."""
+
+    lines: list[tuple[float, str]]
+    wall: float
+
+
+class Runner:
+    """Runs the stages' commands: prints each command and its output, keeps a log per stage."""
+
+    def __init__(self, log_dir: str, env: dict[str, str]):
+        self.log_dir, self.env = log_dir, env
+        self.current: subprocess.Popen | None = None
+        os.makedirs(log_dir, exist_ok=True)
+
+    def run(self, stage: str, cmd: list[str], shown: list[str]) -> CommandOutput:
+        print(f"\n== {stage}\n$ {shlex.join(shown)}", flush=True)
+        lines: list[tuple[float, str]] = []
+        start = time.monotonic()
+        with open(os.path.join(self.log_dir, f"{stage}.log"), "a", encoding="utf-8") as log:
+            log.write(f"$ {shlex.join(shown)}\n")
+            self.current = proc = subprocess.Popen(
+                cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            )
+            for line in proc.stdout:
+                lines.append((time.monotonic() - start, line.rstrip("\n")))
+                print("  " + line, end="", flush=True)
+                log.write(line)
+            proc.wait()
+            self.current = None
+        wall = time.monotonic() - start
+        if proc.returncode != 0:
+            raise StageFailed(stage, proc.returncode, os.path.join(self.log_dir, f"{stage}.log"))
+        return CommandOutput(lines, wall)
+
+    def stop(self) -> None:
+        """Ends the command that runs now, if any (Ctrl-C already reached it; SIGTERM did not)."""
+        if self.current is not None and self.current.poll() is None:
+            self.current.terminate()
+            try:
+                self.current.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.current.kill()
+
+
+class StageFailed(Exception):
+    def __init__(self, stage: str, code: int, log: str):
+        super().__init__(f"stage {stage} failed with exit code {code}; its output is in {log}")
+        self.code = code
+
+
+class LogWatcher(threading.Thread):
+    """Timestamps the lines that files matching ``pattern`` get while it runs (sweep trials' logs,
+    which their trials write, not the sweep command)."""
+
+    def __init__(self, pattern: str):
+        super().__init__(daemon=True)
+        self.pattern = pattern
+        self.start_time = time.monotonic()
+        self.offsets = {path: os.path.getsize(path) for path in glob.glob(pattern)}  # older runs' lines
+        self.lines: dict[str, list[tuple[float, str]]] = {}
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(0.25):
+            self.poll()
+
+    def poll(self) -> None:
+        for path in glob.glob(self.pattern):
+            offset = self.offsets.get(path, 0)
+            with open(path, encoding="utf-8", errors="replace") as f:
+                f.seek(offset)
+                text = f.read()
+            complete = text[: text.rfind("\n") + 1]
+            self.offsets[path] = offset + len(complete.encode("utf-8"))
+            now = time.monotonic() - self.start_time
+            self.lines.setdefault(path, []).extend((now, line) for line in complete.splitlines())
+
+    def finish(self) -> dict[str, list[tuple[float, str]]]:
+        self._stop_event.set()
+        self.join()
+        self.poll()
+        return self.lines
+
+
+# -- what the output says about start-up and work ------------------------------------------------
+
+_FIRST_STEP = re.compile(r"time to first training step: ")
+_EPOCH_END = re.compile(r"^Epoch \d+(: Total train loss| evaluation):")
+_RATE = re.compile(r"([\d.]+) seqs/s after the first result")
+_DONE = re.compile(r"done: (\d+) seqs \((\d+) run now")
+_WER = re.compile(r"WER ([\d.]+)% \((\d+)/(\d+) words\)")
+
+
+def training_interval(lines: Sequence[tuple[float, str]]) -> tuple[float, float] | None:
+    """From the first training step to the last epoch's end (its dev scores): the training's work.
+
+    >>> training_interval([(3.0, "time to first training step: 2.9 s since returnn-ray started"),
+    ...                    (9.0, "Epoch 1: Total train loss: ..."), (10.0, "Epoch 1 evaluation: dev: ...")])
+    (3.0, 10.0)
+    """
+    first = next((t for t, line in lines if _FIRST_STEP.search(line)), None)
+    ends = [t for t, line in lines if _EPOCH_END.search(line)]
+    return (first, ends[-1]) if first is not None and ends and ends[-1] >= first else None
+
+
+def busy_seconds(intervals: Sequence[tuple[float, float]]) -> float:
+    """Seconds covered by at least one interval.
+
+    >>> busy_seconds([(0, 4), (2, 6), (10, 11)])
+    7
+    """
+    total, end = 0, -math.inf
+    for a, b in sorted(intervals):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
+def inference_work(lines: Sequence[tuple[float, str]]) -> float | None:
+    """Seconds the seqs run now take at the rate after the first result (actors up); None if not printed.
+
+    >>> inference_work([(1, "forward: 50.00 seqs/s after the first result (actors started)"),
+    ...                 (2, "returnn-ray: forward done: 100 seqs (100 run now on 1 node(s), 0 resumed) in 9.0 s")])
+    2.0
+    """
+    rate = next((float(m.group(1)) for _, line in lines if (m := _RATE.search(line))), None)
+    ran = next((int(m.group(2)) for _, line in lines if (m := _DONE.search(line))), None)
+    if ran == 0:
+        return 0.0
+    return ran / rate if rate and ran is not None else None
+
+
+def print_table(stages: Sequence[StageResult]) -> None:
+    """Each stage's wall time and the part that is Ray start-up or scheduling.
+
+    The work part: for training, from the first training step to the last epoch's dev scores (so
+    Ray Data's per-epoch pipeline start counts as work); for a sweep, the time in which at least
+    one trial was between those two points; for forward/search, the seqs over the seqs/s after
+    the first result. The rest (process and Ray start, Ray Train's worker group, actors loading
+    the model, the end) is start-up or scheduling. The data stage uses no Ray.
+    """
+    print("\nstage       wall s   Ray start-up/scheduling   work measured as")
+    total = known_wall = known_overhead = 0.0
+    for s in stages:
+        total += s.wall
+        if s.overhead is None:
+            share = "-"
+        else:
+            known_wall += s.wall
+            known_overhead += s.overhead
+            share = f"{s.overhead:6.1f} s {100 * s.overhead / max(s.wall, 1e-9):4.0f}%"
+        print(f"{s.name:10s} {s.wall:7.1f}   {share:>23s}   {s.how}")
+    share = f"{known_overhead:6.1f} s {100 * known_overhead / max(known_wall, 1e-9):4.0f}%"
+    print(f"{'total':10s} {total:7.1f}   {share:>23s}   (of the stages that use Ray)", flush=True)
+
+
+# -- the Ray head ----------------------------------------------------------------------------------
+
+
+def cluster_resources(address: str) -> dict[str, float]:
+    import logging
+
+    import ray
+
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+    try:
+        return dict(ray.cluster_resources())
+    finally:
+        ray.shutdown()
+
+
+# -- the experiment --------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:5]),
+    )
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="corpus sizes x SCALE, epochs x sqrt(SCALE); from 4 up a GPU-sized model (default 1)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"where data, models and outputs go (default {DEFAULT_OUT})")
+    parser.add_argument("--workers", type=int,
+                        help="DDP workers and forward/search actors (default: every GPU, else every CPU)")
+    parser.add_argument("--address", help="Ray cluster to use (default: RAY_ADDRESS, else a local head started here)")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of the local head (default: all cores)")
+    parser.add_argument("--skip-sweep", action="store_true", help="train with the default learning rate and batch size")
+    parser.add_argument("--grid", action="append", metavar="KEY=V1,V2",
+                        help="sweep these values instead of the default grid (repeatable)")
+    parser.add_argument("--epochs", type=int, help="training epochs (default from --scale)")
+    parser.add_argument("--sweep-epochs", type=int, help="epochs of each sweep trial (default from --scale)")
+    args = parser.parse_args(argv)
+    if args.scale <= 0:
+        parser.error(f"--scale must be > 0, got {args.scale}")
+    return args
+
+
+def grid_points(grid: Sequence[str]) -> list[dict]:
+    """Every combination of ``key=v1,v2`` values.
+
+    >>> grid_points(["learning_rate=0.002,0.005", "batch_size=1500"])
+    [{'learning_rate': 0.002, 'batch_size': 1500}, {'learning_rate': 0.005, 'batch_size': 1500}]
+    """
+    points: list[dict] = [{}]
+    for text in grid:
+        key, sep, values = text.partition("=")
+        if not sep or not values:
+            raise SystemExit(f"asr.py: error: --grid {text!r}: expected KEY=V1,V2")
+        points = [{**p, key.strip(): ast.literal_eval(v.strip())} for p in points for v in values.split(",")]
+    return points
+
+
+def write_variants(points: Sequence[dict], directory: str) -> dict[str, dict]:
+    """One line-based config per grid point, for ``returnn-ray sweep --variants``; path -> values.
+
+    Not ``--grid`` for each key: a trial of a grid over two keys is named ``a=1,b=2``, and
+    returnn-ray reads the comma in the trial's ``++log`` path as a list separator.
+    """
+    os.makedirs(directory, exist_ok=True)
+    variants = {}
+    for values in points:
+        name = "+".join(f"{k}={v}" for k, v in values.items())
+        path = os.path.join(directory, f"{name}.config")
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(f"{k} {v!r}\n" for k, v in values.items())
+        variants[path] = values
+    return variants
+
+
+def check_out_dir(out: str, identity: dict) -> None:
+    """An output dir serves one experiment: a rerun with other sizes would resume the wrong models."""
+    path = os.path.join(out, "experiment.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        if old != identity:
+            changed = ", ".join(f"{k} {old.get(k)} -> {v}" for k, v in identity.items() if old.get(k) != v)
+            sys.exit(f"asr.py: error: {out} holds an experiment with other settings ({changed}); "
+                     f"choose another --out or delete it")
+    os.makedirs(out, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(identity, f, indent=1)
+
+
+def hdf_num_seqs(path: str) -> int | None:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return len(f["seqTags"])
+    except (OSError, KeyError):
+        return None
+
+
+class Experiment:
+    """The stages, each run as the command a user would type, with what they share."""
+
+    def __init__(self, plan: Plan, out: str, runner: Runner):
+        self.plan, self.out, self.runner = plan, out, runner
+        self.cli = [os.path.join(BIN, "returnn-ray")]
+        if not os.path.exists(self.cli[0]):
+            self.cli = [sys.executable, "-m", "returnn_ray"]
+        relative = os.path.relpath(CONFIG)
+        self.config = CONFIG if relative.startswith("..") else relative
+        self.base = ["++log_verbosity", "4"]  # 4: the timings the stage table is made of
+        if os.path.normpath(out) != os.path.normpath(DEFAULT_OUT):
+            self.base += ["++asr_dir", out]
+        if (plan.lstm_units, plan.lstm_layers) != (96, 2):  # asr.config's defaults
+            self.base += ["++lstm_units", str(plan.lstm_units), "++lstm_layers", str(plan.lstm_layers)]
+        self.workers = 1
+
+    def returnn_ray(self, stage: str, args: list[str]) -> CommandOutput:
+        return self.runner.run(stage, self.cli + args, ["returnn-ray", *args])
+
+    def data(self) -> StageResult:
+        start = time.monotonic()
+        data = os.path.join(self.out, "data")
+        os.makedirs(data, exist_ok=True)  # the corpus writer does not make it
+        p = self.plan
+        for name, num, seed in (("train", p.train_seqs, 1), ("dev", p.dev_seqs, 2), ("eval", p.eval_seqs, 3)):
+            path = os.path.join(data, f"{name}.hdf")
+            if hdf_num_seqs(path) == num:
+                print(f"== data: {path} is there ({num} seqs)", flush=True)
+                continue
+            cmd = ["-m", "returnn_ray.corpus.synthetic", path, "--num-seqs", str(num), "--seed", str(seed)]
+            self.runner.run("data", [sys.executable, *cmd], ["python", *cmd])
+        return StageResult("data", time.monotonic() - start, None, "(no Ray)")
+
+    def sweep(self) -> tuple[dict, StageResult]:
+        """Short trials of one worker each; returns the best variant's values."""
+        sweep_dir = os.path.join(self.out, "sweep")
+        variants = write_variants(grid_points(self.plan.grid), os.path.join(sweep_dir, "variants"))
+        args = ["sweep", self.config, "--variants", *variants, "--dir", sweep_dir, *self.base,
+                "++num_epochs", str(self.plan.sweep_epochs), "++ray_num_workers", "1"]
+        watcher = LogWatcher(os.path.join(sweep_dir, "trials", "*", "train.log"))
+        watcher.start()
+        try:
+            result = self.returnn_ray("sweep", args)
+        finally:
+            trial_lines = watcher.finish()
+        with open(os.path.join(sweep_dir, "best.json"), encoding="utf-8") as f:
+            chosen = os.path.abspath(json.load(f)["values"]["variant"])
+        best = next(values for path, values in variants.items() if os.path.abspath(path) == chosen)
+        print(f"best: {', '.join(f'{k} {v}' for k, v in best.items())}", flush=True)
+        intervals = [iv for lines in trial_lines.values() if (iv := training_interval(lines))]
+        work = busy_seconds(intervals)
+        how = f"time with a trial between its first step and last dev score ({len(intervals)} trials)"
+        return best, StageResult("sweep", result.wall, result.wall - work, how)
+
+    def train(self, values: dict) -> StageResult:
+        """DDP over all workers; the swept batch_size is the frames of one update, split over them."""
+        args = [self.config, *self.base, "++num_epochs", str(self.plan.epochs), "++ray_num_workers", str(self.workers)]
+        for key, value in values.items():
+            if key == "batch_size":
+                value = max(1, round(float(value) / self.workers))
+            args += [f"++{key}", str(value)]
+        result = self.returnn_ray("train", args)
+        interval = training_interval(result.lines)
+        work = interval[1] - interval[0] if interval else 0.0
+        return StageResult("train", result.wall, result.wall - work, "first training step .. last epoch's dev score")
+
+    def inference(self, task: str) -> tuple[StageResult, CommandOutput]:
+        """``forward`` or ``search`` of the eval set, one actor per worker over all nodes."""
+        args = [self.config, "++task", task, *self.base, "++ray_num_workers", str(self.workers)]
+        if task == "forward":
+            args += ["++forward_override_hdf_output", "True"]  # a rerun writes it anew
+        result = self.returnn_ray(task, args)
+        work = inference_work(result.lines)
+        overhead = None if work is None else max(0.0, result.wall - work)
+        return StageResult(task, result.wall, overhead, "seqs / (seqs/s after the first result)"), result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = Plan.for_scale(args.scale)
+    plan = dataclasses.replace(
+        plan,
+        epochs=args.epochs or plan.epochs,
+        sweep_epochs=args.sweep_epochs or plan.sweep_epochs,
+        grid=tuple(args.grid) if args.grid else plan.grid,
+    )
+    check_out_dir(args.out, json.loads(json.dumps({"scale": args.scale, **dataclasses.asdict(plan)})))
+    start = time.monotonic()
+    env = dict(os.environ)
+    runner = Runner(os.path.join(args.out, "logs"), env)
+    exp = Experiment(plan, args.out, runner)
+    stages: list[StageResult] = []
+    best = dict(plan.defaults)
+    head = temp_dir = wer = None
+
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        stages.append(exp.data())
+
+        # Ray, once for all stages: the cluster named, else a local head.
+        t = time.monotonic()
+        address = args.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            print(f"\n== ray: using the cluster at {address}", flush=True)
+        else:
+            temp_dir = f"/tmp/asr-ray-{os.getpid()}"  # short: Ray's socket paths live under it
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+            num_cpus = args.num_cpus or cores
+            print("\n== ray: a local head for all stages", flush=True)
+            head, address = start_head(temp_dir, num_cpus)
+            env.update(AUTH_ENV)
+            os.environ.update(AUTH_ENV)
+        env["RAY_ADDRESS"] = address
+        resources = cluster_resources(address)
+        gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+        exp.workers = args.workers or gpus or cpus
+        print(f"cluster {address}: {cpus} CPUs, {gpus} GPUs -> {exp.workers} worker(s)", flush=True)
+        exp.base += ["++ray_address", address]
+        wall = time.monotonic() - t
+        stages.append(StageResult("ray start" if head else "ray attach", wall, wall, "(all start-up)"))
+
+        if not args.skip_sweep:
+            values, stage = exp.sweep()
+            best.update(values)
+            stages.append(stage)
+        stages.append(exp.train(best))
+        stages.append(exp.inference("forward")[0])
+        stage, search = exp.inference("search")
+        stages.append(stage)
+        wer = next((m for _, line in search.lines if (m := _WER.search(line))), None)
+    except StageFailed as exc:
+        print(f"asr.py: error: {exc}", file=sys.stderr)
+        return exc.code
+    except RuntimeError as exc:  # the local head did not start
+        print(f"asr.py: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        runner.stop()
+        print("asr.py: interrupted; rerun the same command to go on", file=sys.stderr)
+        return 130
+    finally:
+        if head is not None:
+            t = time.monotonic()
+            stop_head(head, temp_dir)
+            stages.append(StageResult("ray stop", time.monotonic() - t, time.monotonic() - t, "(all shut-down)"))
+
+    print_table(stages)
+    print(f"whole experiment: {time.monotonic() - start:.1f} s")
+    if wer is None:
+        print("WER: the search printed none (no reference transcriptions?)")
+        return 1
+    print(f"WER {wer.group(1)}% ({wer.group(2)}/{wer.group(3)} words) on the eval set ({plan.eval_seqs} seqs); "
+          f"{plan.lstm_layers}x{plan.lstm_units} BLSTM-CTC, {plan.epochs} epoch(s), {exp.workers} worker(s), "
+          + ", ".join(f"{k} {v}" for k, v in best.items()) + " (batch_size: frames per update)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""A private Ray head for scripts (``experiments/asr.py``, benchmarks): start one, stop exactly it.
+
+``ray start --head`` runs in a new session with its own ``--temp-dir`` and free ports, so it never
+meets another Ray on the machine; :func:`stop_head` kills that process group and whatever runs
+from its temp dir. ``ray stop`` is never used: it stops every Ray of the user on the machine.
+Drivers that attach to it with an explicit address need ``RAY_AUTH_MODE=token`` (:data:`AUTH_ENV`),
+as the head turns token auth on when ``~/.ray/auth_token`` exists.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+AUTH_ENV = {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+"""What a driver given the head's address needs in its environment."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def start_head(temp_dir: str, num_cpus: int) -> tuple[subprocess.Popen, str]:
+    """``ray start --head`` with ``num_cpus`` CPUs; returns the process and the head's address."""
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    cmd = [ray_bin, "start", "--head", "--num-cpus", str(num_cpus), "--disable-usage-stats",
+           "--temp-dir", temp_dir, "--port", str(free_port()), "--dashboard-port", str(free_port()),
+           "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port())]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(AUTH_ENV)
+    head = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    output = head.communicate()[0]
+    if head.returncode != 0:
+        stop_head(head, temp_dir)
+        raise RuntimeError(f"ray start --head failed with exit code {head.returncode}:\n{output[-3000:]}")
+    with open(os.path.join(temp_dir, "ray_current_cluster")) as f:  # written there, not in /tmp/ray
+        return head, f.read().strip()
+
+
+def stop_head(head: subprocess.Popen, temp_dir: str) -> None:
+    """Kills the head's process group and whatever else runs from its private temp dir (its workers)."""
+    import ray  # noqa: F401  (puts the psutil that ray[default] bundles on sys.path)
+    import psutil
+
+    def ours() -> list:
+        procs = []
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                in_temp_dir = temp_dir in " ".join(p.info["cmdline"] or [])
+                if p.pid != os.getpid() and (os.getpgid(p.pid) == head.pid or in_temp_dir):
+                    procs.append(p)
+            except (psutil.Error, ProcessLookupError):
+                pass
+        return procs
+
+    # Ray's daemons take over 10 s to act on SIGTERM (gcs_server, raylet); their temp dir goes too,
+    # so after a short grace period they are killed, as `ray stop --force` would.
+    for sig, grace in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 10.0)):
+        procs = ours()
+        for p in procs:
+            try:
+                p.send_signal(sig)
+            except psutil.Error:
+                pass
+        deadline = time.monotonic() + grace
+        while procs and time.monotonic() < deadline:
+            time.sleep(0.1)
+            procs = [p for p in procs if _running(p)]
+        if not procs:
+            break
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _running(p) -> bool:
+    import psutil
+
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE  # a zombie is dead; reaping it is its parent's job
+    except psutil.Error:
+        return False
