@@ -12,9 +12,13 @@ so actor start-up is not counted; the whole command's wall time is printed too.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
+
+# One thread for the plain loop, set as Ray sets it for a one-CPU actor (before torch is imported).
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
 import re
 import subprocess
 import sys

@@ -2,7 +2,7 @@
 sum of the same N trainings run one by one as plain `returnn-ray` commands, divided by the
 number of trials the sweep runs at once.
 
-    .venv/bin/python bench/sweep_overhead.py            # 4 variants of a small Task12AX BLSTM, 3 epochs
+    .venv/bin/python bench/sweep_overhead.py            # 4 variants of a small Task12AX LSTM, 5 epochs
     .venv/bin/python bench/sweep_overhead.py --quick    # 2 variants, 1 epoch
 
 Goal (issue 5): at most 1.2x. On a 2-core machine a trial's single worker holds one CPU, so
@@ -47,9 +47,9 @@ def write_config(epochs: int) -> str:
     return path
 
 
-def timed(cmd: list[str]) -> float:
+def timed(cmd: list[str], env: dict | None = None) -> float:
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     return time.perf_counter() - start
@@ -58,18 +58,22 @@ def timed(cmd: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs per trial (longer trials: less fixed cost)")
     args = parser.parse_args()
     shutil.rmtree(OUT, ignore_errors=True)
     os.makedirs(OUT)
     lrs = LEARNING_RATES[:2] if args.quick else LEARNING_RATES
-    config = write_config(1 if args.quick else 3)
+    config = write_config(1 if args.quick else args.epochs)
     cli = [sys.executable, "-m", "returnn_ray"]
+    # A trial holds one CPU (Ray gives its process OMP_NUM_THREADS=1); the standalone run of the
+    # same training gets the same, else "sum / concurrency" would count 2 cores per run.
+    one_cpu = {**os.environ, "OMP_NUM_THREADS": "1"}
     alone = []
     for lr in lrs:  # each standalone run twice, the faster counts (the machine is noisy)
         runs = []
         for attempt in range(2):
             model = os.path.join(OUT, f"alone-{lr}-{attempt}", "model")
-            runs.append(timed(cli + [config, "++learning_rate", str(lr), "++model", model]))
+            runs.append(timed(cli + [config, "++learning_rate", str(lr), "++model", model], env=one_cpu))
         alone.append(min(runs))
         print(f"standalone learning_rate={lr}: {alone[-1]:.1f} s (runs: {', '.join(f'{r:.1f}' for r in runs)})", flush=True)
     concurrency = min(2, len(lrs))  # one CPU per trial's worker, 2 CPUs

@@ -341,8 +341,11 @@ class Progress:
 
     def advance(self, seqs: int) -> None:
         self.done += seqs
+        now = time.monotonic()
         if self._first is None:
-            self._first = (time.monotonic(), seqs)
+            self._first = (now, seqs)
+        elif now - self._first[0] < 0.05:  # results of the first task arrive together
+            self._first = (self._first[0], self._first[1] + seqs)
         if self.verbosity < 3:
             return
         text = self.text()
