@@ -2,7 +2,7 @@
 sum of the same N trainings run one by one as plain `returnn-ray` commands, divided by the
 number of trials the sweep runs at once.
 
-    .venv/bin/python bench/sweep_overhead.py            # 4 variants of a small Task12AX LSTM, 5 epochs
+    .venv/bin/python bench/sweep_overhead.py            # 4 variants of a small Task12AX LSTM, 10 epochs
     .venv/bin/python bench/sweep_overhead.py --quick    # 2 variants, 1 epoch
 
 Goal (issue 5): at most 1.2x. On a 2-core machine a trial's single worker holds one CPU, so
@@ -58,7 +58,7 @@ def timed(cmd: list[str], env: dict | None = None) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--epochs", type=int, default=5, help="epochs per trial (longer trials: less fixed cost)")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs per trial (longer trials: less fixed cost)")
     args = parser.parse_args()
     shutil.rmtree(OUT, ignore_errors=True)
     os.makedirs(OUT)

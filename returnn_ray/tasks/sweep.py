@@ -106,6 +106,8 @@ def run(settings: Settings, config: Config, sweep_args: SweepArgs | None = None)
                 num_samples=s.sweep_num_samples,
                 max_concurrent_trials=concurrent,
                 trial_dirname_creator=lambda trial: trial.trial_id,
+                # A finished trial's actor (torch imported, config loaded) runs the next trial.
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(name="sweep", storage_path=os.path.join(sweep_dir, "tune"), verbose=0),
         )
