@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
+from returnn_ray.errors import UserError
+
 
 def init_ray(
     address: str | None = None, *, num_cpus: int | None = None, env_vars: Mapping[str, str] | None = None
@@ -29,4 +31,41 @@ def init_ray(
         kwargs["runtime_env"] = {"env_vars": dict(env_vars)}
     if address is None:
         kwargs["num_cpus"] = num_cpus
-    ray.init(address=address, **kwargs)
+    else:
+        _check_reachable(address)
+    try:
+        ray.init(address=address, **kwargs)
+    except ConnectionError as exc:  # e.g. "auto" with no Ray running on this machine
+        raise UserError(f"cannot join the Ray cluster {address!r}: {str(exc).strip().splitlines()[0]}") from exc
+
+
+def _check_reachable(address: str) -> None:
+    """A ``host:port`` nobody listens on would keep ``ray.init`` retrying for minutes: fail in seconds.
+
+    Also: a cluster started with ``ray start --head`` uses token auth when ``~/.ray/auth_token``
+    exists, which a driver given an explicit address does not turn on by itself.
+    """
+    import socket
+
+    if address == "auto":  # the address of the newest `ray start` on this machine, if any
+        current = os.path.join("/tmp", "ray", "ray_current_cluster")
+        if os.path.exists(current):
+            with open(current, encoding="utf-8") as f:
+                address = f.read().strip() or "auto"
+    host, sep, port = address.rpartition(":")
+    if address in ("auto", "local") or address.startswith(("ray://", "anyscale://")) or not sep or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"cannot reach the Ray cluster at {address} (ray_address / RAY_ADDRESS): {exc.strerror or exc};"
+            " start it (`ray start --head`), fix the address, or leave it unset for a local Ray"
+        ) from exc
+    if "RAY_AUTH_MODE" not in os.environ and os.path.exists(os.path.expanduser("~/.ray/auth_token")):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+CONNECT_TIMEOUT_S = 5.0
+"""How long a TCP connect to the cluster's GCS port may take."""

@@ -51,3 +51,15 @@ def test_bad_training_config_is_one_line_and_writes_nothing(tmp_path, changes, c
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert culprit in lines[0]
     assert not (tmp_path / "m").exists() or not os.listdir(tmp_path / "m")
+
+
+def test_a_ray_address_nobody_listens_on_is_one_line_in_seconds_not_a_hang(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = run_cli(tmp_path, ray_address=f"127.0.0.1:{port}", ray_num_workers=1)
+    assert proc.returncode == 2, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("returnn-ray: error:")]
+    assert len(lines) == 1 and f"cannot reach the Ray cluster at 127.0.0.1:{port}" in lines[0], proc.stderr
