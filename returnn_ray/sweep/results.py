@@ -115,7 +115,7 @@ def best_config_text(best: TrialSummary, files: Sequence[str], args: Sequence[st
         path = os.path.abspath(path)
         kind = _config_kind(path)
         if kind == "python":
-            lines += [f"__file__ = {path!r}", f"exec(compile(open(__file__).read(), __file__, 'exec'))"]
+            lines += [f"__file__ = {path!r}", "exec(compile(open(__file__).read(), __file__, 'exec'))"]
         elif kind == "json":
             lines.append(f"globals().update(_json.load(open({path!r})))")
         else:

@@ -16,12 +16,11 @@ import dataclasses
 import os
 import re
 import time
-from typing import Sequence
 
 from returnn_ray.config import Config
 from returnn_ray.errors import ConfigError, UserError
 from returnn_ray.settings import KNOWN_KEYS, Settings
-from returnn_ray.sweep.space import VARIANT_KEY, parse_space, tune_param_space, warn_unknown_keys
+from returnn_ray.sweep.space import parse_space, tune_param_space, warn_unknown_keys
 
 
 @dataclasses.dataclass(frozen=True)
