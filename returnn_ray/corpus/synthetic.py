@@ -286,36 +286,15 @@ class SyntheticCorpus:
         return {"num_seqs": num_seqs, "frames": frames, "audio_seconds": samples / SAMPLE_RATE}
 
 
-def generate_corpus(
-    path: str,
-    *,
-    num_seqs: int,
-    seed: int,
-    num_mels: int = 40,
-    num_words: int = 40,
-    lexicon_seed: int = 0,
-    num_speakers: int = 16,
-    min_words: int = 1,
-    max_words: int = 5,
-    snr_db: tuple[float, float] = (5.0, 30.0),
-) -> None:
+def generate_corpus(path: str, *, num_seqs: int, seed: int, **options) -> None:
     """Write ``num_seqs`` synthetic utterances of corpus ``seed`` to the RETURNN HDF ``path``.
 
-    ``data`` = log-mel features ``[T, num_mels]``, ``classes`` = word ids with the vocabulary
-    (``num_words`` words of lexicon ``lexicon_seed``) as labels. Use the same ``lexicon_seed``
-    and ``num_words`` for train and dev (different ``seed``) so they share the vocabulary.
+    ``options`` are :class:`SyntheticCorpus`'s (``num_mels``, ``num_words``, ``lexicon_seed``,
+    ``num_speakers``, ``min_words``, ``max_words``, ``snr_db``). ``data`` = log-mel features
+    ``[T, num_mels]``, ``classes`` = word ids with the vocabulary as labels. Use the same
+    ``lexicon_seed`` and ``num_words`` for train and dev (different ``seed``) so they share it.
     """
-    corpus = SyntheticCorpus(
-        seed,
-        num_words=num_words,
-        lexicon_seed=lexicon_seed,
-        num_speakers=num_speakers,
-        min_words=min_words,
-        max_words=max_words,
-        snr_db=snr_db,
-        num_mels=num_mels,
-    )
-    corpus.write(path, num_seqs)
+    SyntheticCorpus(seed, **options).write(path, num_seqs)
 
 
 # -- synthesis ---------------------------------------------------------------------------------
