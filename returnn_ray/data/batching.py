@@ -245,6 +245,10 @@ class BatchPlan:
             raise ValueError(f"rank {rank} out of range for {self.num_ranks} ranks")
         return list(self.batches[rank :: self.num_ranks])
 
+    def seqs_in_steps(self, num_steps: int) -> int:
+        """Seqs used by the first ``num_steps`` steps over all ranks."""
+        return sum(len(batch) for batch in self.batches[: num_steps * self.num_ranks])
+
     def step(self, step: int) -> tuple[np.ndarray, ...]:
         """The ``num_ranks`` batches of step ``step``, rank 0 first."""
         return self.batches[step * self.num_ranks : (step + 1) * self.num_ranks]
@@ -328,17 +332,34 @@ def deal_to_ranks(
 
 
 def plan_epoch(
-    order: np.ndarray, seq_lens: Mapping[str, np.ndarray], options: BatchingOptions, num_ranks: int = 1
+    order: np.ndarray,
+    seq_lens: Mapping[str, np.ndarray],
+    options: BatchingOptions,
+    num_ranks: int = 1,
+    *,
+    skip_seqs: int = 0,
 ) -> BatchPlan:
     """:func:`plan_batches` with the per-rank ``batch_size`` over the global order, then
     :func:`deal_to_ranks`.
+
+    ``skip_seqs``: plan only what follows the first ``skip_seqs`` seqs of the (length-filtered)
+    order: the rest of an epoch resumed mid-way. The batches do not depend on ``num_ranks`` and
+    each step takes a contiguous run of the order, so after ``k`` full steps of a plan the seqs
+    used are exactly the order's first ``n`` (:meth:`BatchPlan.seqs_in_steps`), and planning with
+    ``skip_seqs=n`` gives the same remaining batches, dealt to any number of ranks.
 
     >>> lens = {"data": np.array([4, 4, 9, 20, 3, 3])}
     >>> plan = plan_epoch(np.arange(6), lens, BatchingOptions(batch_size=10), num_ranks=3)
     >>> plan.num_steps, plan.for_rank(2)
     (2, [array([3]), array([], dtype=int64)])
+    >>> plan_epoch(np.arange(6), lens, BatchingOptions(batch_size=10), skip_seqs=2).batches
+    (array([2]), array([3]), array([4, 5]))
     """
     filtered = filter_by_length(order, seq_lens, options)
+    if not 0 <= skip_seqs <= len(filtered):
+        raise ValueError(f"skip_seqs {skip_seqs} out of range for an epoch of {len(filtered)} seqs")
+    num_dropped = len(order) - len(filtered)
+    filtered = filtered[skip_seqs:]
     batches = _split(filtered, _plan_starts(filtered, seq_lens, options))
     plan = deal_to_ranks(batches, num_ranks, seq_lens)
-    return dataclasses.replace(plan, num_dropped=len(order) - len(filtered))
+    return dataclasses.replace(plan, num_dropped=num_dropped)

@@ -19,6 +19,7 @@ is plain Python over file names and numbers (torch is imported inside those thre
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import zipfile
@@ -46,6 +47,10 @@ __all__ = [
     "load_optimizer_state",
     "delete_checkpoint",
     "check_model_dir_writable",
+    "partial_path",
+    "save_partial",
+    "load_partial",
+    "delete_partials",
 ]
 
 
@@ -57,6 +62,17 @@ def checkpoint_path(model: str, epoch: int) -> str:
 def opt_path(model: str, epoch: int) -> str:
     """``<model>.%03d.opt.pt``: the optimizer state of ``epoch``."""
     return f"{model}.{epoch:03d}.opt.pt"
+
+
+def partial_path(model: str, epoch: int) -> str:
+    """``<model>.%03d.partial.pt``: the mid-epoch state of ``epoch`` (``save_interval_steps``).
+
+    Not a name RETURNN or :func:`find_checkpoints` takes for a checkpoint of a finished epoch.
+
+    >>> partial_path("out/net", 3)
+    'out/net.003.partial.pt'
+    """
+    return f"{model}.{epoch:03d}.partial.pt"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,6 +392,41 @@ def load_optimizer_state(
     if "optimizer" not in state and "param_groups" in state and "state" in state:
         state = {"optimizer": state}
     return state
+
+
+def save_partial(model: str, epoch: int, state: Mapping[str, Any]) -> str:
+    """Write the mid-epoch state of ``epoch`` (model, optimizer, cursor, scores so far) atomically."""
+    from returnn_ray import __version__
+
+    path = partial_path(model, epoch)
+    atomic_torch_save({**state, "epoch": epoch, "returnn_ray_version": __version__}, path)
+    return path
+
+
+def load_partial(model: str, epoch: int, *, map_location: Any = "cpu") -> dict[str, Any] | None:
+    """The mid-epoch state of ``epoch``, or None if there is none."""
+    path = partial_path(model, epoch)
+    if not os.path.isfile(path):
+        return None
+    state = _torch_load(path, map_location, True)
+    if state.get("epoch") != epoch:
+        raise UserError(f"mid-epoch checkpoint {path!r} holds epoch {state.get('epoch')!r}, not {epoch}; delete it")
+    return state
+
+
+def delete_partials(model: str, *, up_to_epoch: int) -> None:
+    """Delete the mid-epoch states of epochs ``<= up_to_epoch`` (done: their epoch checkpoint exists)."""
+    directory, prefix = os.path.split(model)
+    pattern = re.compile(re.escape(prefix) + r"\.(\d{3,})\.partial\.pt")
+    try:
+        names = os.listdir(directory or ".")
+    except OSError:
+        return
+    for name in names:
+        m = pattern.fullmatch(name)
+        if m is not None and int(m.group(1)) <= up_to_epoch:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, name))
 
 
 def delete_checkpoint(model: str, epoch: int) -> int:

@@ -41,6 +41,11 @@ class ScoreAccumulator:
         ``names`` fixes the order of the all-reduce; a rank that saw no step of some loss
         contributes zeros for it.
         """
+        totals = self.totals(names)
+        return {n: (s / f if f else float("nan")) for n, (s, f) in totals.items()}
+
+    def totals(self, names: list[str] | None = None) -> dict[str, tuple[float, float]]:
+        """``name -> (Σ sum, Σ frames)`` over all ranks (a collective, as :meth:`reduce`)."""
         names = sorted(self._sums) if names is None else names
         if not names:
             return {}
@@ -51,8 +56,13 @@ class ScoreAccumulator:
         ).to(device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(stacked)
-        values = stacked.cpu().tolist()
-        return {n: (s / f if f else float("nan")) for n, (s, f) in zip(names, values)}
+        return {n: (s, f) for n, (s, f) in zip(names, stacked.cpu().tolist())}
+
+    def restore(self, totals: Mapping[str, tuple[float, float]], device: torch.device | str = "cpu") -> None:
+        """Start from :meth:`totals` saved mid-epoch (on one rank only: the others start at zero)."""
+        for name, (s, f) in totals.items():
+            self._sums[name] = torch.tensor(float(s), dtype=torch.float64, device=device)
+            self._frames[name] = torch.tensor(float(f), dtype=torch.float64, device=device)
 
     def names(self) -> list[str]:
         return sorted(self._sums)

@@ -7,12 +7,17 @@ checkpoint and the learning_rate_file (atomically) and every rank reports to Ray
 
 Resume needs no state beyond the files RETURNN users already have: the newest epoch with
 both ``<model>.NNN.pt`` and ``.opt.pt`` and the learning_rate_file. The same holds when Ray
-restarts the worker group after a failure (``ray_max_failures``).
+restarts the worker group after a failure (``ray_max_failures``). With ``save_interval_steps``
+rank 0 also writes ``<model>.NNN.partial.pt`` every that many steps (model, optimizer, the
+number of seqs of the epoch's order done, the scores so far, every rank's RNG state); a restart
+continues the epoch from there, on any number of workers: the rest of the order is planned
+again and dealt to the new world size, so no seq is lost or used twice.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import tempfile
@@ -21,7 +26,10 @@ from typing import Any, Mapping
 
 import torch
 
+import numpy as np
+
 from returnn_ray.data import plan_epoch
+from returnn_ray.data.batching import filter_by_length
 from returnn_ray.data.base import Dataset, DataSpec
 from returnn_ray.data.ray_data import Batch, rank_batches
 from returnn_ray.errors import UserError
@@ -67,7 +75,9 @@ def _context(use_gpu: bool) -> WorkerContext:
 def _local_context(use_gpu: bool) -> WorkerContext:
     """Rank 0 of 1 in this process (Ray Train's local mode; inside a Tune trial Ray Train's
     context API is off limits, so it is not asked)."""
-    device = torch.device("cuda", 0) if use_gpu and torch.cuda.is_available() else torch.device("cpu")
+    if use_gpu and not torch.cuda.is_available():
+        raise UserError("device gpu: no GPU that torch can use in this process; use ++device cpu")
+    device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return WorkerContext(0, 1, device, local=True)
@@ -109,8 +119,14 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
     first learns which config to rebuild for them (:func:`use_worker_config`).
     """
     settings, ctx, log = start_worker(job)
-    if job.get("process_start") is not None:
-        log.line(f"training worker {ctx.rank} up {time.time() - job['process_start']:.1f} s after returnn-ray started", level=4)
+    if job.get("process_start") is not None:  # every rank, with its Ray node id (local mode: none)
+        import ray
+
+        node = f"node {ray.get_runtime_context().get_node_id()}" if ray.is_initialized() else "no Ray node (local mode)"
+        WorkerLog(job.get("log_queue"), enabled=True, verbosity=settings.run.log_verbosity).line(
+            f"training worker {ctx.rank} up {time.time() - job['process_start']:.1f} s after returnn-ray started on {node}",
+            level=4,
+        )
 
     train = _dataset(settings, job, "train", log)
     evals = {name: _dataset(settings, job, name, log) for name in eval_dataset_names(settings)}
@@ -131,6 +147,10 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
         state = checkpoints.load_checkpoint(model_prefix, newest)
         model.load_state_dict(state["model"])
         start_epoch, step = newest + 1, int(state.get("step", 0))
+    mid = _mid_epoch_state(settings, train, start_epoch, ctx, log)
+    if mid is not None:
+        model.load_state_dict(mid["model"])
+        step = int(mid["step"])
     model.to(ctx.device)
     optimizer = build_optimizer(
         model,
@@ -141,12 +161,20 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
         # RETURNN's torch engine wants an explicit optimizer; network dicts follow its TF engine (SGD)
         default="sgd" if settings.training.network is not None else "error",
     )
-    if newest is not None:
+    if mid is not None:
+        optimizer.load_state_dict(mid["optimizer"])
+        log.line(
+            f"Resuming epoch {start_epoch} mid-way ({checkpoints.partial_path(model_prefix, start_epoch)}): "
+            f"{mid['seqs_done']} of {mid['num_seqs']} seqs done, global train step {step}"
+        )
+    elif newest is not None:
         opt_state = checkpoints.load_optimizer_state(model_prefix, newest, map_location=ctx.device)
         optimizer.load_state_dict(opt_state["optimizer"])
         log.line(f"Resuming from epoch {newest} ({checkpoints.checkpoint_path(model_prefix, newest)}), global train step {step}")
 
     grad_scaler = make_grad_scaler(settings.training.torch_amp, ctx.device.type)
+    if mid is not None and grad_scaler is not None and mid.get("grad_scaler"):
+        grad_scaler.load_state_dict(mid["grad_scaler"])
     train_model = model
     if ctx.world_size > 1:
         # broadcast_buffers=False: no per-forward collective, so eval passes with uneven step
@@ -170,7 +198,8 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
         log.line(f"start epoch {epoch} global train step {step} with effective learning rate {lr} ...")
         start = time.monotonic()
         train_scores, step = _train_epoch(
-            settings, ctx, spec, train_model, optimizer, grad_scaler, train, specs, epoch, step, log, job.get("process_start"), tb
+            settings, ctx, spec, train_model, optimizer, grad_scaler, train, specs, epoch, step, log, job.get("process_start"), tb,
+            seed=job.get("seed", 42), mid=mid if epoch == start_epoch else None,
         )
         train_secs = time.monotonic() - start
         scores = score_keys("train", train_scores)
@@ -217,14 +246,115 @@ def _tensorboard_log(settings: Settings) -> TensorBoardLog | None:
     )
 
 
+def _mid_epoch_state(settings: Settings, train: Dataset, epoch: int, ctx: WorkerContext, log: WorkerLog) -> dict | None:
+    """The mid-epoch state of ``epoch`` to resume from, if there is one made for this epoch's seq order."""
+    prefix = settings.run.model
+    if not prefix:
+        return None
+    if ctx.is_chief:
+        checkpoints.delete_partials(prefix, up_to_epoch=epoch - 1)
+    if epoch > settings.run.num_epochs:
+        return None
+    mid = checkpoints.load_partial(prefix, epoch, map_location=ctx.device)
+    if mid is None:
+        return None
+    if mid.get("order_digest") != _order_digest(settings, train, epoch):
+        log.line(
+            f"WARNING: ignoring {checkpoints.partial_path(prefix, epoch)}: made for another seq order of epoch {epoch} "
+            "(dataset or seq_ordering changed); the epoch starts from its beginning"
+        )
+        return None
+    return mid
+
+
+def _order_digest(settings: Settings, train: Dataset, epoch: int) -> str:
+    """Digest of the epoch's seq order after the length filter: what a mid-epoch cursor counts in."""
+    order = filter_by_length(train.seq_order_for_epoch(epoch), train.seq_lens, batching_options(settings, "train"))
+    return hashlib.sha256(np.ascontiguousarray(order, dtype=np.int64).tobytes()).hexdigest()
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int, skip_seqs: int = 0) -> None:
+    """Each rank's torch RNG (dropout) from the seed, epoch and rank: a redone or resumed epoch
+    draws what the first try drew."""
+    torch.manual_seed((seed * 1_000_003 + epoch * 10_007 + rank * 101 + skip_seqs) % 2**63)
+
+
+def _rng_states() -> dict[str, torch.Tensor]:
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def _restore_rng(mid: Mapping[str, Any], ctx: WorkerContext, seed: int, epoch: int) -> None:
+    """Every rank's RNG as it was at the mid-epoch save if the world size is the same; else fresh
+    per-rank seeds (a different world size draws differently anyway)."""
+    states = mid.get("rng") or []
+    if int(mid.get("world_size", 0)) == ctx.world_size and len(states) == ctx.world_size:
+        mine = states[ctx.rank]
+        torch.set_rng_state(mine["cpu"].cpu())
+        if "cuda" in mine and ctx.device.type == "cuda":
+            torch.cuda.set_rng_state(mine["cuda"].cpu())
+    else:
+        _seed_epoch(seed, epoch, ctx.rank, int(mid["seqs_done"]))
+
+
+def _gather(obj: Any) -> list:
+    """``obj`` of every rank (rank order); ``[obj]`` without a process group."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [obj]
+    out: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _save_mid_epoch(
+    settings: Settings, ctx: WorkerContext, log: WorkerLog, model, optimizer, grad_scaler, totals, *,
+    epoch: int, step: int, seqs_done: int, num_seqs: int, digest: str,
+) -> None:
+    """All ranks: gather the RNG states; rank 0 writes ``<model>.NNN.partial.pt``."""
+    rng = _gather({k: v.cpu() for k, v in _rng_states().items()})
+    if not ctx.is_chief:
+        return
+    inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    path = checkpoints.save_partial(
+        settings.run.model,
+        epoch,
+        {
+            "model": inner.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None else None,
+            "step": step,
+            "seqs_done": seqs_done,
+            "num_seqs": num_seqs,
+            "order_digest": digest,
+            "scores": totals,
+            "world_size": ctx.world_size,
+            "rng": rng,
+        },
+    )
+    log.line(f"epoch {epoch} global train step {step}: mid-epoch checkpoint, {seqs_done} of {num_seqs} seqs done ({path})", level=4)
+
+
 def _train_epoch(
-    settings, ctx, spec: ModelSpec, model, optimizer, grad_scaler, train: Dataset, specs, epoch, step, log, job_start, tb
+    settings, ctx, spec: ModelSpec, model, optimizer, grad_scaler, train: Dataset, specs, epoch, step, log, job_start, tb,
+    *, seed: int = 42, mid: Mapping[str, Any] | None = None,
 ):
     model.train()
     order = train.seq_order_for_epoch(epoch)
-    plan = plan_epoch(order, train.seq_lens, batching_options(settings, "train"), ctx.world_size)
+    skip = int(mid["seqs_done"]) if mid is not None else 0
+    plan = plan_epoch(order, train.seq_lens, batching_options(settings, "train"), ctx.world_size, skip_seqs=skip)
+    num_seqs = skip + plan.num_seqs
     my_batches = plan.for_rank(ctx.rank)
     acc = ScoreAccumulator()
+    if mid is None:
+        _seed_epoch(seed, epoch, ctx.rank)
+    else:
+        _restore_rng(mid, ctx, seed, epoch)
+        if ctx.is_chief:
+            acc.restore(mid["scores"], ctx.device)
+    save_every = settings.training.save_interval_steps if settings.run.model else 0
+    digest = _order_digest(settings, train, epoch) if save_every else ""
     accum = settings.training.accum_grad_multiple_step or 1
     amp = settings.training.torch_amp
     padding = dummy_batch(specs, ctx.device)
@@ -257,6 +387,13 @@ def _train_epoch(
             log.line(f"time to first training step: {time.time() - job_start:.1f} s since returnn-ray started", level=4)
         acc.add(losses, weight=weight)
         step += 1
+        if save_every and (i + 1) % save_every == 0 and i + 1 < len(my_batches) and should_step(i, accum):
+            # after an update, so no gradient accumulation is open; every rank gets here at the same step
+            totals = acc.totals(sorted(_loss_names(spec, model, padding, epoch, step, acc)))
+            _save_mid_epoch(
+                settings, ctx, log, model, optimizer, grad_scaler, totals,
+                epoch=epoch, step=step, seqs_done=skip + plan.seqs_in_steps(i + 1), num_seqs=num_seqs, digest=digest,
+            )
         now = time.monotonic()
         if tb is not None and step % tb.every_n_train_steps == 0 and not is_padding:
             tb.train_step(step, {n: float(v.sum) / max(float(v.num_frames), 1.0) for n, v in losses.items()}, optimizer.param_groups[0]["lr"])
@@ -270,7 +407,10 @@ def _train_epoch(
                 shown = acc.local_mean(acc.names()[0]) if acc.names() else None
                 log.progress(epoch=epoch, step=i, num_steps=len(my_batches), loss=shown, elapsed=now - start)
         last = now
-    return acc.reduce(sorted(_loss_names(spec, model, padding, epoch, step, acc))), step
+    totals = acc.totals(sorted(_loss_names(spec, model, padding, epoch, step, acc)))
+    frames = {name: round(f) for name, (_, f) in totals.items()}
+    log.line(f"epoch {epoch}: {num_seqs} seqs, frames per loss {frames}", level=4)
+    return {n: (s / f if f else float("nan")) for n, (s, f) in totals.items()}, step
 
 
 def _loss_names(spec: ModelSpec, model, padding: Batch, epoch: int, step: int, acc: ScoreAccumulator) -> list[str]:
@@ -331,6 +471,7 @@ def _save_epoch(settings: Settings, lr_control, model, optimizer, epoch: int, st
             step=step,
             effective_learning_rate=lr,
         )
+    checkpoints.delete_partials(prefix, up_to_epoch=epoch)  # the epoch is done: its mid-epoch state is stale
     cleanup = settings.training.cleanup_old_models
     if cleanup:
         existing = checkpoints.find_checkpoints(prefix, for_training=False)

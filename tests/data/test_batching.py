@@ -381,3 +381,32 @@ def test_matches_returnn_length_filter_and_per_key_limits(batch_size, max_seq_le
     theirs = _returnn_batches(order, seq_lens, batch_size, 8, max_seq_length, min_seq_length)
     assert ours == theirs
     assert sum(map(len, ours)) < 500  # the filter did drop seqs
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_resumed_epoch_plans_exactly_the_seqs_not_yet_used_on_any_world_size(seed):
+    """Mid-epoch resume: after k steps on W ranks, ``skip_seqs=seqs_in_steps(k)`` plans the rest:
+    with the same W the very batches the plan had left; with another W the same seqs, each once."""
+    rng = np.random.RandomState(seed)
+    n = int(rng.randint(1, 60))
+    lens = {"data": rng.randint(1, 40, size=n)}
+    order = rng.permutation(n)
+    options = BatchingOptions(batch_size=int(rng.randint(30, 120)), max_seqs=int(rng.randint(1, 6)), max_seq_length=35)
+    for num_ranks in (1, 2, 3):
+        plan = plan_epoch(order, lens, options, num_ranks)
+        used = filter_by_length(order, lens, options)
+        for k in range(plan.num_steps):
+            skip = plan.seqs_in_steps(k)
+            assert np.array_equal(np.concatenate([used[:skip], *plan.batches[k * num_ranks :]]), used)
+            rest = plan_epoch(order, lens, options, num_ranks, skip_seqs=skip)
+            assert [b.tolist() for b in rest.batches] == [b.tolist() for b in plan.batches[k * num_ranks :]]
+            assert rest.num_dropped == plan.num_dropped
+            for other in (1, 2, 4):
+                again = plan_epoch(order, lens, options, other, skip_seqs=skip)
+                assert np.array_equal(np.concatenate([np.zeros(0, np.int64), *again.batches]), used[skip:])
+
+
+def test_skip_seqs_out_of_range_is_refused():
+    lens = {"data": np.array([3, 4])}
+    with pytest.raises(ValueError, match="skip_seqs 3"):
+        plan_epoch(np.arange(2), lens, BatchingOptions(batch_size=10), skip_seqs=3)
