@@ -96,8 +96,26 @@ def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save(obj, path)``, atomically. An object torch cannot save leaves ``path`` as it was."""
     import torch  # lazily: this module is also used where torch is not needed
 
-    with atomic_open(path, "wb") as f:
-        torch.save(obj, f)
+    try:
+        with atomic_open(path, "wb") as f:
+            torch.save(obj, f)
+    except RuntimeError as exc:
+        # torch's zip writer hides a failed write (disk full) behind its own RuntimeError
+        # ("unexpected pos ..."), raised while the OSError was being handled
+        cause = _os_error_behind(exc)
+        if cause is None:
+            raise
+        raise _write_error(path, cause) from exc
+
+
+def _os_error_behind(exc: BaseException) -> OSError | None:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _fsync_directory(directory: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
+from returnn_ray import interrupts
 from returnn_ray.errors import UserError
 
 
@@ -37,6 +38,11 @@ def init_ray(
         ray.init(address=address, **kwargs)
     except ConnectionError as exc:  # e.g. "auto" with no Ray running on this machine
         raise UserError(f"cannot join the Ray cluster {address!r}: {str(exc).strip().splitlines()[0]}") from exc
+    interrupts.install()  # ray.init replaced our SIGTERM handler with one that exits without a word
+    if address is None:  # the Ray we just started must not outlive this process, even after kill -9
+        from returnn_ray.reaper import start_reaper
+
+        start_reaper()
 
 
 def _check_reachable(address: str) -> None:
