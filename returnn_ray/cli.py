@@ -20,11 +20,12 @@ import dataclasses
 import importlib
 import logging
 import os
+import re
 import sys
 import traceback
 from typing import Callable, Literal, Sequence
 
-from returnn_ray import __version__
+from returnn_ray import __version__, interrupts
 from returnn_ray.cmdline import OPTION_KEYS, split_command_line
 from returnn_ray.config import Config, load_config, set_global_config
 from returnn_ray.errors import UserError
@@ -288,8 +289,68 @@ def _setup_logging() -> None:
         log.propagate = False
 
 
+def user_message(exc: BaseException) -> str:
+    """The one line a :class:`UserError` prints.
+
+    A UserError raised in a Ray task reaches the driver as Ray's ``RayTaskError(UserError)``,
+    whose text is the remote traceback: its ``cause`` is the original error, else the traceback's
+    last ``returnn_ray.errors.<Class>: <message>`` line is the message. Any other line breaks are
+    joined, so the error stays one line.
+    """
+    seen = set()
+    while isinstance(getattr(exc, "cause", None), BaseException) and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.cause
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and any(c.__name__ == "RayTaskError" for c in type(exc).__mro__):
+        remote = [line for line in lines if re.match(r"returnn_ray\.errors\.\w+: ", line)]
+        if remote:
+            return remote[-1].split(": ", 1)[1]
+    return " ".join(lines)
+
+
+def check_local_gpu(settings: Settings) -> None:
+    """``device gpu`` for a run in this process (Ray Train's local mode: train or eval with one
+    worker, no cluster) needs a GPU here; else it would quietly run on the CPU.
+
+    Runs on Ray workers are checked when Ray places them (too few GPUs is an error there).
+    """
+    run = settings.run
+    if run.device != "gpu" or run.task not in ("train", "eval") or run.ray_local_mode is False:
+        return
+    ray = sys.modules.get("ray")
+    joins_ray = run.ray_address or os.environ.get("RAY_ADDRESS") or (ray is not None and ray.is_initialized())
+    if run.ray_local_mode is None and (run.ray_num_workers is not None or joins_ray):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError(
+            "device gpu: this machine has no GPU that torch can use (torch.cuda.is_available() is False);"
+            " use ++device cpu, or run on a Ray cluster with GPUs (++ray_address, ++ray_num_workers)"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``returnn-ray``; returns the exit code."""
+    """Entry point of ``returnn-ray``; returns the exit code.
+
+    Ctrl-C (SIGINT) and SIGTERM end the run with one line and exit code 130 / 143; every file
+    written so far is complete (all writes are atomic), so the same command resumes.
+    """
+    with interrupts.installed():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt as exc:
+            what, code = ("terminated (SIGTERM)", 143) if interrupts.was_terminated(exc) else ("interrupted (Ctrl-C)", 130)
+            print(
+                f"returnn-ray: {what}: checkpoints and outputs written so far are complete; "
+                "rerun the same command to resume",
+                file=sys.stderr,
+            )
+            return code
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     _setup_logging()
     debug = "--debug" in argv
@@ -312,6 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warn_unread_keys(config)
         if inv.dump is not None or settings.run.task == "dump-dataset":
             return run_dump_dataset(settings, config, inv.dump or DumpDatasetArgs())
+        check_local_gpu(settings)
         if settings.run.task == "sweep":
             return run_sweep(settings, config, inv)
         task = TASKS.get(settings.run.task)
@@ -321,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         if debug:
             traceback.print_exc()
-        print(f"returnn-ray: error: {exc}", file=sys.stderr)
+        print(f"returnn-ray: error: {user_message(exc)}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:
         # `returnn-ray dump-dataset ... | head`: the reader left; not an error of ours.

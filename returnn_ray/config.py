@@ -112,6 +112,8 @@ class Config:
         Python config, ``file:line:col`` for malformed JSON, ``file:line`` for a malformed line.
         """
         path = os.fspath(path)
+        if os.path.isdir(path):
+            raise ConfigError(f"config file {path} is a directory; give a config file")
         if not os.path.isfile(path):
             raise ConfigError(f"config file not found: {path}")
         try:

@@ -303,12 +303,34 @@ class StaticDataset(Dataset):
                         f"seq 0 has {first[key].shape}; only the time axis may differ"
                     )
         self._seqs = [{k: seq[k] for k in keys} for seq in seqs]
+        _check_static_values(name, self._seqs, self.specs)
         self.labels = {}
         self.seq_tags = [f"seq-{i}" for i in range(len(seqs))]
         self.seq_lens = {k: np.array([len(seq[k]) for seq in self._seqs], dtype=np.int64) for k in keys}
 
     def get_seqs(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
         return [dict(self._seqs[int(i)]) for i in indices]
+
+
+def _check_static_values(name: str, seqs: Sequence[Mapping[str, np.ndarray]], specs: Mapping[str, DataSpec]) -> None:
+    """StaticDataset's seqs are in memory: float values must be finite, sparse labels in ``[0, dim)``."""
+    for key, spec in specs.items():
+        arr = np.concatenate([seq[key].reshape(len(seq[key]), -1) for seq in seqs]) if seqs else None
+        if arr is None or not arr.size:
+            continue
+        if np.issubdtype(arr.dtype, np.floating):
+            bad = ~np.isfinite(arr)
+            what = "a non-finite value"
+        elif spec.sparse and np.issubdtype(arr.dtype, np.integer):
+            bad = (arr < 0) | (arr >= spec.dim) if spec.dim > 1 else arr < 0
+            what = f"a label outside [0, {spec.dim})" if spec.dim > 1 else "a negative label"
+        else:
+            continue
+        if bad.any():
+            row = int(np.argmax(bad.any(axis=1)))
+            seq = int(np.searchsorted(np.cumsum([len(s[key]) for s in seqs]), row, side="right"))
+            value = arr[row][bad[row]][0]
+            raise DataError(f"dataset {name!r}: StaticDataset seq {seq} key {key!r} has {what} ({value}); fix the data")
 
 
 class SeqListFilteredDataset(Dataset):
@@ -346,18 +368,29 @@ class SeqListFilteredDataset(Dataset):
         return order
 
 
+class _DataUnpickler(pickle.Unpickler):
+    """Unpickles plain data only (lists, tuples, dicts, strings, numbers): a pickle that names any
+    class or function, which is how a pickle runs code, is refused."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"it names {module}.{name}; only plain data (a list of strings) is read")
+
+
 def _load_seq_list(path: str, name: str) -> list[str]:
     """RETURNN's seq list file: one tag per line (optionally ``.gz``), or a pickled list (``.pkl``)."""
     opener: Callable = gzip.open if path.endswith(".gz") else open
     try:
         if path.removesuffix(".gz").endswith(".pkl"):
             with opener(path, "rb") as f:
-                tags = pickle.load(f)
+                tags = _DataUnpickler(f).load()
         else:
             with opener(path, "rt") as f:
                 tags = f.read().splitlines()
     except OSError as exc:
         msg = f"dataset {name!r}: cannot read seq_list_filter_file {path!r} ({exc.strerror or exc})"
+        raise DataError(msg) from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, UnicodeDecodeError) as exc:
+        msg = f"dataset {name!r}: seq_list_filter_file {path!r} is not a pickled list of tags ({exc})"
         raise DataError(msg) from None
     if not isinstance(tags, list):
         raise DataError(f"dataset {name!r}: seq_list_filter_file {path!r} must hold a list of tags")
@@ -436,7 +469,10 @@ def init_dataset(
         kwargs["seq_ordering"] = _default_seq_ordering(name, batching)
     if not isinstance(kwargs["seq_ordering"], str):
         raise ConfigError(f"dataset {name!r}: seq_ordering must be a string, got {kwargs['seq_ordering']!r}")
-    validate_seq_ordering(kwargs["seq_ordering"])
+    try:
+        validate_seq_ordering(kwargs["seq_ordering"])
+    except ConfigError as exc:
+        raise ConfigError(f"dataset {name!r}: {exc}") from None
     _check_order_kwargs(kwargs, name)
     _check_kwargs(cls, kwargs, name)
     dataset = cls(name=name, **kwargs)

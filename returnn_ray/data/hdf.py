@@ -307,18 +307,20 @@ class HDFDataset(Dataset):
                 starts = meta.offsets[key][local]
                 ends = meta.offsets[key][local + 1]
                 ds = self._h5_dataset(int(file_idx), key)
-                for pos, arr in self._read_runs(meta.path, ds, starts, ends):
+                check = _value_check(self, int(file_idx), key, spec)
+                for pos, arr in self._read_runs(meta.path, ds, starts, ends, check):
                     if arr.dtype != spec.dtype:
                         arr = arr.astype(spec.dtype)  # a later file may store another float width
                     out[positions[pos]][key] = arr
         return out
 
     @staticmethod
-    def _read_runs(path: str, ds: h5py.Dataset, starts: np.ndarray, ends: np.ndarray):
+    def _read_runs(path: str, ds: h5py.Dataset, starts: np.ndarray, ends: np.ndarray, check=None):
         """Yield ``(i, rows)`` for each requested ``[starts[i], ends[i])``, reading merged runs.
 
         A following seq joins the current run when the gap before it is at most as long as
-        the run so far, so at most half of what is read is unused.
+        the run so far, so at most half of what is read is unused. ``check(block, first_row)``
+        sees each block read (:func:`_value_check`).
         """
         order = np.argsort(starts, kind="stable")
         i = 0
@@ -337,12 +339,70 @@ class HDFDataset(Dataset):
             except OSError as exc:
                 msg = f"HDF file {path!r}: reading rows {run_start}:{run_end} failed ({_one_line(exc)})"
                 raise DataError(msg) from None
+            if check is not None:
+                check(block, run_start)
             for k in order[i:j]:
                 yield int(k), block[int(starts[k]) - run_start : int(ends[k]) - run_start]
             i = j
 
     def __repr__(self) -> str:
         return f"<HDFDataset {self.name!r} files={self.files} num_seqs={self.num_seqs}>"
+
+
+def _value_check(dataset: HDFDataset, file_idx: int, key: str, spec: DataSpec):
+    """A check of each block read for ``key``: float values finite, sparse labels in ``[0, dim)``.
+
+    Bad values in a data file would otherwise show up as a NaN training score an epoch later or
+    as an index error in the loss (a device-side assert on a GPU). The check runs where the rows
+    are read (Ray Data's reader tasks, or the local reader thread), on the block just read: one
+    vectorised pass (a sum for floats, min/max for labels), so it costs far less than the read
+    itself and nothing on the training step. Only a failing block is searched for the seq.
+    """
+    dtype = np.dtype(spec.dtype)
+    if spec.sparse and np.issubdtype(dtype, np.integer):
+        dim = spec.dim if spec.dim > 1 else 0  # 0 or 1: no dim in the file (RETURNN's default 1); only >= 0
+
+        def bad_mask(block: np.ndarray) -> np.ndarray | None:
+            if block.min() >= 0 and (not dim or block.max() < dim):
+                return None
+            return (block < 0) | (block >= dim) if dim else block < 0
+
+        what = f"label {{value}} outside [0, {dim}) of its dim {dim}" if dim else "negative label {value}"
+        advice = "fix the data, or the dim (targets/size, extern_data, num_outputs)"
+    elif not spec.sparse and np.issubdtype(dtype, np.floating):
+
+        def bad_mask(block: np.ndarray) -> np.ndarray | None:
+            with np.errstate(over="ignore", invalid="ignore"):
+                if np.isfinite(np.add.reduce(block, axis=None)):  # NaN or inf anywhere makes the sum non-finite
+                    return None
+            mask = ~np.isfinite(block)
+            return mask if mask.any() else None  # the sum merely overflowed
+
+        what = "non-finite value {value}"
+        advice = "features must be finite; fix or drop the seq"
+    else:
+        return None
+
+    def check(block: np.ndarray, first_row: int) -> None:
+        if block.size == 0:
+            return
+        mask = bad_mask(block)
+        if mask is None:
+            return
+        frames = mask.reshape(len(block), -1).any(axis=1)
+        row = int(np.argmax(frames))
+        value = block[row][mask[row]].flat[0] if block.ndim > 1 else block[row]
+        meta = dataset._metas[file_idx]
+        global_row = first_row + row
+        local = int(np.searchsorted(meta.offsets[key], global_row, side="right")) - 1
+        tag = dataset.seq_tags[int(dataset._file_seq_start[file_idx]) + local]
+        frame = global_row - int(meta.offsets[key][local])
+        raise DataError(
+            f"HDF file {meta.path!r}: seq {tag!r} key {key!r} has a {what.format(value=value)} at frame {frame}; "
+            f"{advice}"
+        )
+
+    return check
 
 
 class HDFWriter:

@@ -230,7 +230,8 @@ def build_network(network: Mapping[str, dict], extern_data: Mapping[str, DataSpe
                 raise layer_error(
                     name,
                     f"output dim {out.dim} does not match target {loss.target!r} dim "
-                    f"{extern_data[loss.target].dim} for loss {loss.kind!r}: want {want}{blank}",
+                    f"{extern_data[loss.target].dim} for loss {loss.kind!r}: want {want}{blank}"
+                    + (f"; set n_out {want}" if opts.get("n_out") is not None else ""),
                 )
             losses[name] = loss
         l2_scale = opts.get("L2")

@@ -28,9 +28,18 @@ def open_dataset(settings: Settings, name: str) -> Dataset:
     dataset = init_dataset(dataset_spec(settings, name), name=name, batching=settings.data.batching)
     data = settings.data
     extern_data = data.extern_data or extern_data_from_config(None, data.num_inputs, data.num_outputs)
-    # A dataset need not carry every key (an eval set without targets), but what it has must agree.
-    check_extern_data(dataset, extern_data, keys=[k for k in extern_data if k in dataset.specs])
+    # A dataset need not carry every key (an eval set without targets), but what it has must agree;
+    # the train set needs every key, every set the model's input `data`.
+    needed = list(extern_data) if name in TRAIN_PHASE_DATASETS else [k for k in extern_data if _is_input(k, data)]
+    check_extern_data(dataset, extern_data, keys=[k for k in extern_data if k in dataset.specs or k in needed])
     return dataset
+
+
+def _is_input(key: str, data) -> bool:
+    """Whether ``key`` is what every dataset must have: ``data``, unless extern_data marks it not
+    ``available_for_inference``."""
+    opts = (data.extern_data or {}).get(key)
+    return key == "data" and not (isinstance(opts, dict) and opts.get("available_for_inference") is False)
 
 
 def batching_options(settings: Settings, name: str) -> BatchingOptions:

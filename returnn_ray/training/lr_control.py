@@ -450,6 +450,15 @@ def make_lr_control(kind: str = "constant", **opts: Any) -> LearningRateControl:
     return cls(**{k: v for k, v in opts.items() if k in own and v is not None})
 
 
+def check_lr_control(kind: str, options: Mapping[str, Any], learning_rate_file: str | None = None) -> None:
+    """Before training starts: the policy builds from its options and an existing
+    ``learning_rate_file`` parses (what the training loop does first, so a bad value is one
+    line before any worker starts, not an error on each worker)."""
+    control = make_lr_control(kind, **options)
+    if learning_rate_file:
+        control.load(learning_rate_file)
+
+
 def error_key_for_scores(scores: Mapping[str, float], error_measure: str | list[str] | None = None) -> str | None:
     """The key of ``scores`` an epoch is judged by (RETURNN's ``get_error_key``); None if empty.
 

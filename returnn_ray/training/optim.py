@@ -31,6 +31,7 @@ __all__ = [
     "amp_context",
     "apply_update",
     "build_optimizer",
+    "check_optimizer",
     "clip_gradients",
     "make_grad_scaler",
     "optimizer_class",
@@ -71,9 +72,9 @@ def optimizer_class(name: str | type | Callable[[], type]) -> type:
         known = _torch_optimizers()
         if name.lower() not in known:
             close = difflib.get_close_matches(name.lower(), known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = f"; did you mean {close[0]!r}? " if close else "; "
             raise ConfigError(
-                f"optimizer class {name!r} is not a torch.optim optimizer{hint} Known: {', '.join(sorted(known))}"
+                f"optimizer class {name!r} is not a torch.optim optimizer{hint}known: {', '.join(sorted(known))}"
             )
         cls = known[name.lower()]
     elif callable(name):
@@ -146,6 +147,34 @@ def _param_groups(
         {"params": [by_name[n] for n in sorted(with_wd)], "weight_decay": weight_decay},
         {"params": [by_name[n] for n in sorted(without_wd)], "weight_decay": 0.0},
     ]
+
+
+def check_optimizer(
+    optimizer: Mapping[str, Any] | str | Callable | None,
+    *,
+    adam: bool = False,
+    nadam: bool = False,
+    learning_rate: float = 1.0,
+    default: Literal["sgd", "error"] = "sgd",
+) -> None:
+    """Before training starts: the optimizer settings build an optimizer (class, options, weight
+    decay names), here for a 1x1 linear layer, so that a typo is one line before any worker starts.
+
+    The functions that need the real model (``param_groups_custom``,
+    ``weight_decay_custom_include_check``) are only checked to be callable.
+    """
+    if isinstance(optimizer, Mapping):
+        optimizer = dict(optimizer)
+        for key in ("param_groups_custom", "weight_decay_custom_include_check"):
+            value = optimizer.pop(key, None)
+            if value is not None and not callable(value):
+                raise ConfigError(f"optimizer {key!r} must be callable, got {value!r}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "both 'optimizer' and adam set" is warned when training builds it
+        build_optimizer(
+            torch.nn.Linear(1, 1), optimizer=optimizer, adam=adam, nadam=nadam, learning_rate=learning_rate,
+            default=default,
+        )
 
 
 def build_optimizer(
@@ -222,11 +251,12 @@ def build_optimizer(
     if accepted is not None:
         unknown = sorted(set(kwargs) - accepted)
         if unknown:
-            close = difflib.get_close_matches(unknown[0], accepted | set(_OUR_KEYS), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            names = accepted | set(_OUR_KEYS) | ({"epsilon"} if "eps" in accepted else set())  # RETURNN's name of eps
+            close = difflib.get_close_matches(unknown[0], names, n=1)
+            hint = f"; did you mean {close[0]!r}? " if close else "; "
             raise ConfigError(
-                f"optimizer {cls.__name__}: unknown option {unknown[0]!r}{hint} "
-                f"It accepts: {', '.join(sorted(accepted - {'lr'}))}"
+                f"optimizer {cls.__name__}: unknown option {unknown[0]!r}{hint}"
+                f"it accepts: {', '.join(sorted(accepted - {'lr'}))}"
             )
 
     groups: list[Any] = params

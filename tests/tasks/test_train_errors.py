@@ -9,15 +9,10 @@ import sys
 
 import pytest
 
-BASE = {
-    "task": "train",
-    "train": {"class": "Task12AXDataset", "num_seqs": 5},
-    "num_inputs": 9,
-    "num_outputs": 2,
-    "network": {"output": {"class": "softmax", "loss": "ce"}},
-    "batch_size": 400,
-    "num_epochs": 1,
-}
+from test_bad_input import BASE as TABLE_BASE  # tests/ is on sys.path (its conftest.py)
+
+# the bad-input table's valid config, without its output paths (each test here sets `model`)
+BASE = {k: v for k, v in TABLE_BASE.items() if k not in ("model", "learning_rate_file")}
 
 
 def run_cli(tmp_path, **changes) -> subprocess.CompletedProcess:

@@ -1,0 +1,475 @@
+"""The bad-input table: malformed configs, command lines and data files, each run through the real CLI.
+
+Every row runs ``python -m returnn_ray CONFIG [args]`` in a subprocess (no ``RAY_ADDRESS``) in a
+fresh directory and checks what a user sees: exit code 2, exactly one ``returnn-ray: error:``
+line on stderr that names the culprit (key, file, layer, value), no traceback, and no file left
+behind (no checkpoint, learning_rate_file, output file, or anything else new in the directory).
+
+The rows run once, two at a time, in a module fixture; each test only reads its row's result.
+The ids read like the table in the security notes (``docs/``): ``json-syntax-error`` etc.
+Also here: JSON and line-based configs and ``++key value`` overrides are data, never code.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import os
+import pickle
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Union
+
+import h5py
+import numpy as np
+import pytest
+
+from returnn_ray.data import DataSpec, write_hdf
+
+REPO = Path(__file__).resolve().parents[1]
+
+# ------------------------------------------------------------------------------------ the configs
+
+#: A small valid training config (Task12AX: 9-dim one-hot data, 2 classes); rows change a part.
+#: ``{tmp}`` is the row's directory; everything the run could write goes under ``{tmp}/out``.
+BASE = {
+    "task": "train",
+    "train": {"class": "Task12AXDataset", "num_seqs": 5},
+    "num_inputs": 9,
+    "num_outputs": 2,
+    "network": {"output": {"class": "softmax", "loss": "ce"}},
+    "batch_size": 400,
+    "num_epochs": 1,
+    "learning_rate": 0.01,
+    "model": "{tmp}/out/model",
+    "learning_rate_file": "{tmp}/out/learning_rates",
+}
+
+#: The same as BASE reading ``{tmp}/data.hdf`` (3-dim features, 4 classes): the HDF rows write it.
+HDF_BASE = {
+    **BASE,
+    "train": {"class": "HDFDataset", "files": ["{tmp}/data.hdf"]},
+    "num_inputs": 3,
+    "num_outputs": 4,
+}
+
+#: For forward: an ``eval`` set, a model prefix without checkpoints, the output in ``{tmp}/out``.
+FORWARD_BASE = {**BASE, "task": "forward", "eval": BASE["train"], "output_file": "{tmp}/out/fwd.hdf"}
+
+#: A Python config whose in-memory StaticDataset has a NaN feature in its second seq.
+STATIC_NAN_CONFIG = """#!rnn.py
+import numpy
+task = "train"
+train = {"class": "StaticDataset", "output_dim": {"classes": 2}, "data": [
+    {"data": numpy.zeros((3, 2), "float32"), "classes": numpy.array([0, 1, 1])},
+    {"data": numpy.array([[0.0, float("nan")]], "float32"), "classes": numpy.array([1])},
+]}
+network = {"output": {"class": "softmax", "loss": "ce"}}
+model = "{tmp}/out/model"
+num_epochs = 1
+"""
+
+Content = Union[str, bytes, dict, Callable[[str], None]]
+
+
+def changed(base: dict, **changes) -> dict:
+    """``base`` with keys set (a value None removes the key)."""
+    out = {**base, **changes}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+# ------------------------------------------------------------------------------------ HDF files
+
+HDF_SPECS = {"data": DataSpec(3), "classes": DataSpec(4, sparse=True, dtype="int32")}
+
+
+def _seqs(n: int = 3) -> list[dict[str, np.ndarray]]:
+    rng = np.random.RandomState(0)
+    return [
+        {"data": rng.standard_normal((t, 3)).astype("float32"), "classes": rng.randint(0, 4, t).astype("int32")}
+        for t in (5, 7, 4, 6, 3)[:n]
+    ]
+
+
+def hdf(edit: Callable[[list], None] | None = None, *, specs=HDF_SPECS, n: int = 3) -> Callable[[str], None]:
+    """A writer of a valid RETURNN HDF file (tags ``seq-0`` ...), after ``edit`` changed its seqs."""
+
+    def write(path: str) -> None:
+        seqs = _seqs(n)
+        if edit is not None:
+            edit(seqs)
+        seqs = [{k: v for k, v in seq.items() if k in specs} for seq in seqs]
+        write_hdf(path, seqs, [f"seq-{i}" for i in range(len(seqs))], specs)
+
+    return write
+
+
+def _set(seq: int, key: str, index, value) -> Callable[[list], None]:
+    def edit(seqs: list) -> None:
+        seqs[seq][key][index] = value
+
+    return edit
+
+
+def truncated_hdf(path: str) -> None:
+    hdf()(path)
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+
+
+def random_bytes(path: str) -> None:
+    with open(path, "wb") as f:
+        f.write(random.Random(0).randbytes(4096))
+
+
+def _wider(seqs: list) -> None:
+    for seq in seqs:
+        seq["data"] = np.zeros((len(seq["data"]), 5), "float32")
+
+
+class _Touch:
+    """Unpickling it would create the file ``path`` (what a malicious pickle does, harmlessly)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.path}",)
+
+
+def pickle_that_runs_code(path: str) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(["seq-0", _Touch(os.path.join(os.path.dirname(path), "pwned"))], f)
+
+
+def hdf_without_data(path: str) -> None:
+    """Index datasets only: seqTags and seqLengths, neither ``inputs`` nor ``targets``."""
+    with h5py.File(path, "w") as f:
+        f.create_dataset("seqTags", data=np.array(["seq-0"], dtype=object), dtype=h5py.string_dtype("utf-8"))
+        f.create_dataset("seqLengths", data=np.array([[5, 5]], dtype=np.int32))
+
+
+# ------------------------------------------------------------------------------------ the table
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One bad input: the files of its directory and the command line, and what the error names."""
+
+    files: dict[str, Content]
+    """File name -> content: text or bytes as they are, a dict as JSON, a function writes it
+    (given the path); ``{tmp}`` in text and in dict strings is the row's directory. A name ending
+    in ``/`` is an empty directory."""
+    args: tuple[str, ...]
+    """The command line after ``python -m returnn_ray``; ``{tmp}`` is replaced."""
+    culprit: tuple[str, ...]
+    """Every one of these must be in the error line."""
+
+
+def row(args, culprit, files=None, *, id: str, marks=()):
+    files = {"bad.json": BASE} if files is None else files
+    culprit = (culprit,) if isinstance(culprit, str) else tuple(culprit)
+    return pytest.param(Row(files, tuple(args), culprit), id=id, marks=marks)
+
+
+TABLE = [
+    # ---- config files: each format's syntax, and the file itself
+    row(["bad.config"], ("bad.config:3:", "SyntaxError"),
+        {"bad.config": "#!rnn.py\ntask = 'train'\nbatch_size = (400\n"}, id="python-config-syntax-error"),
+    row(["bad.py"], ("bad.py:2:", "SyntaxError"),
+        {"bad.py": "task = 'train'\nif True\n    num_epochs = 1\n"}, id="py-file-syntax-error"),
+    row(["bad.config"], ("bad.config:2:", "ModuleNotFoundError", "no_such_module_xyz"),
+        {"bad.config": "#!rnn.py\nimport no_such_module_xyz\n"}, id="python-config-import-error"),
+    row(["bad.json"], ("bad.json:3:", "invalid JSON"),
+        {"bad.json": '{"task": "train",\n "batch_size": 400,\n ,"num_epochs": 1}\n'}, id="json-syntax-error"),
+    row(["bad.json"], ("bad.json:1:", "invalid JSON", "Extra data"),
+        {"bad.json": '{"task": "train"} {"num_epochs": 1}\n'}, id="json-trailing-data"),
+    row(["bad.json"], ("bad.json", "cannot read config file"),
+        {"bad.json": b'{"task": "tr\xffain"}\n'}, id="config-not-utf8"),
+    row(["bad.config"], ("bad.config:2:", "expected 'key value'", "batch_size"),
+        {"bad.config": "task train\nbatch_size\n"}, id="line-config-key-without-value"),
+    row(["bad.config"], ("batch_size", "expected an int", "abc"),
+        {"bad.config": "task train\nbatch_size abc\n"}, id="line-config-int-not-int"),
+    row(["nope.config"], ("config file not found", "nope.config"), {}, id="config-file-missing"),
+    row(["dir.config"], ("dir.config", "is a directory"), {"dir.config/": ""}, id="config-file-is-directory"),
+    row(["empty.config"], ("train", "dataset"), {"empty.config": "# nothing\n"}, id="empty-config-train-without-data"),
+    row(["bad.json", "--config", "{tmp}/missing.config"], ("config file not found", "missing.config"),
+        id="option-config-file-missing"),
+    # ---- the command line
+    row(["bad.json", "++batch_size", "abc"], ("batch_size", "'abc'"), id="override-batch-size-not-int"),
+    row(["bad.json", "++num_epochs", "-1"], ("num_epochs", "-1"), id="override-num-epochs-negative"),
+    row(["bad.json", "++learning_rate", "x"], ("learning_rate", "'x'"), id="override-learning-rate-not-float"),
+    row(["bad.json", "++learning_rate", "__import__('os')"], ("learning_rate", "__import__"),
+        id="override-code-is-not-run"),
+    row(["bad.json", "++num_epochs"], ("++num_epochs", "needs a value"), id="override-without-value"),
+    row(["bad.json", "--frobnicate", "1"], ("--frobnicate", "unknown option"), id="unknown-option"),
+    row(["bad.json", "++ray_num_workers", "0"], ("ray_num_workers", "0"), id="ray-num-workers-zero"),
+    row(["bad.json", "-z", "0"], ("max_seqs", "0"), id="max-seqs-zero"),
+    row(["bad.json", "++batch_size", "0"], ("batch_size", "0"), id="batch-size-zero"),
+    row(["bad.json", "-x", "tran"], ("task", "'tran'"), id="unknown-task"),
+    row(["bad.json", "++device", "tpu"], ("device", "'tpu'"), id="unknown-device"),
+    row(["bad.json", "++device", "gpu"], ("device", "gpu", "no GPU"), id="device-gpu-without-gpu"),
+    row(["dump-dataset", "bad.json", "--shard", "2/2"], ("--shard", "2/2"), id="dump-dataset-bad-shard"),
+    # ---- datasets
+    row(["bad.json"], ("train", "Task12AXDatset", "Task12AXDataset"),
+        {"bad.json": changed(BASE, train={"class": "Task12AXDatset", "num_seqs": 5})}, id="unknown-dataset-class"),
+    row(["bad.json"], ("train", "'class'"),
+        {"bad.json": changed(BASE, train={"num_seqs": 5})}, id="dataset-dict-without-class"),
+    row(["bad.json"], ("train", "'num_seq'", "num_seqs"),
+        {"bad.json": changed(BASE, train={"class": "Task12AXDataset", "num_seq": 5})}, id="dataset-option-typo"),
+    row(["bad.json"], ("train", "sorted_backwards"),
+        {"bad.json": changed(BASE, train={"class": "Task12AXDataset", "num_seqs": 5, "seq_ordering": "sorted_backwards"})},
+        id="unknown-seq-ordering"),
+    row(["bad.json"], ("train", "laplace:xx"),
+        {"bad.json": changed(BASE, train={"class": "Task12AXDataset", "num_seqs": 5, "seq_ordering": "laplace:xx"})},
+        id="malformed-laplace"),
+    row(["bad.json"], ("train", "partition_epoch", "0"),
+        {"bad.json": changed(BASE, train={"class": "Task12AXDataset", "num_seqs": 5, "partition_epoch": 0})},
+        id="partition-epoch-zero"),
+    row(["bad.json"], ("train", "num_seqs", "0"),
+        {"bad.json": changed(BASE, train={"class": "Task12AXDataset", "num_seqs": 0})}, id="task12ax-zero-seqs"),
+    row(["bad.json"], ("train", "'data'", "dim 9", "10"),
+        {"bad.json": changed(BASE, num_inputs=None, num_outputs=None,
+                             extern_data={"data": {"dim": 10}, "classes": {"dim": 2, "sparse": True}})},
+        id="extern-data-dim-vs-dataset"),
+    row(["bad.json"], ("train", "'classes'", "sparse", "dense"),
+        {"bad.json": changed(BASE, num_inputs=None, num_outputs=None,
+                             extern_data={"data": {"dim": 9}, "classes": {"dim": 2}})},
+        id="extern-data-dense-vs-sparse-labels"),
+    # ---- network, optimizer, learning-rate control
+    row(["bad.json"], ("'output'", "'n_ou'", "n_out"),
+        {"bad.json": changed(BASE, network={"output": {"class": "softmax", "loss": "ce", "n_ou": 2}})},
+        id="layer-option-typo"),
+    row(["bad.json"], ("'output'", "'cee'"),
+        {"bad.json": changed(BASE, network={"output": {"class": "softmax", "loss": "cee"}})}, id="unknown-loss"),
+    row(["bad.json"], ("'output'", "n_out", "3", "2"),
+        {"bad.json": changed(BASE, network={"output": {"class": "softmax", "loss": "ce", "n_out": 3}})},
+        id="n-out-vs-target-dim"),
+    row(["bad.json"], ("optimizer", "'adamm'"),
+        {"bad.json": changed(BASE, optimizer={"class": "adamm"})}, id="unknown-optimizer"),
+    row(["bad.json"], ("optimizer", "'epsilonn'", "'epsilon'"),
+        {"bad.json": changed(BASE, optimizer={"class": "adam", "epsilonn": 1e-8})}, id="optimizer-option-typo"),
+    row(["bad.json"], ("optimizer", "'os.system'", "not a torch.optim.Optimizer"),
+        {"bad.json": changed(BASE, optimizer={"class": "os.system"})}, id="optimizer-class-is-a-function"),
+    row(["bad.json"], ("learning_rate_control", "'newbobb'"),
+        {"bad.json": changed(BASE, learning_rate_control="newbobb")}, id="unknown-learning-rate-control"),
+    row(["bad.json"], ("learning_rates", "abc"),
+        {"bad.json": changed(BASE, learning_rates="abc")}, id="learning-rates-not-numbers"),
+    row(["bad.json"], ("learning_rate_file", "learning_rates"),
+        {"bad.json": BASE, "out/learning_rates": "this is not a learning-rate file\n"},
+        id="learning-rate-file-corrupt"),
+    # ---- HDF files
+    row(["bad.json"], ("nope.hdf", "does not exist"),
+        {"bad.json": changed(HDF_BASE, train={"class": "HDFDataset", "files": ["{tmp}/nope.hdf"]})},
+        id="hdf-file-missing"),
+    row(["bad.json"], ("data.hdf", "not a readable HDF5 file"),
+        {"bad.json": HDF_BASE, "data.hdf": random_bytes}, id="hdf-random-bytes"),
+    row(["bad.json"], ("data.hdf",), {"bad.json": HDF_BASE, "data.hdf": truncated_hdf}, id="hdf-truncated"),
+    row(["bad.json"], ("train", "'data'"),
+        {"bad.json": HDF_BASE, "data.hdf": hdf(specs={"classes": HDF_SPECS["classes"]})}, id="hdf-without-inputs"),
+    row(["bad.json"], ("data.hdf", "neither 'inputs' nor 'targets"),
+        {"bad.json": HDF_BASE, "data.hdf": hdf_without_data}, id="hdf-without-any-data"),
+    row(["bad.json"], ("train", "no seqs"), {"bad.json": HDF_BASE, "data.hdf": hdf(n=0)}, id="hdf-zero-seqs"),
+    row(["bad.json"], ("data.hdf", "more.hdf", "'data'", "dim 3", "dim 5"),
+        {"bad.json": changed(HDF_BASE, train={"class": "HDFDataset", "files": ["{tmp}/data.hdf", "{tmp}/more.hdf"]}),
+         "data.hdf": hdf(), "more.hdf": hdf(specs={**HDF_SPECS, "data": DataSpec(5)}, edit=_wider)},
+        id="hdf-files-disagree-on-dim"),
+    row(["bad.json"], ("train", "'data'", "dim 3", "5"),
+        {"bad.json": changed(HDF_BASE, num_inputs=5), "data.hdf": hdf()}, id="num-inputs-vs-hdf-dim"),
+    row(["bad.json"], ("train", "'classes'", "dim 4", "6"),
+        {"bad.json": changed(HDF_BASE, num_outputs=6), "data.hdf": hdf()}, id="num-outputs-vs-hdf-dim"),
+    row(["bad.json"], ("data.hdf", "seq-1", "'data'", "nan"),
+        {"bad.json": HDF_BASE, "data.hdf": hdf(_set(1, "data", (2, 1), np.nan))}, id="hdf-nan-in-features"),
+    row(["bad.json"], ("data.hdf", "seq-0", "'data'", "inf"),
+        {"bad.json": HDF_BASE, "data.hdf": hdf(_set(0, "data", (4, 0), -np.inf))}, id="hdf-inf-in-features"),
+    row(["bad.json"], ("data.hdf", "seq-2", "'classes'", "7", "4"),
+        {"bad.json": HDF_BASE, "data.hdf": hdf(_set(2, "classes", 1, 7))}, id="hdf-label-out-of-range"),
+    row(["bad.json"], ("data.hdf", "seq-1", "'classes'", "-1"),
+        {"bad.json": HDF_BASE, "data.hdf": hdf(_set(1, "classes", 0, -1))}, id="hdf-negative-label"),
+    row(["bad.json"], ("tags.pkl", "system", "plain data"),
+        {"bad.json": changed(BASE, train={**BASE["train"], "seq_list_filter_file": "{tmp}/tags.pkl"}),
+         "tags.pkl": pickle_that_runs_code}, id="seq-list-pickle-with-code"),
+    row(["static.config"], ("StaticDataset", "seq 1", "'data'", "nan"),
+        {"static.config": STATIC_NAN_CONFIG}, id="static-dataset-nan-in-features"),
+    # ---- forward, search, eval
+    row(["bad.json", "++load", "{tmp}/nope.pt"], ("nope.pt", "load"), {"bad.json": FORWARD_BASE},
+        id="forward-load-missing"),
+    row(["bad.json"], ("no checkpoint", "model"), {"bad.json": FORWARD_BASE}, id="forward-without-checkpoint"),
+    row(["bad.json", "-x", "search"], ("search_output_file",), {"bad.json": changed(FORWARD_BASE, model=None)},
+        id="search-without-output-file"),
+    row(["bad.json", "-x", "eval"], ("eval", "dataset"), id="eval-without-dataset"),
+]
+
+
+# ------------------------------------------------------------------------------------ running it
+
+
+@dataclasses.dataclass
+class Result:
+    proc: subprocess.CompletedProcess
+    new_files: list[str]
+    seconds: float
+
+
+def _subst(value, tmp: str):
+    if isinstance(value, str):
+        return value.replace("{tmp}", tmp)
+    if isinstance(value, dict):
+        return {k: _subst(v, tmp) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_subst(v, tmp) for v in value]
+    return value
+
+
+def _all_files(directory: Path) -> set[str]:
+    return {str(p.relative_to(directory)) for p in directory.rglob("*") if not p.is_dir()}
+
+
+def run_row(r: Row, directory: Path) -> Result:
+    """Writes the row's files into ``directory``, runs the CLI there, and lists the files it left."""
+    directory.mkdir(parents=True)
+    (directory / "out").mkdir()
+    tmp = str(directory)
+    for name, content in r.files.items():
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith("/"):
+            path.mkdir(exist_ok=True)
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
+        elif isinstance(content, str):
+            path.write_text(_subst(content, tmp))
+        elif isinstance(content, dict):
+            path.write_text(json.dumps(_subst(content, tmp), indent=1))
+        else:
+            content(str(path))
+    before = _all_files(directory)
+    start = time.monotonic()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "returnn_ray", *(_subst(a, tmp) for a in r.args)],
+        capture_output=True, text=True, cwd=directory, env=env, timeout=300,
+    )
+    return Result(proc, sorted(_all_files(directory) - before), time.monotonic() - start)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, request) -> dict[str, Result]:
+    """The result of every selected row, run two at a time (the rows are independent processes)."""
+    base = tmp_path_factory.mktemp("bad_input")
+    selected = {
+        item.callspec.id for item in request.session.items if getattr(item, "originalname", None) == "test_bad_input"
+    }
+    rows = {p.id: p.values[0] for p in TABLE if p.id in selected}
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futures = {name: pool.submit(run_row, r, base / name) for name, r in rows.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def test_table_ids_are_unique_and_many():
+    ids = [p.id for p in TABLE]
+    assert len(ids) == len(set(ids)) and len(ids) >= 30
+
+
+@pytest.mark.parametrize("r", TABLE)
+def test_bad_input(r: Row, results, request):
+    name = request.node.callspec.id
+    if name == "device-gpu-without-gpu" and _has_gpu():
+        pytest.skip("this machine has a GPU")
+    res = results[name]
+    print(f"{res.seconds:.1f} s: {res.proc.stderr.strip()[-300:]}")
+    stderr = res.proc.stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("returnn-ray: error:")]
+    assert "Traceback" not in stderr, stderr
+    assert len(errors) == 1, stderr
+    assert res.proc.returncode == 2, (res.proc.returncode, stderr)
+    missing = [c for c in r.culprit if c not in errors[0]]
+    assert not missing, f"{missing} not in: {errors[0]}"
+    assert not res.new_files, f"left behind: {res.new_files}"
+
+
+def test_hdf_value_check_is_exact(tmp_path):
+    """A float sum that merely overflows is no NaN; a bad value in another file names that file's seq."""
+    from returnn_ray.data import HDFDataset
+    from returnn_ray.errors import DataError
+
+    directory = str(tmp_path)
+    big = hdf(_set(0, "data", slice(None), 3e38))
+    big(f"{directory}/a.hdf")
+    hdf(_set(1, "classes", 2, 4))(f"{directory}/b.hdf")
+    ds = HDFDataset([f"{directory}/a.hdf", f"{directory}/b.hdf"])
+    ds.get_seqs([0, 1, 2])
+    with pytest.raises(DataError, match=r"b\.hdf': seq 'seq-1' key 'classes' has a label 4 outside \[0, 4\).* at frame 2"):
+        ds.get_seqs([2, 3, 4])
+
+
+def test_an_error_from_a_ray_task_prints_as_its_own_one_line_message():
+    ray_exceptions = pytest.importorskip("ray.exceptions")
+    from returnn_ray.cli import user_message
+    from returnn_ray.errors import DataError
+
+    original = DataError("HDF file 'x.hdf': seq 'a' key 'data' has a non-finite value nan at frame 2")
+    remote_traceback = f"Traceback ...\n  File hdf.py, line 1, in check\nreturnn_ray.errors.DataError: {original}\n"
+    remote = ray_exceptions.RayTaskError("read", remote_traceback, original).as_instanceof_cause()
+    assert isinstance(remote, DataError) and "\n" in str(remote)
+    assert user_message(remote) == str(original)
+    # rewrapped with its class and a text by a caller (its cause is then that text): the last error line
+    assert user_message(type(remote)(f"{remote} (worker rank 0)")) == str(original)
+    assert user_message(DataError("two\nlines")) == "two lines"
+
+
+# ------------------------------------------------------------------------------------ data, not code
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run([sys.executable, "-m", "returnn_ray", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=120)
+
+
+def test_json_line_configs_and_overrides_are_never_executed(tmp_path):
+    """Strings that would be code are only ever strings: loading the configs creates no file."""
+    marker = tmp_path / "pwned"
+    code = f"__import__('os').system('touch {marker}')"
+    code2 = f"open({str(marker)!r}, 'w')"
+    (tmp_path / "c.json").write_text(json.dumps({
+        "task": "train", "num_epochs": code, "train": code, "learning_rate": code2, "network": {"x": code},
+        "device": code2, "batch_size": [code], "max_seqs": {"a": code},
+    }))
+    (tmp_path / "c.config").write_text(
+        f"task {code}\nnum_epochs {code}\nlearning_rate {code2}\ntrain {code}\nbatch_size {code}\n"
+        f"network {code2}\nmax_seqs {code}\ninclude {code}\n"
+    )
+    for args in (
+        ["c.json"],
+        ["c.config"],
+        ["c.json", "++batch_size", code, "++network", code2, "++new_key", code],
+        ["c.config", "++learning_rate", code, "++task", code2],
+        ["c.json", "++num_epochs", code2, "-n", code, "-r", code2, "-x", code],
+        ["c.json", "++train", f"Task12AXDataset:num_seqs={code}"],
+        ["c.json", "++train", f"{{'class': 'Task12AXDataset', 'num_seqs': {code}}}"],
+    ):
+        proc = _run(args, tmp_path)
+        assert not marker.exists(), (args, proc.stderr)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (args, proc.stderr)
+
+
+def test_python_config_is_code(tmp_path):
+    """The contrast: a Python config runs with the user's rights, as RETURNN's do (documented)."""
+    marker = tmp_path / "ran"
+    (tmp_path / "c.config").write_text(f"#!rnn.py\nopen({str(marker)!r}, 'w').close()\ntask = 'nope'\n")
+    proc = _run(["c.config"], tmp_path)
+    assert marker.exists() and proc.returncode == 2, proc.stderr
