@@ -102,6 +102,12 @@ class RunSettings(_Checked):
         0, "Worker-group restarts Ray Train may do after a failure (each resumes from the last checkpoint).",
         read="int",
     )
+    ray_placement_timeout: float = setting(
+        60.0,
+        "Seconds to wait for a joined Ray cluster to have room for the workers/actors (e.g. an autoscaler adding"
+        " nodes) before a one-line error; a local Ray that returnn-ray starts itself fails at once.",
+        read="float",
+    )
 
     def _validate(self) -> None:
         if self.log_verbosity < 0:
@@ -114,6 +120,8 @@ class RunSettings(_Checked):
             raise ConfigError(f"ray_num_workers must be >= 1, got {self.ray_num_workers}")
         if self.ray_max_failures < -1:
             raise ConfigError(f"ray_max_failures must be >= 0 (or -1: unlimited), got {self.ray_max_failures}")
+        if self.ray_placement_timeout < 0:
+            raise ConfigError(f"ray_placement_timeout must be >= 0 seconds, got {self.ray_placement_timeout}")
 
 
 @dataclass(frozen=True)
@@ -237,6 +245,10 @@ class TrainingSettings(_Checked):
     )
     learning_rate_file: str | None = setting(None, "Per-epoch lr and scores, in RETURNN's format.", read="str")
     save_interval: int = setting(1, "Save a checkpoint every this many epochs (-i).", read="int")
+    save_interval_steps: int = setting(
+        0, "Also save a mid-epoch checkpoint every this many steps; a rerun resumes the epoch there (0: off).",
+        read="int",
+    )
     cleanup_old_models: bool | dict = setting(
         False, "Delete old checkpoints (True or RETURNN's options dict).", read="bool_or_other"
     )
@@ -251,6 +263,10 @@ class TrainingSettings(_Checked):
     )
 
     def _validate(self) -> None:
+        if self.save_interval_steps < 0:
+            raise ConfigError(
+                f"save_interval_steps must be >= 0 (0: no mid-epoch checkpoints), got {self.save_interval_steps}"
+            )
         measure = self.learning_rate_control_error_measure
         if isinstance(measure, list) and not all(isinstance(m, str) for m in measure):
             raise ConfigError(

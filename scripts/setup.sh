@@ -19,5 +19,17 @@ if ! python -c "import torch" 2>/dev/null; then
   fi
 fi
 python -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+# The cluster-launcher test (tests/test_ray_up.py: `ray up` / `ray submit` / `ray down` over ssh to
+# this machine) needs an sshd and rsync. Installed where that is possible (root with apt-get, as in
+# CI); elsewhere the test skips and says why. Nothing is started here: the test runs its own sshd.
+if ! { command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ]; } || ! command -v rsync >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt_install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssh-server rsync >/dev/null; }
+    apt_install 2>/dev/null || { apt-get update -q >/dev/null && apt_install; } \
+      || echo "warning: could not install openssh-server and rsync; tests/test_ray_up.py will skip" >&2
+  else
+    echo "note: no sshd or rsync (install openssh-server and rsync for tests/test_ray_up.py; it skips without them)" >&2
+  fi
+fi
 python -c "import returnn_ray, torch, ray, h5py" 
 echo "set-up done: $(python -c 'import torch, ray; print(f"torch {torch.__version__}, ray {ray.__version__}")')"

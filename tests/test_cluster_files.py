@@ -83,15 +83,15 @@ def test_aws_cluster_has_gpu_workers_with_autoscaling_bounds():
 @pytest.mark.parametrize("name", CLUSTER_FILES)
 def test_nodes_install_this_project_and_run_its_ray(name):
     config = prepared(load(name))
-    assert config["file_mounts"]["~/returnn_ray"] == "."  # the repository, experiments/ included
+    assert config["file_mounts"]["~/returnn-ray"] == "."  # the repository, experiments/ included
     assert (ROOT / "experiments").is_dir() and (ROOT / "scripts" / "setup.sh").is_file()
     assert ".venv" in config["rsync_exclude"]  # each node builds its own environment
     for setup in ("head_setup_commands", "worker_setup_commands"):  # after prepare_config: setup_commands merged in
-        assert "cd ~/returnn_ray && bash scripts/setup.sh" in config[setup]
+        assert "cd ~/returnn-ray && bash scripts/setup.sh" in config[setup]
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         starts = [c for c in config[key] if " start " in c]
         assert len(starts) == 1, config[key]
-        assert "~/returnn_ray/.venv/bin/ray start" in starts[0]
+        assert "~/returnn-ray/.venv/bin/ray start" in starts[0]
         assert "RAY_AUTH_MODE=token" in starts[0]
 
 

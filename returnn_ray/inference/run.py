@@ -99,7 +99,7 @@ def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
     resumed = sum(len(plan[i]) for i in done)
     if done:
         print(f"returnn-ray: {task}: resuming, {resumed} of {num_seqs} seqs already done ({store.dir})", flush=True)
-    nodes: set[str] = set()
+    nodes: dict[str, int] = {}
     if todo:
         nodes = _run_batches(settings, config, state, plan, todo, store, dataset, name, search=search, epoch=epoch)
     if search:
@@ -110,6 +110,9 @@ def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
     secs = time.monotonic() - start
     ran = num_seqs - resumed
     where = f" on {len(nodes)} node(s)" if nodes else ""
+    if nodes and settings.run.log_verbosity >= 4:
+        per_node = ", ".join(f"node {node}: {count}" for node, count in sorted(nodes.items()))
+        print(f"returnn-ray: {task}: batches per node: {per_node}", flush=True)
     print(
         f"returnn-ray: {task} done: {num_seqs} seqs ({ran} run now{where}, {resumed} resumed) in {secs:.1f} s,"
         f" {ran / max(secs, 1e-9):.1f} seqs/s -> {out_path}{summary}",
@@ -241,8 +244,11 @@ def _words(labels: Sequence[int], vocab: Sequence[str]) -> list[str]:
     return labels_to_string(labels, vocab).replace("@@ ", "").split()
 
 
-def _run_batches(settings, config, state, plan, todo, store: PartStore, dataset, name, *, search: bool, epoch: int) -> set[str]:
-    """Run the batches ``todo`` on the actor pool, writing each result to ``store`` as it comes."""
+def _run_batches(
+    settings, config, state, plan, todo, store: PartStore, dataset, name, *, search: bool, epoch: int
+) -> dict[str, int]:
+    """Run the batches ``todo`` on the actor pool, writing each result to ``store`` as it comes;
+    returns how many batches ran on each node (by Ray node id)."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -258,7 +264,10 @@ def _run_batches(settings, config, state, plan, todo, store: PartStore, dataset,
     use_gpu = settings.run.device == "gpu" or (settings.run.device is None and ray.cluster_resources().get("GPU", 0) > 0)
     kind = "GPU" if use_gpu else "CPU"
     num_actors = settings.run.ray_num_workers or max(1, int(ray.cluster_resources().get(kind, 0)))
-    _check_placeable(num_actors, use_gpu)
+    # Each actor holds a CPU (and a GPU) on one node: Ray Data would wait for them forever.
+    actor = {"CPU": 1, "GPU": 1} if use_gpu else {"CPU": 1}
+    task = "search" if search else "forward"
+    _check_placeable(num_actors, use_gpu, settings.run.ray_placement_timeout, bundle=actor, what=f"{task} actors")
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = False  # results are keyed by batch id, not by arrival
@@ -288,15 +297,14 @@ def _run_batches(settings, config, state, plan, todo, store: PartStore, dataset,
         num_gpus=1 if use_gpu else 0,
         zero_copy_batch=True,
     )
-    task = "search" if search else "forward"
     print(f"returnn-ray: {task} with {num_actors} actor(s) on Ray ({kind.lower()})", flush=True)
     progress = Progress(task, total=sum(len(plan[i]) for i in todo), verbosity=settings.run.log_verbosity)
-    nodes: set[str] = set()
+    nodes: dict[str, int] = {}
     try:
         for row in results.iter_rows():
             batch_id = int(row["batch_id"])
             store.put(batch_id, row["payload"])
-            nodes.add(str(row["node"]))
+            nodes[str(row["node"])] = nodes.get(str(row["node"]), 0) + 1
             progress.advance(len(plan[batch_id]))
     except Exception as exc:  # noqa: BLE001 - an actor's UserError (bad model output, ...) as one line
         error = _user_error_in(exc)

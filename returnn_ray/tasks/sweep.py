@@ -62,7 +62,8 @@ def run(settings: Settings, config: Config, sweep_args: SweepArgs | None = None)
     init_ray(settings.run.ray_address, env_vars=RAY_TRAIN_ENV)
     use_gpu = settings.run.device == "gpu" or (settings.run.device is None and ray.cluster_resources().get("GPU", 0) > 0)
     workers = settings.run.ray_num_workers or default_num_workers(use_gpu)
-    _check_placeable(workers, use_gpu)
+    # Every trial needs room for its workers (a one-CPU trial: its Tune actor), or Tune waits forever.
+    _check_placeable(workers, use_gpu, settings.run.ray_placement_timeout, what="workers of a sweep trial")
     capacity = int(ray.cluster_resources().get("GPU" if use_gpu else "CPU", 0)) // workers
     concurrent = min(s.sweep_max_concurrent_trials or capacity, capacity)
 

@@ -1,0 +1,141 @@
+"""More workers or actors than the Ray cluster can place (e.g. GPU workers on a cluster without
+GPUs): one line after a bounded wait (``ray_placement_timeout``), never an endless PENDING; and a
+node that joins during the wait ends it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from test_train import write_config  # tests/tasks is on sys.path (rootdir import)
+
+from returnn_ray.cli import main
+from returnn_ray.tasks import train as train_task
+
+
+def more_gpus_than_the_cluster_has() -> str:
+    import ray
+
+    return str(int(ray.cluster_resources().get("GPU", 0)) + 1)  # also on a CI machine with GPUs
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("returnn-ray: error:")]
+
+
+def test_gpu_workers_on_a_joined_cluster_without_them_fail_in_one_line_after_the_timeout(ray_session, tmp_path):
+    # Its own driver, joined to the shared Ray by address: a cluster that might grow, so it waits.
+    workers = more_gpus_than_the_cluster_has()
+    address = ray_session.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "returnn_ray", write_config(tmp_path), "++device", "gpu", "++ray_num_workers", workers,
+           "++ray_address", address, "++ray_placement_timeout", "2"]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    wall = time.monotonic() - start
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"waiting up to 2 s for the Ray cluster to have room for {workers} training workers" in proc.stdout
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and lines == proc.stderr.strip().splitlines()[-1:], proc.stderr
+    have = int(workers) - 1
+    assert lines[0].startswith(
+        f"returnn-ray: error: ray_num_workers {workers} needs {workers} GPU{'' if workers == '1' else 's'} but the"
+        f" Ray cluster has {have} (after 2 s of waiting, ray_placement_timeout); the training workers cannot start: "
+    ), lines
+    assert wall < 60
+    assert not (tmp_path / "learning_rates").exists()
+
+
+@pytest.fixture
+def joined(monkeypatch):
+    """The shared Ray, as if this process had joined it (it started it): placement checks wait."""
+    monkeypatch.setattr(train_task, "_cluster_can_grow", lambda: True)
+
+
+def test_forward_and_sweep_with_more_gpus_than_the_cluster_has_fail_in_one_line(ray_session, joined, tmp_path, capsys):
+    config = write_config(tmp_path, num_epochs=1, eval={"class": "Task12AXDataset", "num_seqs": 4},
+                          output_file=str(tmp_path / "fwd.hdf"))
+    assert main([config, "++ray_local_mode", "True"]) == 0  # a checkpoint to forward
+    workers = more_gpus_than_the_cluster_has()
+    gpu = ["++device", "gpu", "++ray_num_workers", workers, "++ray_placement_timeout", "1"]
+    capsys.readouterr()
+
+    assert main([config, "++task", "forward", *gpu]) == 2
+    out, err = capsys.readouterr()
+    assert f"room for {workers} forward actors (1 CPU + 1 GPU each" in out
+    (line,) = error_lines(err)
+    assert f"ray_num_workers {workers} needs {workers} GPU" in line and "(after 1 s of waiting, ray_placement_timeout)" in line, line
+    assert line.endswith("the forward actors cannot start: " + (
+        "set device cpu or add nodes with GPUs" if workers == "1" else "lower ray_num_workers or add nodes")), line
+    assert not (tmp_path / "fwd.hdf").exists()
+
+    sweep = ["sweep", config, "--grid", "learning_rate=0.01,0.02", "--dir", str(tmp_path / "sweep")]
+    assert main([*sweep, *gpu]) == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert f"needs {workers} GPU" in line and "the workers of a sweep trial cannot start" in line, line
+    assert not (tmp_path / "sweep" / "trials").exists()
+
+
+def test_a_local_ray_started_by_the_command_fails_at_once_and_says_so(ray_session, tmp_path, capsys):
+    workers = more_gpus_than_the_cluster_has()
+    start = time.monotonic()
+    assert main([write_config(tmp_path), "++device", "gpu", "++ray_num_workers", workers]) == 2
+    assert time.monotonic() - start < 30  # no 60 s wait: nothing can join a Ray that ray.init started
+    out, err = capsys.readouterr()
+    assert "waiting" not in out
+    (line,) = error_lines(err)
+    assert "(the local Ray this command started)" in line and "(ray_address)" in line, line
+
+
+# A head with one CPU and no GPU; a GPU node (no CPU) joins 2 s into a wait for one GPU worker.
+# Then a forward actor (1 CPU + 1 GPU on one node) fits on neither node, though the cluster has both.
+GROWING_CLUSTER = """
+import threading, time
+import ray
+from ray.cluster_utils import Cluster
+from returnn_ray.errors import UserError
+from returnn_ray.tasks.train import _check_placeable
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+try:
+    ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
+    start, failed = time.monotonic(), []
+
+    def wait_for_a_gpu():
+        try:
+            _check_placeable(1, True, 120)
+        except UserError as exc:
+            failed.append(exc)
+
+    waiting = threading.Thread(target=wait_for_a_gpu)
+    waiting.start()
+    time.sleep(2.0)
+    cluster.add_node(num_cpus=0, num_gpus=1)  # here: Ray starts nodes from the main thread only
+    waiting.join()
+    print(f"PLACEABLE AFTER {time.monotonic() - start:.1f}" if not failed else f"FAILED {failed}", flush=True)
+    try:
+        _check_placeable(1, True, 1, bundle={"CPU": 1, "GPU": 1}, what="forward actors")
+    except UserError as exc:
+        print("ERROR", exc, flush=True)
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+@pytest.mark.ray  # a Ray cluster of its own
+def test_a_node_joining_during_the_wait_ends_it_and_per_node_room_counts(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-c", GROWING_CLUSTER], capture_output=True, text=True, env=env,
+                          timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    waited = float(proc.stdout.split("PLACEABLE AFTER ")[1].split()[0])
+    assert 2 <= waited < 60, proc.stdout
+    assert "waiting up to 120 s for the Ray cluster to have room for 1 training workers (1 GPU each" in proc.stdout
+    error = proc.stdout.split("ERROR ", 1)[1].strip()
+    assert error.startswith(
+        "ray_num_workers 1 needs 1 GPU but the Ray cluster has 1 GPU, but its nodes have room for only 0 forward"
+        " actors of 1 CPU + 1 GPU each (after 1 s of waiting, ray_placement_timeout); the forward actors cannot start"
+    ), error
