@@ -63,11 +63,11 @@ def test_asr_experiment_runs_every_stage_and_prints_stage_times_and_wer(tmp_path
     trials = list((out / "sweep" / "trials").iterdir())
     assert len(trials) == 2 and all((t / "net.001.pt").exists() for t in trials), trials
     assert "learning_rate 0.005" in output or "learning_rate 0.01" in output
-    # train: DDP over 2 workers, 1 epoch, per-worker batch_size half the default 1500 frames per update
+    # train: DDP over 2 workers, 1 epoch, per-worker batch_size half the default 1000 frames per update
     assert (out / "model" / "net.001.pt").exists() and (out / "model" / "net.001.opt.pt").exists()
     assert (out / "model" / "learning_rates").exists()
     assert "training with 2 worker(s) on Ray" in output
-    assert re.search(r"returnn-ray experiments/asr.config .*\+\+ray_num_workers 2 .*\+\+batch_size 750", output), output
+    assert re.search(r"returnn-ray experiments/asr.config .*\+\+ray_num_workers 2 .*\+\+batch_size 500", output), output
     # forward: RETURNN's HDF layout, the CTC softmax (vocabulary + blank) per eval seq
     with h5py.File(out / "forward" / "eval.hdf", "r") as f:
         tags = [t.decode() if isinstance(t, bytes) else str(t) for t in f["seqTags"][...]]
