@@ -326,9 +326,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="sweep these values instead of the default grid (repeatable)")
     parser.add_argument("--epochs", type=int, help="training epochs (default from --scale)")
     parser.add_argument("--sweep-epochs", type=int, help="epochs of each sweep trial (default from --scale)")
+    parser.add_argument("--config", default=CONFIG, help=f"the RETURNN config every stage runs (default {CONFIG})")
     args = parser.parse_args(argv)
     if args.scale <= 0:
         parser.error(f"--scale must be > 0, got {args.scale}")
+    if not os.path.isfile(args.config):
+        print(f"asr.py: error: config {args.config!r} does not exist; give --config a RETURNN config file "
+              "(experiments/asr.config is the default)", file=sys.stderr)
+        raise SystemExit(2)
     return args
 
 
@@ -392,13 +397,13 @@ def hdf_num_seqs(path: str) -> int | None:
 class Experiment:
     """The stages, each run as the command a user would type, with what they share."""
 
-    def __init__(self, plan: Plan, out: str, runner: Runner):
+    def __init__(self, plan: Plan, out: str, runner: Runner, config: str = CONFIG):
         self.plan, self.out, self.runner = plan, out, runner
         self.cli = [os.path.join(BIN, "returnn-ray")]
         if not os.path.exists(self.cli[0]):
             self.cli = [sys.executable, "-m", "returnn_ray"]
-        relative = os.path.relpath(CONFIG)
-        self.config = CONFIG if relative.startswith("..") else relative
+        relative = os.path.relpath(config)
+        self.config = config if relative.startswith("..") else relative
         self.base = ["++log_verbosity", "4"]  # 4: the timings the stage table is made of
         if os.path.normpath(out) != os.path.normpath(DEFAULT_OUT):
             self.base += ["++asr_dir", out]
@@ -480,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.monotonic()
     env = dict(os.environ)
     runner = Runner(os.path.join(args.out, "logs"), env)
-    exp = Experiment(plan, args.out, runner)
+    exp = Experiment(plan, args.out, runner, args.config)
     stages: list[StageResult] = []
     best = dict(plan.defaults)
     head = temp_dir = wer = None

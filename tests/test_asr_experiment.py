@@ -102,3 +102,17 @@ def test_asr_experiment_runs_every_stage_and_prints_stage_times_and_wer(tmp_path
         except OSError:
             pass
     assert not left, f"processes of asr.py's Ray head still run: {left}"
+
+
+def test_a_missing_experiment_config_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, "--config", str(tmp_path / "nope.config"), "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"asr.py: error: config {str(tmp_path / 'nope.config')!r} does not exist; give --config a RETURNN config"
+        " file (experiments/asr.config is the default)"
+    ]
+    assert not out.exists()
