@@ -253,7 +253,7 @@ def _run_batches(
     from ray.data import ActorPoolStrategy, DataContext
 
     from returnn_ray.ray_setup import init_ray
-    from returnn_ray.tasks.train import _check_placeable
+    from returnn_ray.placement import check_placeable
 
     if not settings.run.debug:
         # Ray Data's start/finish notices, and Ray's warning (from C++) that its actor pool's
@@ -267,7 +267,7 @@ def _run_batches(
     # Each actor holds a CPU (and a GPU) on one node: Ray Data would wait for them forever.
     actor = {"CPU": 1, "GPU": 1} if use_gpu else {"CPU": 1}
     task = "search" if search else "forward"
-    _check_placeable(num_actors, use_gpu, settings.run.ray_placement_timeout, bundle=actor, what=f"{task} actors")
+    check_placeable(num_actors, use_gpu, settings.run.ray_placement_timeout, bundle=actor, what=f"{task} actors")
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = False  # results are keyed by batch id, not by arrival

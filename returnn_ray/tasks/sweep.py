@@ -54,7 +54,8 @@ def run(settings: Settings, config: Config, sweep_args: SweepArgs | None = None)
 
     from returnn_ray.ray_setup import init_ray
     from returnn_ray.sweep.trial import data_fingerprint, run_trial
-    from returnn_ray.tasks.train import RAY_TRAIN_ENV, _check_placeable, default_num_workers
+    from returnn_ray.placement import check_placeable
+    from returnn_ray.tasks.train import RAY_TRAIN_ENV, default_num_workers
 
     # RAY_TRAIN_ENV keeps trials in the command's working directory too (Tune would chdir).
     for key, value in RAY_TRAIN_ENV.items():
@@ -63,7 +64,7 @@ def run(settings: Settings, config: Config, sweep_args: SweepArgs | None = None)
     use_gpu = settings.run.device == "gpu" or (settings.run.device is None and ray.cluster_resources().get("GPU", 0) > 0)
     workers = settings.run.ray_num_workers or default_num_workers(use_gpu)
     # Every trial needs room for its workers (a one-CPU trial: its Tune actor), or Tune waits forever.
-    _check_placeable(workers, use_gpu, settings.run.ray_placement_timeout, what="workers of a sweep trial")
+    check_placeable(workers, use_gpu, settings.run.ray_placement_timeout, what="workers of a sweep trial")
     capacity = int(ray.cluster_resources().get("GPU" if use_gpu else "CPU", 0)) // workers
     concurrent = min(s.sweep_max_concurrent_trials or capacity, capacity)
 

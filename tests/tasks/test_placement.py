@@ -13,7 +13,7 @@ import pytest
 from test_train import write_config  # tests/tasks is on sys.path (rootdir import)
 
 from returnn_ray.cli import main
-from returnn_ray.tasks import train as train_task
+from returnn_ray import placement
 
 
 def more_gpus_than_the_cluster_has() -> str:
@@ -51,7 +51,7 @@ def test_gpu_workers_on_a_joined_cluster_without_them_fail_in_one_line_after_the
 @pytest.fixture
 def joined(monkeypatch):
     """The shared Ray, as if this process had joined it (it started it): placement checks wait."""
-    monkeypatch.setattr(train_task, "_cluster_can_grow", lambda: True)
+    monkeypatch.setattr(placement, "_cluster_can_grow", lambda: True)
 
 
 def test_forward_and_sweep_with_more_gpus_than_the_cluster_has_fail_in_one_line(ray_session, joined, tmp_path, capsys):
@@ -96,7 +96,7 @@ import threading, time
 import ray
 from ray.cluster_utils import Cluster
 from returnn_ray.errors import UserError
-from returnn_ray.tasks.train import _check_placeable
+from returnn_ray.placement import check_placeable
 
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
 try:
@@ -105,7 +105,7 @@ try:
 
     def wait_for_a_gpu():
         try:
-            _check_placeable(1, True, 120)
+            check_placeable(1, True, 120)
         except UserError as exc:
             failed.append(exc)
 
@@ -116,7 +116,7 @@ try:
     waiting.join()
     print(f"PLACEABLE AFTER {time.monotonic() - start:.1f}" if not failed else f"FAILED {failed}", flush=True)
     try:
-        _check_placeable(1, True, 1, bundle={"CPU": 1, "GPU": 1}, what="forward actors")
+        check_placeable(1, True, 1, bundle={"CPU": 1, "GPU": 1}, what="forward actors")
     except UserError as exc:
         print("ERROR", exc, flush=True)
 finally:
