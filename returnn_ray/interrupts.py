@@ -8,7 +8,7 @@ with 130 (SIGINT) or 143 (SIGTERM); the same command resumes.
 Two things in Ray 2.60 would get in the way: ``ray.init`` installs a SIGTERM handler calling
 ``sys.exit(15)``, and ``TorchTrainer.fit`` installs a SIGINT handler that aborts the run and
 then exits with code 0 or 1 and no message. :func:`install` (called again after ``ray.init``)
-and :func:`trainer_class` put ours in their place.
+and :func:`abort_on_signal` (from :mod:`returnn_ray.training.ray_trainer`) put ours in their place.
 """
 
 from __future__ import annotations
@@ -65,23 +65,17 @@ def installed() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def trainer_class():
-    """``TorchTrainer`` whose ``fit`` answers SIGINT/SIGTERM by aborting the run (Ray Train's own
-    abort: the workers stop) and then raising here, instead of exiting the process."""
-    import ray
-    from ray.train.torch import TorchTrainer
+def abort_on_signal(abort_run) -> None:
+    """SIGINT/SIGTERM call ``abort_run()`` (bounded by the caller), then raise here as :func:`install`'s
+    handlers do: for ``TorchTrainer.fit``, whose own SIGINT handler exits without a word."""
 
-    class InterruptibleTorchTrainer(TorchTrainer):
-        def _register_sigint_handler(self, controller) -> None:  # Ray Train 2.x's hook, main thread only
-            def abort(signum: int, frame: Any) -> None:
-                global received
-                received = signum
-                install()  # a second signal interrupts the abort itself
-                with contextlib.suppress(Exception):
-                    ray.get(controller.abort.remote(), timeout=ABORT_TIMEOUT_S)
-                _raise(signum, frame)
+    def handler(signum: int, frame: Any) -> None:
+        global received
+        received = signum
+        install()  # a second signal interrupts the abort itself
+        with contextlib.suppress(Exception):
+            abort_run()
+        _raise(signum, frame)
 
-            signal.signal(signal.SIGINT, abort)
-            signal.signal(signal.SIGTERM, abort)
-
-    return InterruptibleTorchTrainer
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)

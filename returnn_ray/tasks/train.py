@@ -128,9 +128,8 @@ def run_on_workers(
     from ray.train.torch import TorchConfig
     from ray.util.queue import Queue
 
-    from returnn_ray import interrupts
-
     from returnn_ray.training.log import DriverLog
+    from returnn_ray.training.ray_trainer import ReturnnTorchTrainer
 
     local = use_local_mode(settings)
     if local:
@@ -158,7 +157,7 @@ def run_on_workers(
     # checkpoints are the model files. So it goes, unless it was there before (not ours to delete).
     storage = os.path.join(model_dir, "ray_train")
     storage_is_ours = not os.path.exists(storage)
-    trainer = interrupts.trainer_class()(
+    trainer = ReturnnTorchTrainer(
         loop,
         train_loop_config={
             "settings": cloudpickle.dumps(settings),
