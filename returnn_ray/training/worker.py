@@ -21,8 +21,9 @@ import hashlib
 import math
 import os
 import tempfile
+import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
@@ -140,14 +141,17 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
         lr_control.load(lr_file)
 
     start_epoch, step = 1, 0
-    model = spec.build(1, 0)
-    optimizer = None
     newest = checkpoints.newest_complete_epoch(model_prefix) if model_prefix else None
-    if newest is not None:
-        state = checkpoints.load_checkpoint(model_prefix, newest)
-        model.load_state_dict(state["model"])
+    state = checkpoints.load_checkpoint(model_prefix, newest) if newest is not None else None
+    if state is not None:
         start_epoch, step = newest + 1, int(state.get("step", 0))
     mid = _mid_epoch_state(settings, train, start_epoch, ctx, log)
+    num_epochs = settings.run.num_epochs
+    # The first epoch's batches start coming (Ray Data's read tasks start) while the model is built.
+    first = _epoch_batches(settings, ctx, train, start_epoch, mid, started=True) if start_epoch <= num_epochs else None
+    model = spec.build(1, 0)
+    if state is not None:
+        model.load_state_dict(state["model"])
     if mid is not None:
         model.load_state_dict(mid["model"])
         step = int(mid["step"])
@@ -182,7 +186,6 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
         train_model = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
 
     tb = _tensorboard_log(settings) if ctx.is_chief else None
-    num_epochs = settings.run.num_epochs
     if start_epoch > num_epochs:
         log.line(f"Already trained until final epoch {num_epochs}, nothing to do.")
         if newest in lr_control.epochs:  # the run's result is the last epoch's (e.g. for a resumed sweep)
@@ -197,8 +200,9 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
         set_learning_rate(optimizer, lr)
         log.line(f"start epoch {epoch} global train step {step} with effective learning rate {lr} ...")
         start = time.monotonic()
+        batches = first if epoch == start_epoch else _epoch_batches(settings, ctx, train, epoch, None)
         train_scores, step = _train_epoch(
-            settings, ctx, spec, train_model, optimizer, grad_scaler, train, specs, epoch, step, log, job.get("process_start"), tb,
+            settings, ctx, spec, train_model, optimizer, grad_scaler, train, specs, batches, step, log, job.get("process_start"), tb,
             seed=job.get("seed", 42), mid=mid if epoch == start_epoch else None,
         )
         train_secs = time.monotonic() - start
@@ -336,16 +340,65 @@ def _save_mid_epoch(
     log.line(f"epoch {epoch} global train step {step}: mid-epoch checkpoint, {seqs_done} of {num_seqs} seqs done ({path})", level=4)
 
 
-def _train_epoch(
-    settings, ctx, spec: ModelSpec, model, optimizer, grad_scaler, train: Dataset, specs, epoch, step, log, job_start, tb,
-    *, seed: int = 42, mid: Mapping[str, Any] | None = None,
-):
-    model.train()
+@dataclasses.dataclass
+class EpochBatches:
+    """One (sub)epoch's batch plan over all ranks and this rank's batches, as they are read."""
+
+    epoch: int
+    plan: Any
+    skip: int
+    """Seqs of the epoch's order done before (a mid-epoch resume); the plan covers the rest."""
+    mine: list
+    reader: Iterable[Batch]
+
+
+def _epoch_batches(
+    settings: Settings, ctx: WorkerContext, train: Dataset, epoch: int, mid: Mapping[str, Any] | None, *, started: bool = False
+) -> EpochBatches:
+    """The epoch's plan and this rank's reader; ``started``: its first batch is read now, in a
+    background thread, so that Ray Data starting up overlaps with what the caller does next."""
     order = train.seq_order_for_epoch(epoch)
     skip = int(mid["seqs_done"]) if mid is not None else 0
     plan = plan_epoch(order, train.seq_lens, batching_options(settings, "train"), ctx.world_size, skip_seqs=skip)
+    mine = plan.for_rank(ctx.rank)
+    reader = rank_batches(train, mine, list(train.specs), in_process=ctx.local)
+    return EpochBatches(epoch, plan, skip, mine, StartedReader(reader) if started else reader)
+
+
+class StartedReader:
+    """An iterator whose first item is fetched at once by a background thread; iterating it
+    (once) yields that item, then the rest from the calling thread."""
+
+    def __init__(self, items: Iterator):
+        self._items = items
+        self._first: list = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._fetch_first, name="returnn-ray-first-batch", daemon=True)
+        self._thread.start()
+
+    def _fetch_first(self) -> None:
+        try:
+            self._first.append(next(self._items))
+        except StopIteration:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - raised in the thread that iterates
+            self._error = exc
+
+    def __iter__(self) -> Iterator:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        yield from self._first
+        yield from self._items
+
+
+def _train_epoch(
+    settings, ctx, spec: ModelSpec, model, optimizer, grad_scaler, train: Dataset, specs, batches: EpochBatches, step, log,
+    job_start, tb, *, seed: int = 42, mid: Mapping[str, Any] | None = None,
+):
+    model.train()
+    epoch, plan, skip, my_batches = batches.epoch, batches.plan, batches.skip, batches.mine
     num_seqs = skip + plan.num_seqs
-    my_batches = plan.for_rank(ctx.rank)
     acc = ScoreAccumulator()
     if mid is None:
         _seed_epoch(seed, epoch, ctx.rank)
@@ -361,7 +414,7 @@ def _train_epoch(
     start = time.monotonic()
     last = start
     optimizer.zero_grad(set_to_none=True)
-    for i, batch in enumerate(rank_batches(train, my_batches, list(train.specs), in_process=ctx.local)):
+    for i, batch in enumerate(batches.reader):
         is_padding = batch.num_seqs == 0
         batch = padding if is_padding else _to_device(batch, ctx.device)
         weight = 0.0 if is_padding else 1.0
