@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 
+from returnn_ray.ray_setup import head_env
+
 AUTH_ENV = {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
 """What a driver given the head's address needs in its environment."""
 
@@ -35,6 +37,7 @@ def start_head(temp_dir: str, num_cpus: int) -> tuple[subprocess.Popen, str]:
            "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port())]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(AUTH_ENV)
+    env.update(head_env(num_cpus))
     head = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     output = head.communicate()[0]
@@ -62,8 +65,8 @@ def stop_head(head: subprocess.Popen, temp_dir: str) -> None:
         return procs
 
     # Ray's daemons take over 10 s to act on SIGTERM (gcs_server, raylet); their temp dir goes too,
-    # so after a short grace period they are killed, as `ray stop --force` would.
-    for sig, grace in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 10.0)):
+    # so after half a second they are killed, as `ray stop --force` would.
+    for sig, grace in ((signal.SIGTERM, 0.5), (signal.SIGKILL, 10.0)):
         procs = ours()
         for p in procs:
             try:
