@@ -24,7 +24,10 @@ all with ``experiments/asr.config``:
 Ray starts once: unless ``--address`` or ``RAY_ADDRESS`` names a cluster, a local head
 (``ray start --head`` with a private temp dir and free ports) serves every stage and is stopped
 at the end by killing exactly its processes (never ``ray stop``, which stops every Ray of the
-user). At the end a table gives each stage's wall time and how much of it was Ray start-up or
+user). While it starts, this script imports torch, Ray and returnn_ray once; on Linux each
+returnn-ray command then runs in a fork of it (:mod:`returnn_ray.warm_start`: the same command,
+its own process and Ray job, without 3-4 s of imports each; ``--cold`` starts them afresh).
+At the end a table gives each stage's wall time and how much of it was Ray start-up or
 scheduling rather than work, estimated from what ``returnn-ray`` prints with ``++log_verbosity 4``
 (see :func:`print_table`). Rerunning the same command reuses what is done (data, sweep trials,
 checkpoints). ``--scale`` multiplies the corpus sizes and the epochs (by its square root).
@@ -50,6 +53,7 @@ import threading
 import time
 from typing import Sequence
 
+from returnn_ray import warm_start
 from returnn_ray.ray_head import AUTH_ENV, start_head, stop_head
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -142,25 +146,30 @@ class CommandOutput:
 class Runner:
     """Runs the stages' commands: prints each command and its output, keeps a log per stage."""
 
-    def __init__(self, log_dir: str, env: dict[str, str]):
-        self.log_dir, self.env = log_dir, env
-        self.current: subprocess.Popen | None = None
+    def __init__(self, log_dir: str, env: dict[str, str], *, warm: bool = False):
+        self.log_dir, self.env, self.warm = log_dir, env, warm
+        self.current: subprocess.Popen | warm_start.WarmCommand | None = None
         os.makedirs(log_dir, exist_ok=True)
 
-    def run(self, stage: str, cmd: list[str], shown: list[str]) -> CommandOutput:
+    def run(self, stage: str, cmd: list[str], shown: list[str], *, returnn_ray_args: list[str] | None = None) -> CommandOutput:
+        """Runs ``cmd``; a returnn-ray command (``returnn_ray_args``) as a warm fork if ``warm``."""
         print(f"\n== {stage}\n$ {shlex.join(shown)}", flush=True)
         lines: list[tuple[float, str]] = []
         start = time.monotonic()
         with open(os.path.join(self.log_dir, f"{stage}.log"), "a", encoding="utf-8") as log:
             log.write(f"$ {shlex.join(shown)}\n")
-            self.current = proc = subprocess.Popen(
-                cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-            )
+            if self.warm and returnn_ray_args is not None:
+                self.current = proc = warm_start.WarmCommand(returnn_ray_args, self.env)
+            else:
+                self.current = proc = subprocess.Popen(
+                    cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+                )
             for line in proc.stdout:
                 lines.append((time.monotonic() - start, line.rstrip("\n")))
                 print("  " + line, end="", flush=True)
                 log.write(line)
             proc.wait()
+            proc.stdout.close()
             self.current = None
         wall = time.monotonic() - start
         if proc.returncode != 0:
@@ -175,6 +184,28 @@ class Runner:
                 self.current.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.current.kill()
+
+
+class Preload(threading.Thread):
+    """:func:`warm_start.preload` in a thread, while the main thread waits for ``ray start``."""
+
+    def __init__(self):
+        super().__init__(name="warm-start-preload", daemon=True)
+        self.seconds = 0.0
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.seconds = warm_start.preload()
+        except BaseException as exc:  # noqa: BLE001 - raised by join()
+            self.error = exc
+
+    def join(self, timeout: float | None = None) -> float:
+        super().join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.seconds
 
 
 class StageFailed(Exception):
@@ -326,6 +357,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="sweep these values instead of the default grid (repeatable)")
     parser.add_argument("--epochs", type=int, help="training epochs (default from --scale)")
     parser.add_argument("--sweep-epochs", type=int, help="epochs of each sweep trial (default from --scale)")
+    parser.add_argument("--cold", action="store_true",
+                        help="start each returnn-ray command as a new process instead of a warm fork of this one "
+                             "(which imported torch and Ray once; Linux)")
     parser.add_argument("--config", default=CONFIG, help=f"the RETURNN config every stage runs (default {CONFIG})")
     args = parser.parse_args(argv)
     if args.scale <= 0:
@@ -412,7 +446,7 @@ class Experiment:
         self.workers = 1
 
     def returnn_ray(self, stage: str, args: list[str]) -> CommandOutput:
-        return self.runner.run(stage, self.cli + args, ["returnn-ray", *args])
+        return self.runner.run(stage, self.cli + args, ["returnn-ray", *args], returnn_ray_args=args)
 
     def data(self) -> StageResult:
         start = time.monotonic()
@@ -484,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_out_dir(args.out, json.loads(json.dumps({"scale": args.scale, **dataclasses.asdict(plan)})))
     start = time.monotonic()
     env = dict(os.environ)
-    runner = Runner(os.path.join(args.out, "logs"), env)
+    runner = Runner(os.path.join(args.out, "logs"), env, warm=not args.cold and warm_start.available())
     exp = Experiment(plan, args.out, runner, args.config)
     stages: list[StageResult] = []
     best = dict(plan.defaults)
@@ -497,9 +531,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         stages.append(exp.data())
 
-        # Ray, once for all stages: the cluster named, else a local head.
+        # Ray, once for all stages: the cluster named, else a local head. Meanwhile this process
+        # imports what every returnn-ray command needs, once (runner.warm: stages are its forks).
         t = time.monotonic()
         address = args.address or os.environ.get("RAY_ADDRESS")
+        if not address:  # before the imports: Ray reads it then, and the stages run with it
+            env.update(AUTH_ENV)
+            os.environ.update(AUTH_ENV)
+        preloading = Preload() if runner.warm else None
         if address:
             print(f"\n== ray: using the cluster at {address}", flush=True)
         else:
@@ -508,16 +547,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_cpus = args.num_cpus or cores
             print("\n== ray: a local head for all stages", flush=True)
             head, address = start_head(temp_dir, num_cpus)
-            env.update(AUTH_ENV)
-            os.environ.update(AUTH_ENV)
         env["RAY_ADDRESS"] = address
-        resources = cluster_resources(address)
+        if preloading is not None:  # this process stays free of Ray: its forks run the stages
+            preloaded = preloading.join()
+            resources = warm_start.call_in_fork(cluster_resources, address)
+        else:
+            resources = cluster_resources(address)
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
         exp.workers = args.workers or gpus or cpus
         print(f"cluster {address}: {cpus} CPUs, {gpus} GPUs -> {exp.workers} worker(s)", flush=True)
         exp.base += ["++ray_address", address]
+        how = "(all start-up)"
+        if preloading is not None:
+            print(f"warm start: torch, Ray and returnn_ray imported once in {preloaded:.1f} s, "
+                  "each returnn-ray command below runs in a fork of this process", flush=True)
+            how = "(all start-up; with the imports of the warm start)"
         wall = time.monotonic() - t
-        stages.append(StageResult("ray start" if head else "ray attach", wall, wall, "(all start-up)"))
+        stages.append(StageResult("ray start" if head else "ray attach", wall, wall, how))
 
         if not args.skip_sweep:
             values, stage = exp.sweep()
