@@ -6,12 +6,13 @@ Data and Tune take 3-4 s of CPU before the command does anything, on a 2-core ma
 long as Ray Train's own start-up. :func:`preload` imports them once in the calling process;
 :class:`WarmCommand` then runs each command in a forked child of it, which starts with those
 modules loaded. Ray, torch and returnn_ray read some environment variables at import
-(``RAY_AUTH_MODE``, ...): set them before :func:`preload`, as the children's environment has them. The child is still a process of its own, exactly as the command typed: its
-own Ray driver (job), its own config, its exit code; Ctrl-C and SIGTERM reach it as they would.
+(``RAY_AUTH_MODE``, ...): set them before :func:`preload`, as the children's environment has
+them. The child is still a process of its own, exactly as the command typed: its own Ray driver
+(job), its own config, its exit code; Ctrl-C and SIGTERM reach it as they would.
 
 Forking is safe here because the parent only imports: it never connects to Ray (what needs Ray
-in the parent goes through :func:`call_in_fork`; forks check), runs no torch computation (no thread pool, no CUDA context) and starts no threads of its
-own before a fork. Linux only
+in the parent goes through :func:`call_in_fork`; forks check), runs no torch computation (no
+thread pool, no CUDA context) and starts no threads of its own before a fork. Linux only
 (``fork`` after importing torch is not safe on macOS); elsewhere :func:`available` is False and
 callers start the command as a plain subprocess.
 """
@@ -64,19 +65,13 @@ class WarmCommand:
     """
 
     def __init__(self, args: Sequence[str], env: Mapping[str, str]):
-        _check_no_ray()
-        read_fd, write_fd = os.pipe()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
+        pid, fd = _fork_with_pipe()
         if pid == 0:  # the child never returns from here
-            os.close(read_fd)
-            _child(list(args), dict(env), write_fd)
-        os.close(write_fd)
+            _child(list(args), dict(env), fd)
         self.pid = pid
         self.args = list(args)
         self.returncode: int | None = None
-        self.stdout = io.TextIOWrapper(io.FileIO(read_fd, "r"), encoding="utf-8", errors="replace", line_buffering=True)
+        self.stdout = io.TextIOWrapper(io.FileIO(fd, "r"), encoding="utf-8", errors="replace", line_buffering=True)
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -111,19 +106,14 @@ def call_in_fork(fn, *args):
     it (and so able to fork commands); the return value comes back pickled, an exception too."""
     import pickle
 
-    _check_no_ray()
-    read_fd, write_fd = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
+    pid, fd = _fork_with_pipe()
     if pid == 0:
-        os.close(read_fd)
         try:
             try:
                 result = (True, fn(*args))
             except Exception as exc:  # noqa: BLE001 - raised again in the parent
                 result = (False, exc)
-            with os.fdopen(write_fd, "wb") as out:
+            with os.fdopen(fd, "wb") as out:
                 pickle.dump(result, out)
             ray = sys.modules.get("ray")
             if ray is not None and ray.is_initialized():
@@ -132,8 +122,7 @@ def call_in_fork(fn, *args):
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as f:
+    with os.fdopen(fd, "rb") as f:
         data = f.read()
     os.waitpid(pid, 0)
     if not data:
@@ -142,6 +131,18 @@ def call_in_fork(fn, *args):
     if not ok:
         raise value
     return value
+
+
+def _fork_with_pipe() -> tuple[int, int]:
+    """Forks with a pipe from child to parent: ``(0, write end)`` in the child, ``(pid, read end)``
+    in the parent."""
+    _check_no_ray()
+    read_fd, write_fd = os.pipe()
+    sys.stdout.flush()  # else what the parent printed is printed again by the child
+    sys.stderr.flush()
+    pid = os.fork()
+    os.close(read_fd if pid == 0 else write_fd)
+    return pid, write_fd if pid == 0 else read_fd
 
 
 def _check_no_ray() -> None:

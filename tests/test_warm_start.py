@@ -90,3 +90,30 @@ def test_sigterm_reaches_the_command(tmp_path):
         assert "terminated (SIGTERM)" in result["out"]
     model_dir = tmp_path / "model"
     assert not model_dir.exists() or not [n for n in os.listdir(model_dir) if is_temp_path(str(model_dir / n))]
+
+
+CALLER = textwrap.dedent(
+    """
+    import json, os
+    from returnn_ray import warm_start
+
+    def fail(name):
+        raise KeyError(name)
+
+    child_pid = warm_start.call_in_fork(os.getpid)
+    try:
+        warm_start.call_in_fork(fail, "no-such-key")
+        raised = None
+    except KeyError as exc:
+        raised = str(exc)
+    print(json.dumps({"parent": os.getpid(), "child": child_pid, "raised": raised}))
+    """
+)
+
+
+def test_call_in_fork_returns_the_childs_value_and_raises_its_exception():
+    proc = subprocess.run([sys.executable, "-c", CALLER], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["child"] != result["parent"]
+    assert result["raised"] == "'no-such-key'"
