@@ -20,7 +20,9 @@ import time
 from returnn_ray.ray_setup import head_env
 
 AUTH_ENV = {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
-"""What a driver given the head's address needs in its environment."""
+"""What a driver given the head's address needs in its environment: Ray 2.60 turns token auth on
+for a head that ``ray start`` makes when ``~/.ray/auth_token`` exists, but a driver given an
+explicit address does not, and fails with InvalidAuthToken unless ``RAY_AUTH_MODE=token``."""
 
 
 def free_port() -> int:
