@@ -32,7 +32,7 @@ import numpy as np
 from returnn_ray.data import plan_epoch
 from returnn_ray.data.batching import filter_by_length
 from returnn_ray.data.base import Dataset, DataSpec
-from returnn_ray.data.ray_data import Batch, rank_batches
+from returnn_ray.data.ray_data import READ_TASK_CONCURRENCY, Batch, rank_batches, read_task_concurrency
 from returnn_ray.errors import UserError
 from returnn_ray.settings import Settings
 from returnn_ray.tasks.common import batching_options, open_dataset
@@ -54,6 +54,8 @@ class WorkerContext:
     device: torch.device
     local: bool = False
     """Ray Train's local mode: the loop runs in the driver (or a sweep trial) process, reads in-process."""
+    read_concurrency: int = READ_TASK_CONCURRENCY
+    """Ray Data read tasks in flight for this rank (:func:`read_task_concurrency`)."""
 
     @property
     def is_chief(self) -> bool:
@@ -70,7 +72,14 @@ def _context(use_gpu: bool) -> WorkerContext:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    return WorkerContext(rank, world, device)
+    return WorkerContext(rank, world, device, read_concurrency=read_task_concurrency(_node_cpus(), ctx.get_local_world_size()))
+
+
+def _node_cpus() -> float:
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    return next((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["NodeID"] == node), 0.0)
 
 
 def _local_context(use_gpu: bool) -> WorkerContext:
@@ -361,7 +370,7 @@ def _epoch_batches(
     skip = int(mid["seqs_done"]) if mid is not None else 0
     plan = plan_epoch(order, train.seq_lens, batching_options(settings, "train"), ctx.world_size, skip_seqs=skip)
     mine = plan.for_rank(ctx.rank)
-    reader = rank_batches(train, mine, list(train.specs), in_process=ctx.local)
+    reader = rank_batches(train, mine, list(train.specs), in_process=ctx.local, concurrency=ctx.read_concurrency)
     return EpochBatches(epoch, plan, skip, mine, StartedReader(reader) if started else reader)
 
 
@@ -482,7 +491,9 @@ def eval_epoch(settings, ctx, spec: ModelSpec, model, dataset: Dataset, name: st
     acc = ScoreAccumulator()
     padding = dummy_batch(specs, ctx.device)
     with torch.no_grad():
-        for batch in rank_batches(dataset, plan.for_rank(ctx.rank), list(dataset.specs), in_process=ctx.local):
+        for batch in rank_batches(
+            dataset, plan.for_rank(ctx.rank), list(dataset.specs), in_process=ctx.local, concurrency=ctx.read_concurrency
+        ):
             if batch.num_seqs:
                 acc.add(spec.step(model, _to_device(batch, ctx.device), epoch=epoch, step=step))
         names = _loss_names(spec, model, padding, epoch, step, acc)
