@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 
-from returnn_ray.ray_head import AUTH_ENV, start_head, stop_head
+from returnn_ray.ray_head import DRIVER_ENV, start_head, stop_head
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -149,7 +149,7 @@ def main() -> None:
     head, address = start_head(temp_dir, 2)
     print(f"ray start --head: {time.perf_counter() - start:.1f} s ({address}, temp dir {temp_dir})")
     try:
-        attached_env = {**os.environ, **AUTH_ENV, "RAY_ADDRESS": address}
+        attached_env = {**os.environ, **DRIVER_ENV, "RAY_ADDRESS": address}
         for _ in range(repeats):
             results["bare attached"].append(bare(args.out_dir, attached_env))
             results["returnn-ray attached"].append(returnn_ray(args.out_dir, attached_env, address))

@@ -50,7 +50,7 @@ import time
 from typing import Sequence
 
 from returnn_ray import warm_start
-from returnn_ray.ray_head import AUTH_ENV, start_head, stop_head
+from returnn_ray.ray_head import DRIVER_ENV, start_head, stop_head
 from returnn_ray.stages import (
     CommandOutput, LogWatcher, Preload, Runner, StageFailed, StageResult, busy_seconds, inference_work, print_table, training_interval,
 )
@@ -334,8 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         t = time.monotonic()
         address = args.address or os.environ.get("RAY_ADDRESS")
         if not address:  # before the imports: Ray reads it then, and the stages run with it
-            env.update(AUTH_ENV)
-            os.environ.update(AUTH_ENV)
+            env.update(DRIVER_ENV)
+            os.environ.update(DRIVER_ENV)
         preloading = Preload() if runner.warm else None
         if address:
             print(f"\n== ray: using the cluster at {address}", flush=True)

@@ -3,8 +3,7 @@
 ``ray start --head`` runs in a new session with its own ``--temp-dir`` and free ports, so it never
 meets another Ray on the machine; :func:`stop_head` kills that process group and whatever runs
 from its temp dir. ``ray stop`` is never used: it stops every Ray of the user on the machine.
-Drivers that attach to it with an explicit address need ``RAY_AUTH_MODE=token`` (:data:`AUTH_ENV`),
-as the head turns token auth on when ``~/.ray/auth_token`` exists.
+Drivers that attach to it need :data:`DRIVER_ENV` in their environment.
 """
 
 from __future__ import annotations
@@ -19,10 +18,15 @@ import time
 
 from returnn_ray.ray_setup import head_env
 
-AUTH_ENV = {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
-"""What a driver given the head's address needs in its environment: Ray 2.60 turns token auth on
-for a head that ``ray start`` makes when ``~/.ray/auth_token`` exists, but a driver given an
-explicit address does not, and fails with InvalidAuthToken unless ``RAY_AUTH_MODE=token``."""
+DRIVER_ENV = {
+    "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
+    "RAY_USAGE_STATS_ENABLED": os.environ.get("RAY_USAGE_STATS_ENABLED", "0"),
+}
+"""What a driver given the head's address needs in its environment (set it before importing Ray,
+which reads it then). Token auth: Ray 2.60 turns it on for a head that ``ray start`` makes when
+``~/.ray/auth_token`` exists, but a driver given an explicit address does not, and fails with
+InvalidAuthToken unless ``RAY_AUTH_MODE=token``. Usage stats: off, as for the head
+(``--disable-usage-stats``); else Ray Data starts a usage-collection actor for the driver."""
 
 
 def free_port() -> int:
@@ -38,7 +42,7 @@ def start_head(temp_dir: str, num_cpus: int) -> tuple[subprocess.Popen, str]:
            "--temp-dir", temp_dir, "--port", str(free_port()), "--dashboard-port", str(free_port()),
            "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port())]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(AUTH_ENV)
+    env.update(DRIVER_ENV)
     env.update(head_env(num_cpus))
     head = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

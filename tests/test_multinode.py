@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from returnn_ray.ray_head import AUTH_ENV
+from returnn_ray.ray_head import DRIVER_ENV
 
 pytestmark = pytest.mark.ray  # starts a Ray cluster of its own: `-m "not ray"` leaves it out
 
@@ -47,7 +47,7 @@ def test_asr_experiment_spreads_training_workers_and_forward_actors_over_nodes(t
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # The drivers asr.py starts turn token auth on when ~/.ray/auth_token exists (as `ray start`
     # does); the cluster must use it too, or Ray Train's controller is cancelled before it runs.
-    env.update(AUTH_ENV)
+    env.update(DRIVER_ENV)
     # Ray Data hands out batches as soon as one actor is up; the eval set's few batches could all go
     # to the first. Waiting for the whole pool first gives each actor (node) some of them.
     env["RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S"] = "120"
