@@ -117,6 +117,9 @@ def run(settings: Settings, config: Config, sweep_args: SweepArgs | None = None)
         f" {workers} worker(s) each -> {sweep_dir}",
         flush=True,
     )
+    # Tune's new console output prints its experiment box and paths in Ray's temp dir even at
+    # verbose=0; the legacy reporter is silent there. The sweep prints its own table at the end.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     grid = tuner.fit()
     return _summarize(settings, grid, sweep_dir, job, time.monotonic() - start)
 

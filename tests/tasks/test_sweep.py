@@ -37,6 +37,8 @@ def trials_by_lr(sweep_dir) -> dict:
 def test_sweep_runs_each_variant_in_its_own_dir_and_writes_table_best_config_and_plot(ray_session, tmp_path, capsys):
     assert main(sweep_args(tmp_path)) == 0
     out = capsys.readouterr().out
+    # Tune's own console box and paths into Ray's temp dir stay out; the sweep's table says it all
+    assert "Configuration for experiment" not in out and "tensorboard --logdir" not in out, out
     sweep_dir = tmp_path / "sweep"
     trials = trials_by_lr(sweep_dir)
     assert set(trials) == {"0.02", "0.01", "oops", "0"}, trials
