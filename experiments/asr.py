@@ -51,8 +51,9 @@ from typing import Sequence
 
 from returnn_ray import warm_start
 from returnn_ray.ray_head import DRIVER_ENV, start_head, stop_head
+from returnn_ray.ray_setup import usable_cpus
 from returnn_ray.stages import (
-    CommandOutput, LogWatcher, Preload, Runner, StageFailed, StageResult, busy_seconds, inference_work, print_table, training_interval,
+    CommandOutput, LogWatcher, Runner, StageFailed, StageResult, busy_seconds, inference_work, print_table, training_interval,
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -336,13 +337,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not address:  # before the imports: Ray reads it then, and the stages run with it
             env.update(DRIVER_ENV)
             os.environ.update(DRIVER_ENV)
-        preloading = Preload() if runner.warm else None
+        preloading = warm_start.Preload() if runner.warm else None
         if address:
             print(f"\n== ray: using the cluster at {address}", flush=True)
         else:
             temp_dir = f"/tmp/asr-ray-{os.getpid()}"  # short: Ray's socket paths live under it
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-            num_cpus = args.num_cpus or cores
+            num_cpus = args.num_cpus or usable_cpus()
             print("\n== ray: a local head for all stages", flush=True)
             head, address = start_head(temp_dir, num_cpus)
         env["RAY_ADDRESS"] = address
