@@ -87,28 +87,6 @@ class Runner:
                 self.current.kill()
 
 
-class Preload(threading.Thread):
-    """:func:`warm_start.preload` in a thread, while the main thread waits for ``ray start``."""
-
-    def __init__(self):
-        super().__init__(name="warm-start-preload", daemon=True)
-        self.seconds = 0.0
-        self.error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self.seconds = warm_start.preload()
-        except BaseException as exc:  # noqa: BLE001 - raised by join()
-            self.error = exc
-
-    def join(self, timeout: float | None = None) -> float:
-        super().join(timeout)
-        if self.error is not None:
-            raise self.error
-        return self.seconds
-
-
 class StageFailed(Exception):
     def __init__(self, stage: str, code: int, log: str):
         super().__init__(f"stage {stage} failed with exit code {code}; its output is in {log}")

@@ -23,6 +23,7 @@ import io
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from typing import Mapping, Sequence
@@ -55,6 +56,31 @@ def preload(modules: Sequence[str] = PRELOAD) -> float:
         importlib.import_module(name)
     _check_no_ray()
     return time.monotonic() - start
+
+
+class Preload(threading.Thread):
+    """:func:`preload` in a background thread (started at once), while the caller does something
+    else, e.g. waits for ``ray start``; :meth:`join` returns its seconds or raises its error.
+    Join it before the first fork."""
+
+    def __init__(self, modules: Sequence[str] = PRELOAD):
+        super().__init__(name="warm-start-preload", daemon=True)
+        self.modules = modules
+        self.seconds = 0.0
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.seconds = preload(self.modules)
+        except BaseException as exc:  # noqa: BLE001 - raised by join()
+            self.error = exc
+
+    def join(self, timeout: float | None = None) -> float:
+        super().join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.seconds
 
 
 class WarmCommand:

@@ -117,3 +117,27 @@ def test_call_in_fork_returns_the_childs_value_and_raises_its_exception():
     result = json.loads(proc.stdout.splitlines()[-1])
     assert result["child"] != result["parent"]
     assert result["raised"] == "'no-such-key'"
+
+
+PRELOADER = textwrap.dedent(
+    """
+    import json, sys
+    from returnn_ray import warm_start
+
+    seconds = warm_start.Preload(["json", "returnn_ray.cli"]).join()
+    try:
+        warm_start.Preload(["no_such_module_for_returnn_ray"]).join()
+        raised = None
+    except ModuleNotFoundError as exc:
+        raised = exc.name
+    print(json.dumps({"seconds": seconds, "cli": "returnn_ray.cli" in sys.modules, "raised": raised}))
+    """
+)
+
+
+def test_preload_in_a_thread_imports_and_hands_its_error_to_join():
+    proc = subprocess.run([sys.executable, "-c", PRELOADER], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["cli"] and result["seconds"] >= 0
+    assert result["raised"] == "no_such_module_for_returnn_ray"
