@@ -28,7 +28,8 @@ import subprocess
 import sys
 import time
 
-from returnn_ray.ray_head import DRIVER_ENV, start_head, stop_head
+from returnn_ray.ray_head import start_head, stop_head, use_head
+from returnn_ray.ray_setup import private_auth_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -75,9 +76,8 @@ TINY_CONFIG = {
     "log_verbosity": 4,
 }
 
-# Ray 2.60 turns token auth on for a head that `ray start` makes when ~/.ray/auth_token exists, but a
-# driver given an explicit address (RAY_ADDRESS, ++ray_address) does not: it fails with
-# InvalidAuthToken unless RAY_AUTH_MODE=token. So head and attached drivers agree explicitly.
+# Token auth: the private head and its drivers share the head's own token (ray_head.use_head); the
+# bare embedded Ray gets one of its own in its environment, as returnn-ray's embedded Ray does.
 
 
 def run(cmd: list[str], env: dict, patterns: dict[str, str]) -> dict[str, float]:
@@ -134,7 +134,7 @@ def main() -> None:
         json.dump({**TINY_CONFIG, "model": os.path.join(args.out_dir, "model", "model")}, f, indent=1)
 
     # RAY_ADDRESS=local: an embedded Ray even if another Ray runs on this machine (ray.init() would join it)
-    embedded_env = {**os.environ, "RAY_ADDRESS": "local"}
+    embedded_env = {**os.environ, **private_auth_env(), "RAY_ADDRESS": "local"}
     # The default command on a laptop: one worker, no cluster named -> Ray Train's local mode, in-process.
     default_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     results: dict[str, list] = {f"{who} {mode}": [] for mode in ("embedded", "attached") for who in ("bare", "returnn-ray")}
@@ -149,7 +149,8 @@ def main() -> None:
     head, address = start_head(temp_dir, 2)
     print(f"ray start --head: {time.perf_counter() - start:.1f} s ({address}, temp dir {temp_dir})")
     try:
-        attached_env = {**os.environ, **DRIVER_ENV, "RAY_ADDRESS": address}
+        attached_env = dict(os.environ, RAY_ADDRESS=address)
+        use_head(attached_env, temp_dir)
         for _ in range(repeats):
             results["bare attached"].append(bare(args.out_dir, attached_env))
             results["returnn-ray attached"].append(returnn_ray(args.out_dir, attached_env, address))

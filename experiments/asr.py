@@ -50,7 +50,7 @@ import time
 from typing import Sequence
 
 from returnn_ray import warm_start
-from returnn_ray.ray_head import DRIVER_ENV, start_head, stop_head
+from returnn_ray.ray_head import start_head, stop_head, use_head
 from returnn_ray.ray_setup import usable_cpus
 from returnn_ray.stages import (
     CommandOutput, LogWatcher, Runner, StageFailed, StageResult, busy_seconds, inference_work, print_table, training_interval,
@@ -335,13 +335,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         t = time.monotonic()
         address = args.address or os.environ.get("RAY_ADDRESS")
         if not address:  # before the imports: Ray reads it then, and the stages run with it
-            env.update(DRIVER_ENV)
-            os.environ.update(DRIVER_ENV)
+            temp_dir = f"/tmp/asr-ray-{os.getpid()}"  # short: Ray's socket paths live under it
+            use_head(env, temp_dir)
+            use_head(os.environ, temp_dir)
         preloading = warm_start.Preload() if runner.warm else None
         if address:
             print(f"\n== ray: using the cluster at {address}", flush=True)
         else:
-            temp_dir = f"/tmp/asr-ray-{os.getpid()}"  # short: Ray's socket paths live under it
             num_cpus = args.num_cpus or usable_cpus()
             print("\n== ray: a local head for all stages", flush=True)
             head, address = start_head(temp_dir, num_cpus)

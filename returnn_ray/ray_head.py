@@ -3,7 +3,7 @@
 ``ray start --head`` runs in a new session with its own ``--temp-dir`` and free ports, so it never
 meets another Ray on the machine; :func:`stop_head` kills that process group and whatever runs
 from its temp dir. ``ray stop`` is never used: it stops every Ray of the user on the machine.
-Drivers that attach to it need :data:`DRIVER_ENV` in their environment.
+Drivers that attach to it need :func:`driver_env` in their environment (:func:`use_head`).
 """
 
 from __future__ import annotations
@@ -15,18 +15,30 @@ import socket
 import subprocess
 import sys
 import time
+from typing import MutableMapping
 
-from returnn_ray.ray_setup import head_env
+from returnn_ray.ray_setup import AUTH_TOKEN_ENV, head_env, private_auth_env
 
-DRIVER_ENV = {
-    "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
-    "RAY_USAGE_STATS_ENABLED": os.environ.get("RAY_USAGE_STATS_ENABLED", "0"),
-}
-"""What a driver given the head's address needs in its environment (set it before importing Ray,
-which reads it then). Token auth: Ray 2.60 turns it on for a head that ``ray start`` makes when
-``~/.ray/auth_token`` exists, but a driver given an explicit address does not, and fails with
-InvalidAuthToken unless ``RAY_AUTH_MODE=token``. Usage stats: off, as for the head
-(``--disable-usage-stats``); else Ray Data starts a usage-collection actor for the driver."""
+
+def driver_env(temp_dir: str) -> dict[str, str]:
+    """What a driver of the head in ``temp_dir`` needs in its environment; apply it with
+    :func:`use_head` (before importing Ray, which reads it then).
+
+    Token auth with the head's own token (:func:`returnn_ray.ray_setup.private_auth_env`): a
+    file in the head's private temp dir, made here if missing, never ``~/.ray/auth_token``.
+    Usage stats: off, as for the head (``--disable-usage-stats``); else Ray Data starts a
+    usage-collection actor for the driver.
+    """
+    os.makedirs(temp_dir, mode=0o700, exist_ok=True)
+    env = {"RAY_USAGE_STATS_ENABLED": os.environ.get("RAY_USAGE_STATS_ENABLED", "0")}
+    env.update(private_auth_env(os.path.join(temp_dir, "auth_token")))
+    return env
+
+
+def use_head(environ: MutableMapping[str, str], temp_dir: str) -> None:
+    """Makes ``environ`` that of a driver of the head in ``temp_dir`` (:func:`driver_env`)."""
+    environ.pop(AUTH_TOKEN_ENV, None)  # a token for another cluster would win over the head's file
+    environ.update(driver_env(temp_dir))
 
 
 def free_port() -> int:
@@ -36,13 +48,17 @@ def free_port() -> int:
 
 
 def start_head(temp_dir: str, num_cpus: int) -> tuple[subprocess.Popen, str]:
-    """``ray start --head`` with ``num_cpus`` CPUs; returns the process and the head's address."""
+    """``ray start --head`` with ``num_cpus`` CPUs; returns the process and the head's address.
+
+    Works where no Ray ever ran (no ``~/.ray``): the head authenticates with a token of its own
+    (:func:`driver_env`).
+    """
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     cmd = [ray_bin, "start", "--head", "--num-cpus", str(num_cpus), "--disable-usage-stats",
            "--temp-dir", temp_dir, "--port", str(free_port()), "--dashboard-port", str(free_port()),
            "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port())]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(DRIVER_ENV)
+    use_head(env, temp_dir)
     env.update(head_env(num_cpus))
     head = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

@@ -30,11 +30,18 @@ def init_ray(
     kwargs: dict = {"log_to_driver": False, "configure_logging": True, "logging_level": "WARNING"}
     if env_vars:
         kwargs["runtime_env"] = {"env_vars": dict(env_vars)}
-    if address is None:
+    embedded = address in (None, "local")
+    if embedded:
+        # "local": a Ray of our own even where a `ray start` runs on this machine (a bare
+        # ray.init() would join the newest one, which the docs promise we never do).
+        address = "local"
         kwargs["num_cpus"] = num_cpus
-        # The raylet started here reads it (an env var, not _system_config: with no address Ray
-        # joins a running `ray start` of this machine if there is one, and refuses _system_config then).
+        # The raylet started here reads these from the environment it inherits.
         os.environ.update(head_env(num_cpus or usable_cpus()))
+        auth = private_auth_env()
+        if auth:
+            os.environ.update(auth)
+            _reload_ray_auth_settings()
     else:
         _check_reachable(address)
     try:
@@ -42,7 +49,7 @@ def init_ray(
     except ConnectionError as exc:  # e.g. "auto" with no Ray running on this machine
         raise UserError(f"cannot join the Ray cluster {address!r}: {str(exc).strip().splitlines()[0]}") from exc
     interrupts.install()  # ray.init replaced our SIGTERM handler with one that exits without a word
-    if address is None:  # the Ray we just started must not outlive this process, even after kill -9
+    if embedded:  # the Ray we just started must not outlive this process, even after kill -9
         from returnn_ray.reaper import start_reaper
 
         start_reaper()
@@ -74,6 +81,57 @@ def _check_reachable(address: str) -> None:
         ) from exc
     if "RAY_AUTH_MODE" not in os.environ and os.path.exists(os.path.expanduser("~/.ray/auth_token")):
         os.environ["RAY_AUTH_MODE"] = "token"
+
+
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
+AUTH_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
+
+
+def private_auth_env(token_path: str | None = None, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Token authentication for a Ray that returnn-ray starts itself, with a token of its own.
+
+    Ray 2.60 turns token auth on for every local Ray and, when no token is configured, has
+    ``ray.init`` write one to ``~/.ray/auth_token`` while ``ray start`` fails for want of it. A
+    Ray of ours needs neither: it gets a fresh random token that only its own processes know,
+    in their environment (``RAY_AUTH_TOKEN``, which Ray reads before any file), or with
+    ``token_path`` in that file (mode 600; a private head's temp dir, so that drivers started
+    later can read it). Nothing goes to the user's home. ``RAY_AUTH_MODE=disabled`` in
+    ``environ`` is respected: then no token at all (``RAY_AUTH_TOKEN`` stays unset).
+
+    >>> env = private_auth_env(environ={})
+    >>> env["RAY_AUTH_MODE"], len(env["RAY_AUTH_TOKEN"])
+    ('token', 64)
+    >>> private_auth_env(environ={"RAY_AUTH_MODE": "disabled"})
+    {}
+    """
+    import secrets
+
+    if environ.get(AUTH_MODE_ENV, "token").lower() == "disabled":
+        return {}
+    if token_path is None:
+        return {AUTH_MODE_ENV: "token", AUTH_TOKEN_ENV: secrets.token_hex(32)}
+    if not os.path.exists(token_path):
+        fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    # The file's token, not one a user's environment holds for another cluster (Ray reads the
+    # variable first): callers remove RAY_AUTH_TOKEN where they apply this.
+    return {AUTH_MODE_ENV: "token", AUTH_TOKEN_PATH_ENV: token_path}
+
+
+def _reload_ray_auth_settings() -> None:
+    """Makes this process's Ray see the auth settings just put in ``os.environ``.
+
+    Ray 2.60 reads ``RAY_AUTH_MODE`` into its C++ config once, when imported, and caches the token
+    it loaded; ``ray.init`` reloads both only when it turns token auth on by itself
+    (``ray._private.authentication.authentication_token_setup._enable_token_auth``). The same two
+    private calls here; without them the driver of a Ray we start cannot talk to its own GCS.
+    """
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 CONNECT_TIMEOUT_S = 5.0

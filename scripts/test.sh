@@ -11,8 +11,14 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
-# Ray tests run on the machine's own local Ray, never on one a user has running.
-unset RAY_ADDRESS
+# Ray tests run on the machine's own local Ray, never on one a user has running, and with tokens of
+# their own (a user's RAY_AUTH_TOKEN for a cluster would otherwise win).
+unset RAY_ADDRESS RAY_AUTH_TOKEN RAY_AUTH_TOKEN_PATH
+# A new empty home, as on a machine that never ran Ray: nothing an earlier run left in the real one
+# (~/.ray/auth_token, caches) can hide a missing step. Removed when the tests end.
+test_home=$(mktemp -d "${TMPDIR:-/tmp}/returnn-ray-test-home.XXXXXX")
+trap 'rm -rf "$test_home"' EXIT
+export HOME=$test_home
 
 run_pytest() {
   python -m pytest "$@"

@@ -39,11 +39,19 @@ def hdf_tags(path) -> list[str]:
         return [t.decode() if isinstance(t, bytes) else str(t) for t in f["seqTags"][...]]
 
 
+def files_under(directory) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(root, n), directory) for root, dirs, names in os.walk(directory)
+                  for n in names + dirs)
+
+
 def test_asr_experiment_runs_every_stage_and_prints_stage_times_and_wer(tmp_path):
-    out = tmp_path / "asr"
+    out, home = tmp_path / "asr", tmp_path / "home"
+    home.mkdir()
     cmd = [sys.executable, SCRIPT, "--scale", "0.04", "--out", str(out), "--num-cpus", "2", "--workers", "2",
            "--epochs", "1", "--grid", "learning_rate=0.005,0.01"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local head
+    # its own local head; a home as on a machine that never ran Ray (no ~/.ray/auth_token)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    env["HOME"] = str(home)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         output, _ = proc.communicate(timeout=480)
@@ -103,6 +111,10 @@ def test_asr_experiment_runs_every_stage_and_prints_stage_times_and_wer(tmp_path
         except OSError:
             pass
     assert not left, f"processes of asr.py's Ray head still run: {left}"
+    # and of it the home directory holds only matplotlib's own font cache, from the sweep's plot
+    # (README: "What returnn-ray leaves in your home")
+    left = [f for f in files_under(home) if not f.startswith((".cache/matplotlib/", ".config/matplotlib"))]
+    assert set(left) <= {".cache", ".cache/matplotlib", ".config"}, files_under(home)
 
 
 def test_a_missing_experiment_config_is_one_line_and_writes_nothing(tmp_path):

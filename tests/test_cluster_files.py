@@ -9,7 +9,9 @@ providers they need no network (the AWS calls come later, in the provider's boot
 from __future__ import annotations
 
 import copy
+import re
 import shlex
+import tomllib
 from pathlib import Path
 
 import jsonschema
@@ -108,3 +110,29 @@ def test_head_keeps_dashboard_local_and_ships_the_auth_token(name):
     assert not any(a.startswith("--num-gpus") for a in args)  # GPUs are detected on each node
     assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
 
+
+
+def test_readme_submits_jobs_only_where_the_shipped_dashboard_listens():
+    # cluster.yaml binds the dashboard (the job API) to the head's 127.0.0.1: a `ray job submit` in
+    # the README must go through `ray dashboard cluster.yaml`'s tunnel, not to http://<head>:8265.
+    readme = (ROOT / "README.md").read_text()
+    submits = re.findall(r"ray job submit[^\n]*--address\s+(\S+)", readme)
+    assert submits, "the README shows no `ray job submit`"
+    for address in submits:
+        assert address.startswith("http://127.0.0.1:"), address
+    assert "ray dashboard cluster.yaml" in readme
+
+
+def test_the_ray_pin_admits_the_ray_the_tests_run_on_and_no_other_minor_version():
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        deps = tomllib.load(f)["project"]["dependencies"]
+    (ray_req,) = [Requirement(d) for d in deps if Requirement(d).name == "ray"]
+    installed = version("ray")
+    major, minor = (int(x) for x in installed.split(".")[:2])
+    assert ray_req.specifier.contains(installed), (ray_req, installed)
+    for other in (f"{major}.{minor + 1}.0", f"{major}.{minor - 1}.0", f"{major + 1}.0.0"):
+        assert not ray_req.specifier.contains(other), f"{ray_req} admits Ray {other}, which the tests never ran on"

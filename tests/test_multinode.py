@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from returnn_ray.ray_head import DRIVER_ENV
+from returnn_ray.ray_setup import private_auth_env
 
 pytestmark = pytest.mark.ray  # starts a Ray cluster of its own: `-m "not ray"` leaves it out
 
@@ -45,9 +45,9 @@ def test_asr_experiment_spreads_training_workers_and_forward_actors_over_nodes(t
     out = tmp_path / "asr"
     args = [SCRIPT, "--scale", "0.15", "--out", str(out), "--workers", "2", "--epochs", "1", "--skip-sweep"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    # The drivers asr.py starts turn token auth on when ~/.ray/auth_token exists (as `ray start`
-    # does); the cluster must use it too, or Ray Train's controller is cancelled before it runs.
-    env.update(DRIVER_ENV)
+    # The cluster and the drivers asr.py starts share one token (none may be in ~/.ray), or Ray
+    # Train's controller is cancelled before it runs.
+    env.update(private_auth_env(), RAY_USAGE_STATS_ENABLED="0")
     # Ray Data hands out batches as soon as one actor is up; the eval set's few batches could all go
     # to the first. Waiting for the whole pool first gives each actor (node) some of them.
     env["RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S"] = "120"
