@@ -2,11 +2,13 @@
 
     returnn-ray sweep base.config --grid learning_rate=0.0005,0.001,0.003 --grid batch_size=2000,5000
 
-Checks everything it can before any trial starts (the sweep, the base config, the metric, that a
-trial's workers fit the cluster), then runs a ``Tuner`` over :func:`returnn_ray.sweep.trial.run_trial`
+Checks everything it can before any trial starts (the sweep, every trial's config, the metric, the
+sweep dir, that a trial's workers fit the cluster), then runs a ``Tuner`` over :func:`returnn_ray.sweep.trial.run_trial`
 with as many trials at once as the cluster can place (``sweep_max_concurrent_trials``), the rest
 queued. ``sweep_scheduler asha`` stops weak trials early. Rerunning the same command resumes an
-interrupted sweep: finished trials are kept, unfinished ones resume from their checkpoints. At
+interrupted sweep: finished trials are kept, unfinished ones resume from their checkpoints, failed
+ones are tried again; another sweep in the same dir is refused or, without results, replaces it
+(:mod:`returnn_ray.sweep.manifest`). At
 the end: a table of trials, ``best.config`` and ``<metric>.png`` in ``sweep_dir``.
 """
 
