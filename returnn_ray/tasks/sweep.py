@@ -78,13 +78,6 @@ def run(settings: Settings, config: Config, sweep_args: SweepArgs | None = None)
     capacity = int(ray.cluster_resources().get("GPU" if use_gpu else "CPU", 0)) // workers
     concurrent = min(s.sweep_max_concurrent_trials or capacity, capacity)
 
-    scheduler = None
-    if s.sweep_scheduler == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
-        scheduler = ASHAScheduler(
-            time_attr="epoch", max_t=settings.run.num_epochs, grace_period=s.sweep_grace_period, reduction_factor=2
-        )
     shared = _shared_datasets(settings, has_variants=bool(variants))
     if shared:
         job["data_fingerprint"] = data_fingerprint(settings)
@@ -107,7 +100,7 @@ def run(settings: Settings, config: Config, sweep_args: SweepArgs | None = None)
             tune_config=tune.TuneConfig(
                 metric="objective",
                 mode=s.sweep_mode,
-                scheduler=scheduler,
+                scheduler=_scheduler(settings),
                 num_samples=s.sweep_num_samples,
                 max_concurrent_trials=concurrent,
                 trial_dirname_creator=lambda trial: trial.trial_id,
@@ -126,6 +119,17 @@ def run(settings: Settings, config: Config, sweep_args: SweepArgs | None = None)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     grid = tuner.fit()
     return _summarize(settings, grid, sweep_dir, job, time.monotonic() - start)
+
+
+def _scheduler(settings: Settings):
+    """ASHA for ``sweep_scheduler asha`` (stops weak trials at its rungs), else Tune's FIFO."""
+    if settings.sweep.sweep_scheduler != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="epoch", max_t=settings.run.num_epochs, grace_period=settings.sweep.sweep_grace_period, reduction_factor=2
+    )
 
 
 def _prepare(settings: Settings, job: dict, space, sweep_dir: str) -> bool:
