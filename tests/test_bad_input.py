@@ -303,6 +303,24 @@ TABLE = [
     row(["bad.json", "-x", "search"], ("search_output_file",), {"bad.json": changed(FORWARD_BASE, model=None)},
         id="search-without-output-file"),
     row(["bad.json", "-x", "eval"], ("eval", "dataset"), id="eval-without-dataset"),
+    # ---- sweeps: every trial's config and the sweep dir are checked before Ray starts
+    row(["sweep", "bad.json", "--grid", "batch_size=0,abc", "--dir", "{tmp}/out/sweep"],
+        ("sweep trial batch_size=0", "batch_size must be > 0"), id="sweep-grid-value-invalid"),
+    row(["sweep", "bad.json", "--grid", "batch_size=400,abc", "--dir", "{tmp}/out/sweep"],
+        ("sweep trial batch_size=abc", "'batch_size'", "'abc'"), id="sweep-grid-value-wrong-type"),
+    row(["sweep", "bad.json", "--grid", "learning_rate", "--dir", "{tmp}/out/sweep"],
+        ("--grid 'learning_rate'", "key=value1,value2"), id="sweep-grid-without-equals"),
+    row(["sweep", "bad.json", "--grid", "learning_rate=0.1", "--grid", "learning_rate=0.2", "--dir", "{tmp}/out/sweep"],
+        ("'learning_rate'", "given twice"), id="sweep-grid-key-twice"),
+    row(["sweep", "bad.json", "--grid", "model=a,b", "--dir", "{tmp}/out/sweep"],
+        ("'model'", "cannot be swept"), id="sweep-grid-per-trial-key"),
+    row(["sweep", "bad.json", "--variants", "v.json", "--dir", "{tmp}/out/sweep"],
+        ("sweep trial variant=v", "v.json:2:", "invalid JSON"), {"bad.json": BASE, "v.json": '{"learning_rate":\n'},
+        id="sweep-variant-file-invalid"),
+    row(["sweep", "bad.json", "--grid", "learning_rate=0.1", "--dir", "/proc/returnn-ray-sweep"],
+        ("/proc/returnn-ray-sweep", "sweep_dir", "--dir"), id="sweep-dir-not-creatable"),
+    row(["sweep", "bad.json", "--grid", "learning_rate=0.1", "--dir", "{tmp}/bad.json"],
+        ("bad.json", "is a file", "--dir"), id="sweep-dir-is-a-file"),
 ]
 
 

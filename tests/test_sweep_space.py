@@ -39,6 +39,10 @@ def test_sweep_dict_and_grid_args_give_typed_dimensions():
         ({"learning_rate": {"uniform": [0.1]}}, [], "low, high"),
         ({"learning_rate": {"loguniform": [0, 1]}}, [], "low > 0"),
         ({"learning_rate": {"normal": [0, 1]}}, [], "one of"),
+        (None, ["max_seqs=1", "max_seqs=2"], "'max_seqs' is given twice"),
+        ({"variant": ["a.config"]}, [], "--variants"),
+        ({"learning_rate_file": ["a", "b"]}, [], "cannot be swept"),
+        (None, ["sweep_mode=min,max"], "configures the sweep itself"),
     ],
 )
 def test_bad_sweeps_name_the_culprit(sweep, grid, culprit):
@@ -116,6 +120,8 @@ def test_sweep_command_line():
         ([], "varies nothing"),
         (["--grid", "learning_rate=0.1,0.2", "--metric", "dev_nonsense"], "dev_nonsense"),
         (["--variants", "/nonexistent.config"], "/nonexistent.config"),
+        # sampled values (a config's sweep dict): each choice and both ends of a range are checked
+        (["--config", "{tmp}/sampled.json"], "sweep trial max_seqs=0+batch_size=1: max_seqs must be > 0"),
     ],
 )
 def test_bad_sweep_input_fails_before_any_trial(tmp_path, capsys, extra, culprit):
@@ -125,7 +131,8 @@ def test_bad_sweep_input_fails_before_any_trial(tmp_path, capsys, extra, culprit
         "num_inputs": 9, "num_outputs": 2, "network": {"output": {"class": "softmax", "loss": "ce"}},
         "model": str(tmp_path / "m" / "model"),
     }))
-    assert main(["sweep", str(base), *extra]) == 2
+    (tmp_path / "sampled.json").write_text(json.dumps({"sweep": {"max_seqs": {"choice": [2, 0]}, "batch_size": {"randint": [1, 9]}}}))
+    assert main(["sweep", str(base), *(a.replace("{tmp}", str(tmp_path)) for a in extra)]) == 2
     err = capsys.readouterr().err
     assert culprit in err and err.count("returnn-ray: error:") == 1, err
-    assert not (tmp_path / "m").exists() or not os.listdir(tmp_path / "m")  # nothing written
+    assert not (tmp_path / "m").exists()  # nothing written (no model dir, no sweep dir)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import itertools
 import logging
 import re
 from typing import Any, Iterable, Mapping, Sequence
@@ -50,14 +51,65 @@ def parse_space(sweep: Mapping[str, Any] | None, grid_args: Sequence[str] = (), 
     dims: dict[str, Dimension] = {}
     for key, spec in (sweep or {}).items():
         dims[str(key)] = _dimension(str(key), spec)
+    given: set[str] = set()
     for text in grid_args:
         key, values = parse_grid_arg(text)
-        dims[key] = Dimension(key, "grid", values)
+        if key in given:
+            raise ConfigError(f"--grid {key!r} is given twice; give all its values in one: --grid {key}=v1,v2,...")
+        given.add(key)
+        dims[key] = Dimension(key, "grid", values)  # a --grid replaces the config's sweep entry of its key
+    for key in dims:
+        _check_sweepable(key)
     if variants:
         dims[VARIANT_KEY] = Dimension(VARIANT_KEY, "grid", tuple(variants))
     if not dims:
         raise ConfigError("the sweep varies nothing: give --grid key=v1,v2, --variants FILES, or a `sweep` dict")
     return list(dims.values())
+
+
+PER_TRIAL_KEYS = ("task", "model", "learning_rate_file", "log", "ray_local_mode")
+"""Keys each trial sets itself (it trains, in its own directory): sweeping them would change nothing."""
+
+
+def _check_sweepable(key: str) -> None:
+    if key == VARIANT_KEY:
+        raise ConfigError(f"sweep key {key!r} is reserved for config files: give them with --variants FILE ... (sweep_variants)")
+    if key in PER_TRIAL_KEYS:
+        raise ConfigError(
+            f"sweep key {key!r} cannot be swept: each trial sets it itself (it trains, in its own directory"
+            " <sweep_dir>/trials/...); sweep other keys"
+        )
+    if key == "sweep" or key.startswith("sweep_"):
+        raise ConfigError(f"sweep key {key!r} configures the sweep itself and cannot be swept; sweep other keys")
+
+
+def check_points(space: Sequence[Dimension]) -> list[dict[str, Any]]:
+    """Values that stand for every trial, to check each trial's config before the sweep starts:
+    every grid combination (exactly the sweep's trials), and each sampled key at each of its
+    choices and at both ends of its range (with the other keys at their first values).
+
+    >>> check_points([Dimension("a", "grid", (1, 2)), Dimension("b", "randint", (3, 6))])
+    [{'a': 1, 'b': 3}, {'a': 2, 'b': 3}, {'a': 1, 'b': 5}]
+    """
+    grid = [d for d in space if d.kind == "grid"]
+    picks = {d.key: _picks(d) for d in space if d.kind != "grid"}
+    order = [d.key for d in space]
+    first = {key: values[0] for key, values in picks.items()}
+    points = []
+    for combo in itertools.product(*(d.values for d in grid)):
+        values = {**dict(zip((d.key for d in grid), combo)), **first}
+        points.append({key: values[key] for key in order})
+    for key, values in picks.items():
+        points += [{**points[0], key: value} for value in values[1:]]
+    return points
+
+
+def _picks(d: Dimension) -> tuple:
+    if d.kind == "choice":
+        return d.values
+    if d.kind == "randint":
+        return (d.values[0], d.values[1] - 1)  # high is excluded
+    return tuple(float(v) for v in d.values)
 
 
 def parse_grid_arg(text: str) -> tuple[str, tuple]:

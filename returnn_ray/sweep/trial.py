@@ -14,6 +14,7 @@ import json
 import os
 from typing import Any
 
+from returnn_ray.atomic import atomic_write
 from returnn_ray.sweep.space import VARIANT_KEY, override_args, variant_name
 
 
@@ -55,8 +56,7 @@ def run_trial(trial_config: dict[str, Any], shared_datasets: dict[str, Any] | No
     directory = trial_dir(job["sweep_dir"], values, tune.get_context().get_trial_id())
     os.makedirs(directory, exist_ok=True)
     files, args = trial_args(job, values, directory)
-    with open(os.path.join(directory, "variant.json"), "w", encoding="utf-8") as f:
-        json.dump({"values": values, "files": files, "args": args}, f, indent=1, default=repr)
+    atomic_write(os.path.join(directory, "variant.json"), json.dumps({"values": values, "files": files, "args": args}, indent=1, default=repr))
     config = load_config(files, args)
     set_global_config(config)
     settings = load_settings(config)

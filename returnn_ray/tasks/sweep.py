@@ -2,11 +2,13 @@
 
     returnn-ray sweep base.config --grid learning_rate=0.0005,0.001,0.003 --grid batch_size=2000,5000
 
-Checks everything it can before any trial starts (the sweep, the base config, the metric, that a
-trial's workers fit the cluster), then runs a ``Tuner`` over :func:`returnn_ray.sweep.trial.run_trial`
+Checks everything it can before any trial starts (the sweep, every trial's config, the metric, the
+sweep dir, that a trial's workers fit the cluster), then runs a ``Tuner`` over :func:`returnn_ray.sweep.trial.run_trial`
 with as many trials at once as the cluster can place (``sweep_max_concurrent_trials``), the rest
 queued. ``sweep_scheduler asha`` stops weak trials early. Rerunning the same command resumes an
-interrupted sweep: finished trials are kept, unfinished ones resume from their checkpoints. At
+interrupted sweep: finished trials are kept, unfinished ones resume from their checkpoints, failed
+ones are tried again; another sweep in the same dir is refused or, without results, replaces it
+(:mod:`returnn_ray.sweep.manifest`). At
 the end: a table of trials, ``best.config`` and ``<metric>.png`` in ``sweep_dir``.
 """
 
@@ -48,6 +50,14 @@ def run(settings: Settings, config: Config, sweep_args: SweepArgs | None = None)
     warn_unknown_keys(space, KNOWN_KEYS, config.keys())
     _check_base(settings, has_variants=bool(variants))
     sweep_dir = os.path.abspath(s.sweep_dir or os.path.join(os.path.dirname(os.path.abspath(settings.run.model or "returnn_ray_out/model")), "sweep"))
+    job = {
+        "files": list(sweep_args.files),
+        "args": list(sweep_args.args),
+        "model": settings.run.model,
+        "sweep_dir": sweep_dir,
+        "metric": s.sweep_metric,
+    }
+    resume = _prepare(settings, job, space, sweep_dir)
 
     import ray
     from ray import tune
@@ -68,20 +78,6 @@ def run(settings: Settings, config: Config, sweep_args: SweepArgs | None = None)
     capacity = int(ray.cluster_resources().get("GPU" if use_gpu else "CPU", 0)) // workers
     concurrent = min(s.sweep_max_concurrent_trials or capacity, capacity)
 
-    job = {
-        "files": list(sweep_args.files),
-        "args": [a for a in sweep_args.args],
-        "model": settings.run.model,
-        "sweep_dir": sweep_dir,
-        "metric": s.sweep_metric,
-    }
-    scheduler = None
-    if s.sweep_scheduler == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
-        scheduler = ASHAScheduler(
-            time_attr="epoch", max_t=settings.run.num_epochs, grace_period=s.sweep_grace_period, reduction_factor=2
-        )
     shared = _shared_datasets(settings, has_variants=bool(variants))
     if shared:
         job["data_fingerprint"] = data_fingerprint(settings)
@@ -93,9 +89,10 @@ def run(settings: Settings, config: Config, sweep_args: SweepArgs | None = None)
     trainable = tune.with_resources(tune.with_parameters(run_trial, shared_datasets=shared), resources)
     experiment = os.path.join(sweep_dir, "tune", "sweep")
     start = time.monotonic()
-    if tune.Tuner.can_restore(experiment):
+    if resume and tune.Tuner.can_restore(experiment):
         print(f"returnn-ray: resuming the sweep in {sweep_dir}", flush=True)
-        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        # a failed trial is tried again: its cause (a data file, a full disk) may be fixed now
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(
             trainable,
@@ -103,7 +100,7 @@ def run(settings: Settings, config: Config, sweep_args: SweepArgs | None = None)
             tune_config=tune.TuneConfig(
                 metric="objective",
                 mode=s.sweep_mode,
-                scheduler=scheduler,
+                scheduler=_scheduler(settings),
                 num_samples=s.sweep_num_samples,
                 max_concurrent_trials=concurrent,
                 trial_dirname_creator=lambda trial: trial.trial_id,
@@ -124,6 +121,32 @@ def run(settings: Settings, config: Config, sweep_args: SweepArgs | None = None)
     return _summarize(settings, grid, sweep_dir, job, time.monotonic() - start)
 
 
+def _scheduler(settings: Settings):
+    """ASHA for ``sweep_scheduler asha`` (stops weak trials at its rungs), else Tune's FIFO."""
+    if settings.sweep.sweep_scheduler != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="epoch", max_t=settings.run.num_epochs, grace_period=settings.sweep.sweep_grace_period, reduction_factor=2
+    )
+
+
+def _prepare(settings: Settings, job: dict, space, sweep_dir: str) -> bool:
+    """Before Ray starts: every trial's config, then the sweep dir (writable; the same sweep to
+    resume, or none with results). Returns whether to resume."""
+    from returnn_ray.sweep import manifest
+    from returnn_ray.sweep.checks import check_sweep_dir, check_trials
+
+    check_trials(job, space)
+    key = "sweep_dir (--dir)"
+    check_sweep_dir(sweep_dir, key)
+    outcome, differs = manifest.prepare(sweep_dir, manifest.definition(job, space, settings), key)
+    if outcome == "anew":
+        print(f"returnn-ray: {sweep_dir} held another sweep without trial results ({differs}); starting anew", flush=True)
+    return outcome == "resume"
+
+
 def _shared_datasets(settings: Settings, *, has_variants: bool) -> dict | None:
     """The base config's datasets, opened once and put in Ray's object store for every trial
     whose data settings are the same (generated corpora are not generated again per trial)."""
@@ -140,15 +163,29 @@ def _shared_datasets(settings: Settings, *, has_variants: bool) -> dict | None:
 def _check_base(settings: Settings, *, has_variants: bool) -> None:
     """The base config must train (unless variants complete it); a sweep_metric must be a score it reports."""
     if has_variants and settings.data.train is None:
-        return  # each variant file brings its own data and model; they are checked as their trials start
-    from returnn_ray.tasks.train import check_before_start
+        return  # each variant file brings its own data and model; checked with its trials' configs
+    from returnn_ray.tasks.train import check_trainable
 
-    check_before_start(settings)
+    check_trainable(settings)  # the trials' configs are checked next; this names the base config's faults as its own
     metric = settings.sweep.sweep_metric
     if metric is not None:
         known = expected_score_keys(settings)
         if metric not in known:
             raise ConfigError(f"sweep_metric {metric!r} is not a score this config reports; it reports: {', '.join(known)}")
+
+
+def _trial_values(result, sweep_dir: str, trial_id: str) -> dict | None:
+    """The trial's swept values: from Tune's record, else (a restored failed trial has no
+    config there) from the ``variant.json`` its run wrote."""
+    import glob
+    import json
+
+    if result.config and "values" in result.config:
+        return dict(result.config["values"])
+    for path in glob.glob(os.path.join(glob.escape(sweep_dir), "trials", f"*-{trial_id}", "variant.json")):
+        with open(path, encoding="utf-8") as f:
+            return dict(json.load(f)["values"])
+    return None
 
 
 def expected_score_keys(settings: Settings) -> list[str]:
@@ -179,9 +216,11 @@ def _summarize(settings: Settings, grid, sweep_dir: str, job: dict, secs: float)
 
     trials = []
     for result in grid:
-        values = dict(result.config["values"])
         # Tune names a trial's directory after its id; a restored trial's gets a suffix (`<id>_e2ef`).
         trial_id = (result.metrics or {}).get("trial_id") or re.match(r"[0-9a-f]+_\d+", os.path.basename(result.path)).group(0)
+        values = _trial_values(result, sweep_dir, trial_id)
+        if values is None:
+            continue  # a trial Tune recorded before it started (an interrupted start): nothing to report
         directory = trial_dir(sweep_dir, values, trial_id)
         scores, metric = metric_per_epoch(os.path.join(directory, "learning_rates"), job["metric"])
         if result.error is not None:

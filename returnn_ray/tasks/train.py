@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from typing import Any, Callable
 
 from returnn_ray.config import Config
 from returnn_ray.errors import ConfigError, UserError
@@ -35,17 +36,24 @@ RAY_TRAIN_ENV = {
 
 def check_before_start(settings: Settings) -> None:
     """Fail fast, with one line, on everything that can be checked without Ray."""
-    if settings.data.train is None:
-        raise ConfigError("task 'train' needs a `train` dataset in the config")
-    train = open_dataset(settings, "train")
-    for name in eval_dataset_names(settings):
-        open_dataset(settings, name)
-    model_spec(settings, data_specs(settings, train))
-    check_training_settings(settings)
+    check_trainable(settings)
     if settings.run.model:
         checkpoints.check_model_dir_writable(settings.run.model)
     if settings.training.learning_rate_file:
         checkpoints.check_model_dir_writable(settings.training.learning_rate_file)
+
+
+def check_trainable(settings: Settings, opener: Callable[[Settings, str], Any] = open_dataset) -> None:
+    """The checks of :func:`check_before_start` that write nothing (datasets, model, optimizer,
+    tensorboard); a sweep checks each trial's config with them before its directory exists.
+    ``opener`` opens a dataset (a sweep's reuses what an earlier trial's check opened)."""
+    if settings.data.train is None:
+        raise ConfigError("task 'train' needs a `train` dataset in the config")
+    train = opener(settings, "train")
+    for name in eval_dataset_names(settings):
+        opener(settings, name)
+    model_spec(settings, data_specs(settings, train))
+    check_training_settings(settings)
     if settings.training.use_tensorboard:
         from returnn_ray.training.tensorboard import check_tensorboard
 

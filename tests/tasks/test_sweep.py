@@ -3,6 +3,7 @@ a bad variant, a failing trial reported while the others finish, an interrupted 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,9 +17,10 @@ from returnn_ray.config import load_config
 from returnn_ray.settings import load_settings
 from returnn_ray.training.lr_file import load_learning_rate_file
 
-# Two good learning rates, a variant that cannot even start, and one that never learns (lr 0):
-# with 2 trials at once the good ones reach ASHA's rungs first, so the lr-0 trial is cut there.
-GRID = "learning_rate=0.02,0.01,'oops',0.0"
+# Two good learning rates, one that diverges in its first epoch (a trial error; a value its config
+# check refuses, like 'oops', never reaches Ray) and one that never learns (lr 0): with 2 trials at
+# once the good ones reach ASHA's rungs first, so the lr-0 trial is cut there.
+GRID = "learning_rate=0.02,0.01,inf,0.0"
 
 
 def sweep_args(tmp_path) -> list[str]:
@@ -34,6 +36,25 @@ def trials_by_lr(sweep_dir) -> dict:
     return out
 
 
+def wait_for(condition, what: str, timeout: float = 240.0):
+    """Polls ``condition`` until it is true (returns its value); fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+    return value
+
+
+def tune_terminated(sweep_dir) -> set[str]:
+    """The trial ids that Tune's newest experiment state records as TERMINATED."""
+    states = sorted((sweep_dir / "tune" / "sweep").glob("experiment_state-*.json"))
+    try:
+        trials = json.loads(states[-1].read_text())["trial_data"] if states else []
+    except ValueError:  # being written
+        return set()
+    return {t["trial_id"] for t in (json.loads(data[0]) for data in trials) if t.get("status") == "TERMINATED"}
+
+
 def test_sweep_runs_each_variant_in_its_own_dir_and_writes_table_best_config_and_plot(ray_session, tmp_path, capsys):
     assert main(sweep_args(tmp_path)) == 0
     out = capsys.readouterr().out
@@ -41,7 +62,7 @@ def test_sweep_runs_each_variant_in_its_own_dir_and_writes_table_best_config_and
     assert "Configuration for experiment" not in out and "tensorboard --logdir" not in out, out
     sweep_dir = tmp_path / "sweep"
     trials = trials_by_lr(sweep_dir)
-    assert set(trials) == {"0.02", "0.01", "oops", "0"}, trials
+    assert set(trials) == {"0.02", "0.01", "inf", "0"}, trials
 
     for lr in ("0.02", "0.01"):  # each trial trains in its own directory
         assert (trials[lr] / "model.001.pt").exists() and (trials[lr] / "train.log").exists()
@@ -52,7 +73,7 @@ def test_sweep_runs_each_variant_in_its_own_dir_and_writes_table_best_config_and
     assert table in out
     rows = {line.split()[1]: line for line in table.splitlines()[2:]}
     assert rows["0"].endswith("stopped early"), table
-    assert "error: " in rows["oops"] and "cannot set config key 'learning_rate' to 'oops'" in rows["oops"], table
+    assert "error: " in rows["inf"] and "non-finite training score" in rows["inf"], table
     best_row = table.splitlines()[2].split()
     assert best_row[1] in ("0.02", "0.01") and best_row[-1] == "done", table  # ASHA may cut the other good one
     assert sorted(load_learning_rate_file(str(trials[best_row[1]] / "learning_rates"))) == [1, 2, 3]
@@ -76,14 +97,10 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_sess
            "++sweep_max_concurrent_trials", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     trials_dir = tmp_path / "sweep" / "trials"
-    deadline = time.monotonic() + 240
-    finished = []
-    while time.monotonic() < deadline and not finished:
-        time.sleep(0.5)
-        if trials_dir.exists():
-            finished = [d for d in trials_dir.iterdir() if (d / "model.003.pt").exists()]
-    assert finished, "no trial finished in time"
-    time.sleep(1.0)  # let Tune record it as terminated
+    finished = wait_for(lambda: [d for d in trials_dir.glob("*") if (d / "model.003.pt").exists()], "a finished trial")
+    trial_id = finished[0].name.rsplit("-", 1)[1]
+    # killed once Tune's experiment state records the trial as finished (else the rerun may rerun it)
+    wait_for(lambda: trial_id in tune_terminated(tmp_path / "sweep"), f"Tune to record trial {trial_id} as terminated")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done_mtime = (finished[0] / "model.003.pt").stat().st_mtime_ns
@@ -104,3 +121,61 @@ def test_more_workers_per_trial_than_the_cluster_has_fails_before_any_trial(ray_
     err = capsys.readouterr().err
     assert "ray_num_workers 5 needs 5 CPUs but the Ray cluster has 2" in err, err
     assert not (tmp_path / "sweep" / "trials").exists()
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("returnn-ray: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_another_sweep_in_a_dir_with_results_is_refused_and_the_same_one_resumes(ray_session, tmp_path, capsys):
+    config = write_config(tmp_path, num_epochs=1)
+    sweep_dir = tmp_path / "sweep"
+    first = ["sweep", config, "--grid", "learning_rate=0.02", "--dir", str(sweep_dir)]
+    assert main(first) == 0
+    capsys.readouterr()
+    kept = {name: (sweep_dir / name).read_bytes() for name in ("results.txt", "best.config", "best.json")}
+    trials = sorted(p.name for p in (sweep_dir / "trials").iterdir())
+
+    assert main(["sweep", config, "--grid", "learning_rate=0.05,0.3", "--dir", str(sweep_dir)]) == 2
+    out, err = capsys.readouterr()
+    error = one_error_line(err)
+    for part in ("holds another sweep", "its grid: learning_rate=0.02;", "now: learning_rate=0.05,0.3", "--dir"):
+        assert part in error, error
+    assert "0.02" not in out  # the old sweep's table is not reported as this one's
+    assert {name: (sweep_dir / name).read_bytes() for name in kept} == kept
+    assert sorted(p.name for p in (sweep_dir / "trials").iterdir()) == trials
+
+    # an edited base config is another sweep too
+    edited = write_config(tmp_path, num_epochs=1, max_seqs=2)
+    assert main(["sweep", edited, "--grid", "learning_rate=0.02", "--dir", str(sweep_dir)]) == 2
+    assert "its base config: train.json" in one_error_line(capsys.readouterr().err)
+
+    checkpoint = next((sweep_dir / "trials").iterdir()) / "model.001.pt"
+    mtime = checkpoint.stat().st_mtime_ns
+    write_config(tmp_path, num_epochs=1)  # the same config again: the same sweep, resumed
+    assert main(first) == 0
+    out = capsys.readouterr().out
+    assert "resuming the sweep" in out and "learning_rate=0.02" in out
+    assert checkpoint.stat().st_mtime_ns == mtime
+    assert (sweep_dir / "results.txt").read_bytes() == kept["results.txt"]
+
+
+def test_a_failed_sweep_reruns_and_a_corrected_grid_starts_anew(ray_session, tmp_path, capsys):
+    config = write_config(tmp_path, num_epochs=1)
+    sweep_dir = tmp_path / "sweep"
+    failing = ["sweep", config, "--grid", "learning_rate=inf", "--dir", str(sweep_dir)]
+    assert main(failing) == 2
+    assert "no trial of the sweep reported a score" in one_error_line(capsys.readouterr().err)
+    # the same command again: its failed trial is tried again (and fails again), one line
+    assert main(failing) == 2
+    out, err = capsys.readouterr()
+    assert "resuming the sweep" in out and "no trial of the sweep reported a score" in one_error_line(err)
+
+    assert main(["sweep", config, "--grid", "learning_rate=0.02", "--dir", str(sweep_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "held another sweep without trial results (its grid: learning_rate=inf; now: learning_rate=0.02)" in out
+    rows = (sweep_dir / "results.txt").read_text().splitlines()[2:]
+    assert len(rows) == 1 and rows[0].split()[1] == "0.02" and rows[0].endswith("done"), rows
+    assert [p.name.split("-")[0] for p in (sweep_dir / "trials").iterdir()] == ["learning_rate=0.02"]
