@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -263,6 +264,12 @@ class TrainingSettings(_Checked):
     )
 
     def _validate(self) -> None:
+        from returnn_ray.training.checkpoints import check_cleanup_old_models
+
+        _check_learning_rate("learning_rate", self.learning_rate)
+        if self.save_interval < 1:
+            raise ConfigError(f"save_interval must be >= 1 (save every N epochs; -i), got {self.save_interval}")
+        check_cleanup_old_models(self.cleanup_old_models)
         if self.save_interval_steps < 0:
             raise ConfigError(
                 f"save_interval_steps must be >= 0 (0: no mid-epoch checkpoints), got {self.save_interval_steps}"
@@ -517,6 +524,12 @@ def _device(value: str | None) -> str | None:
 def _check_dataset_spec(label: str, spec: Any) -> None:
     if isinstance(spec, dict) and "class" not in spec:
         raise ConfigError(f"config key {label}: a dataset dict needs a 'class' entry, got {spec!r}")
+
+
+def _check_learning_rate(name: str, value: float) -> None:
+    """A learning rate is a finite number >= 0 (torch refuses a negative one, NaN trains nothing)."""
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 def _check_positive(name: str, value: int | dict | None) -> None:
