@@ -28,6 +28,7 @@ from typing import Any, Callable, Literal, Union
 
 from returnn_ray.config import Config
 from returnn_ray.errors import ConfigError
+from returnn_ray.training.checkpoints import check_cleanup_old_models
 from returnn_ray.training.lr_control import LR_CONTROL_CONFIG_KEYS, LrControlKind
 
 logger = logging.getLogger(__name__)
@@ -264,9 +265,8 @@ class TrainingSettings(_Checked):
     )
 
     def _validate(self) -> None:
-        from returnn_ray.training.checkpoints import check_cleanup_old_models
-
-        _check_learning_rate("learning_rate", self.learning_rate)
+        if not math.isfinite(self.learning_rate) or self.learning_rate < 0:  # torch refuses < 0; NaN trains nothing
+            raise ConfigError(f"learning_rate must be a finite number >= 0, got {self.learning_rate!r}")
         if self.save_interval < 1:
             raise ConfigError(f"save_interval must be >= 1 (save every N epochs; -i), got {self.save_interval}")
         check_cleanup_old_models(self.cleanup_old_models)
@@ -524,12 +524,6 @@ def _device(value: str | None) -> str | None:
 def _check_dataset_spec(label: str, spec: Any) -> None:
     if isinstance(spec, dict) and "class" not in spec:
         raise ConfigError(f"config key {label}: a dataset dict needs a 'class' entry, got {spec!r}")
-
-
-def _check_learning_rate(name: str, value: float) -> None:
-    """A learning rate is a finite number >= 0 (torch refuses a negative one, NaN trains nothing)."""
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 def _check_positive(name: str, value: int | dict | None) -> None:
