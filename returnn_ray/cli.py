@@ -78,6 +78,9 @@ _SWEEP_OPTIONS = {
 
 TaskFn = Callable[[Settings, Config], int]
 
+MAX_SHARDS = 1 << 20
+"""The most workers ``dump-dataset --shard K/W`` can split for (the plan holds one list per worker)."""
+
 
 def _task_module(name: str, module: str) -> TaskFn:
     """A task that imports ``module`` when it runs and calls its ``run(settings, config)``."""
@@ -244,6 +247,8 @@ def _dump_args(opts: dict[str, str | bool]) -> DumpDatasetArgs:
             raise UserError(f"dump-dataset: --shard must be K/W (rank K of W workers), got {text!r}") from None
         if not 0 <= rank < num:
             raise UserError(f"dump-dataset: --shard K/W needs 0 <= K < W, got {text!r}")
+        if num > MAX_SHARDS:
+            raise UserError(f"dump-dataset: --shard K/W needs W <= {MAX_SHARDS} workers, got {text!r}")
         shard = (rank, num)
     return DumpDatasetArgs(str(opts.get("dataset", "train")), epoch, shard, bool(opts.get("batches", False)))
 
@@ -265,6 +270,12 @@ def run_dump_dataset(settings: Settings, config: Config, args: DumpDatasetArgs) 
 def run_sweep(settings: Settings, config: Config, inv: Invocation) -> int:
     """Runs ``returnn_ray.tasks.sweep.run`` with the base command line and the swept values."""
     module = _import_task("sweep", "returnn_ray.tasks.sweep")
+    for path in config.files:
+        if os.path.abspath(path) in config.snapshots:
+            raise UserError(
+                f"sweep: config {path!r} is a pipe, which can be read only once; each trial reads its config files"
+                " again: write it to a file and give that"
+            )
     files = tuple(os.path.abspath(f) for f in inv.config_files)  # trials run in other processes
     variants = tuple(os.path.abspath(f) for f in inv.sweep_variants)
     args = module.SweepArgs(files, inv.config_args, inv.sweep_grid, variants)  # a trial adds ++task train
@@ -307,6 +318,20 @@ def user_message(exc: BaseException) -> str:
         if remote:
             return remote[-1].split(": ", 1)[1]
     return " ".join(lines)
+
+
+def check_log_files(paths: Sequence[str]) -> None:
+    """Each ``log`` file can be appended to (its directory exists): checked before anything runs,
+    without creating the file (a run that stops at a later check leaves nothing behind)."""
+    for path in paths:
+        directory = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise UserError(f"log file {path!r} is a directory; fix `log` (-l)")
+        if not os.path.isdir(directory):
+            raise UserError(f"the directory {directory!r} of log file {path!r} does not exist; create it or fix `log` (-l)")
+        target = path if os.path.exists(path) else directory
+        if not os.access(target, os.W_OK):
+            raise UserError(f"log file {path!r} is not writable (permission denied); fix `log` (-l)")
 
 
 def check_local_gpu(settings: Settings) -> None:
@@ -371,6 +396,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         debug = debug or _truthy(config.raw("debug"))  # known before the settings are checked
         settings = load_settings(config)
         warn_unread_keys(config)
+        check_log_files(settings.run.log)
         if inv.dump is not None or settings.run.task == "dump-dataset":
             return run_dump_dataset(settings, config, inv.dump or DumpDatasetArgs())
         check_local_gpu(settings)

@@ -37,6 +37,7 @@ import ast
 import importlib
 import json
 import os
+import stat
 import sys
 import types
 from typing import Any, Sequence, TypeVar
@@ -97,6 +98,9 @@ class Config:
         self._read: set[str] = set()
         self._history: list[dict[str, Any]] = []  # top-level loads, replayed by workers
         self._depth = 0
+        self._loading: dict[str, str] = {}  # real path -> path as given, of the files being loaded
+        #: Absolute path -> text of the config files that are not regular files (pipes), read once.
+        self.snapshots: dict[str, str] = {}
         if items:
             self.typed_dict.update(items)
 
@@ -110,20 +114,18 @@ class Config:
 
         Raises :class:`ConfigError` naming ``file:line`` for a syntax or runtime error in a
         Python config, ``file:line:col`` for malformed JSON, ``file:line`` for a malformed line.
+        A file that includes itself (directly or through others) is an error naming the chain.
         """
         path = os.fspath(path)
-        if os.path.isdir(path):
-            raise ConfigError(f"config file {path} is a directory; give a config file")
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            with open(path, encoding="utf-8") as f:
-                content = f.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        key = os.path.realpath(path)
+        if key in self._loading:
+            chain = " -> ".join([*self._loading.values(), path])
+            raise ConfigError(f"config file {path} includes itself ({chain}); remove the `include` that loops")
+        content = self._read_file(path)
         self._record({"kind": "file", "value": path})
         self.files.append(path)
         self._depth += 1
+        self._loading[key] = path
         try:
             start = content.strip()
             if start.startswith("#!") or path.endswith(".py"):
@@ -134,6 +136,30 @@ class Config:
                 self._load_lines(path, content)
         finally:
             self._depth -= 1
+            del self._loading[key]
+
+    def _read_file(self, path: str) -> str:
+        """The text of the config file ``path`` (a UTF-8 byte-order mark dropped).
+
+        A pipe (``/dev/stdin``, ``<(...)``) can be read only once: its text is kept
+        (:attr:`snapshots`), used again when this process or a worker loads the same path.
+        """
+        where = os.path.abspath(path)
+        if where in self.snapshots:
+            return self.snapshots[where]
+        if os.path.isdir(path):
+            raise ConfigError(f"config file {path} is a directory; give a config file")
+        if not os.path.exists(path):
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            is_pipe = not stat.S_ISREG(os.stat(path).st_mode)
+            with open(path, encoding="utf-8-sig") as f:
+                content = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        if is_pipe:
+            self.snapshots[where] = content
+        return content
 
     def _record(self, step: dict[str, Any]) -> None:
         if self._depth == 0:
@@ -433,7 +459,8 @@ class Config:
         steps: the command-line options and the files, in the original order and directory
         (:mod:`returnn_ray.config_workers`).
         """
-        return {WORKER_ENV_VAR: json.dumps({"version": 1, "steps": self._history})}
+        record = {"version": 1, "steps": self._history, "snapshots": self.snapshots}
+        return {WORKER_ENV_VAR: json.dumps(record)}
 
     def __reduce__(self):
         if self._module is None:  # plain data only (JSON, line-based, set())

@@ -25,7 +25,9 @@ from returnn_ray.errors import ConfigError
 
 
 def replay(config: Config, record: dict[str, Any]) -> None:
-    """Repeats on ``config`` the loads recorded by :meth:`Config.worker_env`."""
+    """Repeats on ``config`` the loads recorded by :meth:`Config.worker_env` (a pipe's text from
+    the record: it cannot be read again)."""
+    config.snapshots.update(record.get("snapshots", {}))
     for step in record.get("steps", []):
         cwd = step.get("cwd")
         here = os.getcwd()

@@ -48,6 +48,12 @@ def init_ray(
         ray.init(address=address, **kwargs)
     except ConnectionError as exc:  # e.g. "auto" with no Ray running on this machine
         raise UserError(f"cannot join the Ray cluster {address!r}: {str(exc).strip().splitlines()[0]}") from exc
+    except ValueError as exc:  # e.g. "http://...": Ray's text is a page of advice about RAY_ADDRESS
+        why = str(exc).strip().splitlines()[0].split(" To fix this")[0]
+        raise UserError(
+            f"invalid Ray address {address!r} (ray_address / RAY_ADDRESS): {why} Give the cluster's GCS address"
+            " (host:6379), auto, or leave it unset for a local Ray"
+        ) from exc
     interrupts.install()  # ray.init replaced our SIGTERM handler with one that exits without a word
     if embedded:  # the Ray we just started must not outlive this process, even after kill -9
         from returnn_ray.reaper import start_reaper

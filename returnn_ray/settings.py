@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Any, Callable, Literal, Union
 
 from returnn_ray.config import Config
 from returnn_ray.errors import ConfigError
+from returnn_ray.training.checkpoints import check_cleanup_old_models
 from returnn_ray.training.lr_control import LR_CONTROL_CONFIG_KEYS, LrControlKind
 
 logger = logging.getLogger(__name__)
@@ -263,6 +265,11 @@ class TrainingSettings(_Checked):
     )
 
     def _validate(self) -> None:
+        if not math.isfinite(self.learning_rate) or self.learning_rate < 0:  # torch refuses < 0; NaN trains nothing
+            raise ConfigError(f"learning_rate must be a finite number >= 0, got {self.learning_rate!r}")
+        if self.save_interval < 1:
+            raise ConfigError(f"save_interval must be >= 1 (save every N epochs; -i), got {self.save_interval}")
+        check_cleanup_old_models(self.cleanup_old_models)
         if self.save_interval_steps < 0:
             raise ConfigError(
                 f"save_interval_steps must be >= 0 (0: no mid-epoch checkpoints), got {self.save_interval_steps}"

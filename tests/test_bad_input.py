@@ -215,6 +215,20 @@ TABLE = [
     row(["bad.json", "++device", "tpu"], ("device", "'tpu'"), id="unknown-device"),
     row(["bad.json", "++device", "gpu"], ("device", "gpu", "no GPU"), id="device-gpu-without-gpu"),
     row(["dump-dataset", "bad.json", "--shard", "2/2"], ("--shard", "2/2"), id="dump-dataset-bad-shard"),
+    row(["dump-dataset", "bad.json", "--shard", "0/99999999999999999999"], ("--shard", "99999999999999999999"),
+        id="dump-dataset-shard-overflow"),
+    row(["bad.json", "-i", "0"], ("save_interval", "0"), id="save-interval-zero"),
+    row(["bad.json", "-r", "-0.5"], ("learning_rate", "-0.5"), id="learning-rate-negative"),
+    row(["bad.json", "++learning_rate", "nan"], ("learning_rate", "nan", "finite number >= 0"), id="learning-rate-nan"),
+    row(["bad.json", "++learning_rate_file", "/proc/lr"], ("learning_rate_file", "/proc/lr", "fix `learning_rate_file`"),
+        id="learning-rate-file-unwritable"),
+    row(["bad.json", "++log", "{tmp}/nope/x.log"], ("log", "nope/x.log", "does not exist"), id="log-dir-missing"),
+    row(["bad.json", "++ray_address", "http://"], ("ray_address", "'http://'"), id="ray-address-http"),
+    row(["bad.config"], ("self.config", "includes itself"),
+        {"bad.config": "task train\ninclude self.config\n", "self.config": "include self.config\n"},
+        id="line-config-includes-itself"),
+    row(["a.config"], ("a.config -> b.config -> a.config", "includes itself"),
+        {"a.config": "include b.config\n", "b.config": "include a.config\n"}, id="line-configs-include-each-other"),
     # ---- datasets
     row(["bad.json"], ("train", "Task12AXDatset", "Task12AXDataset"),
         {"bad.json": changed(BASE, train={"class": "Task12AXDatset", "num_seqs": 5})}, id="unknown-dataset-class"),
@@ -228,6 +242,10 @@ TABLE = [
     row(["bad.json"], ("train", "laplace:xx"),
         {"bad.json": changed(BASE, train={"class": "Task12AXDataset", "num_seqs": 5, "seq_ordering": "laplace:xx"})},
         id="malformed-laplace"),
+    row(["bad.json"], ("train", "laplace:99999999999999999999999", "too large"),
+        {"bad.json": changed(BASE, train={"class": "Task12AXDataset", "num_seqs": 5,
+                                          "seq_ordering": "laplace:99999999999999999999999"})},
+        id="laplace-overflow"),
     row(["bad.json"], ("train", "partition_epoch", "0"),
         {"bad.json": changed(BASE, train={"class": "Task12AXDataset", "num_seqs": 5, "partition_epoch": 0})},
         id="partition-epoch-zero"),
@@ -250,6 +268,10 @@ TABLE = [
     row(["bad.json"], ("'output'", "n_out", "3", "2"),
         {"bad.json": changed(BASE, network={"output": {"class": "softmax", "loss": "ce", "n_out": 3}})},
         id="n-out-vs-target-dim"),
+    row(["bad.json"], ("'hidden'", "n_out 1000000000000", "memory"),
+        {"bad.json": changed(BASE, network={"hidden": {"class": "linear", "n_out": 10**12},
+                                            "output": {"class": "softmax", "loss": "ce", "from": "hidden"}})},
+        id="layer-too-large"),
     row(["bad.json"], ("optimizer", "'adamm'"),
         {"bad.json": changed(BASE, optimizer={"class": "adamm"})}, id="unknown-optimizer"),
     row(["bad.json"], ("optimizer", "'epsilonn'", "'epsilon'"),
@@ -258,6 +280,14 @@ TABLE = [
         {"bad.json": changed(BASE, optimizer={"class": "os.system"})}, id="optimizer-class-is-a-function"),
     row(["bad.json"], ("learning_rate_control", "'newbobb'"),
         {"bad.json": changed(BASE, learning_rate_control="newbobb")}, id="unknown-learning-rate-control"),
+    row(["bad.json"], ("learning_rates", "epoch 2", "-1"),
+        {"bad.json": changed(BASE, learning_rates=[0.1, -1])}, id="learning-rates-negative-entry"),
+    row(["bad.json"], ("cleanup_old_models", "keep_last_n", "0"),
+        {"bad.json": changed(BASE, cleanup_old_models={"keep_last_n": 0})}, id="cleanup-old-models-keep-last-zero"),
+    row(["bad.json"], ("cleanup_old_models", "'keep_lats_n'"),
+        {"bad.json": changed(BASE, cleanup_old_models={"keep_lats_n": 2})}, id="cleanup-old-models-typo"),
+    row(["bad.json"], ("cleanup_old_models", "'sometimes'"),
+        {"bad.json": changed(BASE, cleanup_old_models="sometimes")}, id="cleanup-old-models-not-bool"),
     row(["bad.json"], ("learning_rates", "abc"),
         {"bad.json": changed(BASE, learning_rates="abc")}, id="learning-rates-not-numbers"),
     row(["bad.json"], ("learning_rate_file", "learning_rates"),
@@ -458,31 +488,107 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
                           env=env, timeout=120)
 
 
+#: Code that would leave the file ``{marker}`` if anything ran it (two ways to write it).
+CODE = "__import__('os').system('touch {marker}')"
+CODE2 = "open({marker!r}, 'w')"
+
+#: One hostile value per case, everything else the valid BASE config: (how it is given, key, value).
+#: ``json``: the value in the JSON config; ``line``: a ``key value`` line of a line config (with the
+#: rest of BASE as lines); ``++``: an override on the command line after the JSON config; ``-x`` etc.:
+#: a short option. Values with ``{code}`` get CODE, with ``{code2}`` CODE2.
+HOSTILE = [
+    ("json", "task", "{code}"), ("json", "num_epochs", "{code}"), ("json", "learning_rate", "{code2}"),
+    ("json", "device", "{code2}"), ("json", "batch_size", ["{code}"]), ("json", "max_seqs", {"a": "{code}"}),
+    ("json", "train", "{code}"), ("json", "train", "Task12AXDataset:num_seqs={code}"),
+    ("json", "train", "{{'class': 'Task12AXDataset', 'num_seqs': {code}}}"),
+    ("json", "train", {"class": "Task12AXDataset", "num_seqs": "{code}"}),
+    ("json", "train", {"class": "{code}"}), ("json", "dev", "{{'class': {code}}}"),
+    ("json", "network", {"output": {"class": "softmax", "loss": "ce", "n_out": "{code}"}}),
+    ("json", "network", {"output": {"class": "{code}", "loss": "ce"}}), ("json", "network", "{code2}"),
+    ("json", "optimizer", {"class": "{code}"}), ("json", "learning_rates", "[{code}]"),
+    ("json", "learning_rate_control", "{code}"), ("json", "cleanup_old_models", "{code}"),
+    ("json", "extern_data", {"data": {"dim": "{code}"}, "classes": {"dim": 2, "sparse": True}}),
+    ("json", "num_outputs", "{code}"), ("json", "log_verbosity", "{code}"),
+    ("line", "task", "{code}"), ("line", "num_epochs", "{code}"), ("line", "learning_rate", "{code2}"),
+    ("line", "batch_size", "{code}"), ("line", "max_seqs", "{code}"), ("line", "device", "{code2}"),
+    ("line", "train", "{code}"), ("line", "train", "{{'class': 'Task12AXDataset', 'num_seqs': {code}}}"),
+    ("line", "train", "Task12AXDataset:num_seqs={code}"), ("line", "learning_rates", "{code}"),
+    ("line", "include", "{code}"),
+    ("++", "batch_size", "{code}"), ("++", "network", "{code2}"), ("++", "learning_rate", "{code}"),
+    ("++", "train", "Task12AXDataset:num_seqs={code}"), ("++", "train", "{{'class': 'Task12AXDataset', 'num_seqs': {code}}}"),
+    ("++", "optimizer", "{{'class': {code}}}"), ("++", "learning_rates", "[{code2}]"),
+    ("-n", "num_epochs", "{code}"), ("-r", "learning_rate", "{code2}"), ("-x", "task", "{code}"),
+    ("-b", "batch_size", "{code}"), ("-z", "max_seqs", "{code2}"), ("-u", "device", "{code}"),
+]
+
+
+def _hostile_case(directory: Path, how: str, key: str, value, marker: str) -> list[str]:
+    """Writes the case's config into ``directory`` and returns its command line."""
+
+    def fill(v):
+        if isinstance(v, str):
+            return v.format(code=CODE.format(marker=marker), code2=CODE2.format(marker=marker))
+        if isinstance(v, dict):
+            return {k: fill(x) for k, x in v.items()}
+        return [fill(x) for x in v] if isinstance(v, list) else v
+
+    value = fill(value)
+    config = _subst(BASE, str(directory))
+    if how == "line":
+        lines = [f"{k} {v}" for k, v in config.items() if k not in ("train", "network", key)]
+        lines += [f"train {json.dumps(config['train'])}", f"network {json.dumps(config['network'])}"] * (key != "train")
+        (directory / "c.config").write_text("\n".join(lines + [f"{key} {value}"]) + "\n")
+        return ["c.config"]
+    if how == "json":
+        config[key] = value
+    (directory / "c.json").write_text(json.dumps(config))
+    return ["c.json"] + ([f"++{key}", value] if how == "++" else [how, value] if how.startswith("-") else [])
+
+
 def test_json_line_configs_and_overrides_are_never_executed(tmp_path):
-    """Strings that would be code are only ever strings: loading the configs creates no file."""
+    """Strings that would be code are only ever strings. One hostile key per run, everything else valid,
+    so each value reaches the code that reads its key: no run creates the marker file, none ends in a
+    traceback, and a refused value is named in the error line."""
     marker = tmp_path / "pwned"
-    code = f"__import__('os').system('touch {marker}')"
-    code2 = f"open({str(marker)!r}, 'w')"
-    (tmp_path / "c.json").write_text(json.dumps({
-        "task": "train", "num_epochs": code, "train": code, "learning_rate": code2, "network": {"x": code},
-        "device": code2, "batch_size": [code], "max_seqs": {"a": code},
-    }))
-    (tmp_path / "c.config").write_text(
-        f"task {code}\nnum_epochs {code}\nlearning_rate {code2}\ntrain {code}\nbatch_size {code}\n"
-        f"network {code2}\nmax_seqs {code}\ninclude {code}\n"
-    )
-    for args in (
-        ["c.json"],
-        ["c.config"],
-        ["c.json", "++batch_size", code, "++network", code2, "++new_key", code],
-        ["c.config", "++learning_rate", code, "++task", code2],
-        ["c.json", "++num_epochs", code2, "-n", code, "-r", code2, "-x", code],
-        ["c.json", "++train", f"Task12AXDataset:num_seqs={code}"],
-        ["c.json", "++train", f"{{'class': 'Task12AXDataset', 'num_seqs': {code}}}"],
-    ):
-        proc = _run(args, tmp_path)
-        assert not marker.exists(), (args, proc.stderr)
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (args, proc.stderr)
+
+    def run_case(i: int) -> tuple:
+        how, key, value = HOSTILE[i]
+        directory = tmp_path / f"case{i}"
+        directory.mkdir()
+        args = _hostile_case(directory, how, key, value, str(marker))
+        return HOSTILE[i], _run(args, directory)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(run_case, range(len(HOSTILE))))
+    for case, proc in results:
+        assert not marker.exists(), (case, proc.stderr)
+        assert proc.returncode in (0, 2) and "Traceback" not in proc.stderr, (case, proc.stderr)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("returnn-ray: error:")]
+        assert proc.returncode == 0 or len(errors) == 1, (case, proc.stderr)
+    refused = [case for case, proc in results if proc.returncode == 2]
+    assert len(refused) >= len(HOSTILE) - 2, [case for case, proc in results if proc.returncode == 0]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "{{'class': __import__('os').system('touch {m}')}}",
+        "{{'class': 'Task12AXDataset', 'num_seqs': open({m!r}, 'w')}}",
+        "Task12AXDataset:num_seqs=__import__('os').system('touch {m}')",
+        "Task12AXDataset:num_seqs=5,seq_ordering=open({m!r}, 'w')",
+        "{{'class': 'Task12AXDataset', **{{'num_seqs': open({m!r}, 'w')}}}}",
+        "__import__('os').system('touch {m}'):num_seqs=5",
+        "{{'class': 'Task12AXDataset', 'num_seqs': (lambda: open({m!r}, 'w'))()}}",
+    ],
+)
+def test_dataset_strings_holding_code_are_refused_and_never_run(tmp_path, spec):
+    from returnn_ray.data.datasets import init_dataset
+    from returnn_ray.errors import UserError
+
+    marker = tmp_path / "pwned"
+    with pytest.raises(UserError):
+        init_dataset(spec.format(m=str(marker)), name="train")
+    assert not marker.exists()
 
 
 def test_python_config_is_code(tmp_path):

@@ -500,3 +500,90 @@ def test_line_config_reading_matches_returnn(tmp_path):
     ours = load_config([path], ["++batch_size", "3000"])
     for key in ["batch_size", "adam", "files", "lr", "name"]:
         assert _observe(ours, key) == _observe(theirs, key), key
+
+
+# ------------------------------------------------------------------ byte-order mark, pipes, include cycles
+
+BOM = "\ufeff"
+
+
+def test_a_utf8_byte_order_mark_changes_nothing(tmp_path):
+    """Editors on Windows write a BOM first: JSON stays JSON, ``#!`` stays Python, a line config's
+    first key is the key."""
+    (tmp_path / "c.json").write_text(BOM + '{"batch_size": 400, "net": {"a": 1}}', encoding="utf-8")
+    (tmp_path / "c.config").write_text(BOM + "#!rnn.py\nbatch_size = 2 * 200\n", encoding="utf-8")
+    (tmp_path / "c.txt").write_text(BOM + "batch_size 400\n", encoding="utf-8")
+    for name in ("c.json", "c.config", "c.txt"):
+        config = load_config([str(tmp_path / name)])
+        assert config.int("batch_size") == 400 and not [k for k in config.keys() if BOM in k], name
+        assert config.is_typed("batch_size") == (name != "c.txt"), name
+    assert load_config([str(tmp_path / "c.json")]).typed_value("net") == {"a": 1}
+
+
+def _fifo_with(tmp_path: Path, text: str) -> tuple[str, "threading.Thread"]:
+    import threading
+
+    path = str(tmp_path / "config.fifo")
+    os.mkfifo(path)
+
+    def write_once():
+        with open(path, "w") as f:
+            f.write(text)
+
+    writer = threading.Thread(target=write_once, daemon=True)
+    writer.start()
+    return path, writer
+
+
+def test_a_config_from_a_pipe_is_read_once_and_replayed_in_workers_from_its_text(tmp_path):
+    """``returnn-ray <(gen-config)`` or ``/dev/stdin``: a pipe can be read once. The driver reads it
+    once (the command-line options load it twice), a worker replays it from the recorded text."""
+    text = "#!rnn.py\nscale = 3.0\ndef describe():\n    return f'scale={scale}'\n"
+    path, writer = _fifo_with(tmp_path, text)
+    config = load_config([path], ["--config", path])  # the file and the option: two loads, one read
+    writer.join(5)
+    assert set(config.files) == {path} and len(config.files) == 3  # option, file, option again
+    assert config.typed_value("scale") == 3.0
+    os.unlink(path)  # a worker cannot read the pipe again: only the recorded text can help
+    worker = "import pickle, sys; print(pickle.loads(sys.stdin.buffer.read())())"
+    result = subprocess.run(
+        [sys.executable, "-c", worker], input=pickle.dumps(config.typed_value("describe")), capture_output=True,
+        env={**os.environ, **config.worker_env(), "PYTHONPATH": str(REPO)}, cwd=tmp_path, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().strip() == "scale=3.0"
+
+
+def test_a_config_on_stdin_is_read_by_the_command_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "returnn_ray", "/dev/stdin"], input='{"task": "tran"}', capture_output=True,
+        text=True, env=env, cwd=tmp_path, timeout=60,
+    )
+    assert proc.returncode == 2 and "'tran'" in proc.stderr and "not found" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "files, chain",
+    [
+        ({"a.config": "include a.config\n"}, "a.config -> a.config"),
+        ({"a.config": "include b.config\n", "b.config": "x 1\ninclude a.config\n"}, "a.config -> b.config -> a.config"),
+        ({"a.config": "include b.json\n", "b.json": '{"include": 1}'}, None),  # a typed key 'include' loads nothing
+    ],
+)
+def test_a_config_that_includes_itself_is_one_error_naming_the_chain(tmp_path, files, chain):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        if chain is None:
+            load_config(["a.config"])
+            return
+        with pytest.raises(ConfigError) as info:
+            load_config(["a.config"])
+    finally:
+        os.chdir(old)
+    assert chain in str(info.value) and "includes itself" in str(info.value)
+    assert len(str(info.value)) < 300  # not a RecursionError's message or a chain of a thousand files

@@ -98,7 +98,13 @@ def _bad_args(mode: str, base: str, why: str) -> ConfigError:
 def _parse_int(mode: str, base: str, text: str, what: str) -> int:
     if not _POSITIVE_INT.fullmatch(text):
         raise _bad_args(mode, base, f"{what} {text!r} is not a positive integer")
+    if len(text) > len(str(_MAX_ARG)) or int(text) > _MAX_ARG:
+        raise _bad_args(mode, base, f"{what} {text} is too large (at most {_MAX_ARG})")
     return int(text)
+
+
+_MAX_ARG = 2**31 - 1
+"""The largest B, n or x of a seq_ordering (numpy's index range is wider; no corpus has more seqs)."""
 
 
 def _parse(mode: str) -> _Mode:
@@ -246,7 +252,9 @@ def _draw_intervals(maxes: list[int], mask_of: list[int], raw: list[int]) -> lis
 def _laplace(lens: np.ndarray, mode: _Mode, rng: np.random.RandomState) -> np.ndarray:
     num_seqs = len(lens)
     perm = rng.permutation(num_seqs)
-    bins = mode.num_bins(num_seqs)
+    # More bins than seqs leaves every bin with at most one seq, as one seq per bin does (the
+    # order is the permutation either way), without arrays of the size of B.
+    bins = min(mode.num_bins(num_seqs), max(num_seqs, 1))
     bounds = _bin_bounds(num_seqs, bins)
     bin_of_pos = np.repeat(np.arange(bins, dtype=np.int64), np.diff(bounds))
     signed = lens[perm]

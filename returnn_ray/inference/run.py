@@ -134,7 +134,7 @@ def _output_path(settings: Settings, *, search: bool, epoch: int) -> str:
                 f"output_file {path!r} exists; delete it, choose another output_file,"
                 " or set forward_override_hdf_output True"
             )
-    checkpoints.check_model_dir_writable(path)
+    checkpoints.check_model_dir_writable(path, key="search_output_file" if search else "output_file")
     return path
 
 

@@ -12,6 +12,7 @@ dropped (they would get no gradient, which DDP refuses). Parameter names are
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Mapping
 
 import torch
@@ -210,6 +211,7 @@ def build_network(network: Mapping[str, dict], extern_data: Mapping[str, DataSpe
     modules: dict[str, Layer] = {}
     losses: dict[str, LossSpec] = {}
     l2: dict[str, float] = {}
+    params = 0  # estimated parameters of the layers so far
     for name in order:
         opts = network[name]
         loss = _loss_spec(name, opts, extern_data)
@@ -220,7 +222,13 @@ def build_network(network: Mapping[str, dict], extern_data: Mapping[str, DataSpe
             want = _expected_n_out(loss, extern_data)
             if n_out is None and classes[name].own_n_out:
                 n_out = want
-        module = classes[name](name, opts, [specs[s] for s in sources[name]], n_out)
+        params += _check_size(name, classes[name], opts, sum(specs[s].dim for s in sources[name]), n_out, params)
+        try:
+            module = classes[name](name, opts, [specs[s] for s in sources[name]], n_out)
+        except (RuntimeError, MemoryError) as exc:  # torch's "can't allocate memory", beyond the estimate
+            if "alloc" not in str(exc).lower() and not isinstance(exc, MemoryError):
+                raise
+            raise layer_error(name, f"cannot allocate its parameters (n_out {n_out}): {str(exc).splitlines()[0]}")
         out = module.out
         if loss is not None:
             if out.sparse:
@@ -264,6 +272,47 @@ def build_network(network: Mapping[str, dict], extern_data: Mapping[str, DataSpe
         {n: l2[n] for n in l2 if n in needed},
         dict(extern_data),
     )
+
+
+def _check_size(name: str, cls: type[Layer], opts: dict, in_dim: int, n_out: int | None, before: int) -> int:
+    """The layer's parameter count (an upper estimate from its dims), checked before torch
+    allocates it: a network whose float32 parameters exceed this machine's memory is refused,
+    naming the layer, instead of an allocation failure (or the OOM killer) in every worker."""
+    if n_out is None or not cls.own_n_out:
+        return 0
+    if issubclass(cls, LAYER_CLASSES["rec"]):
+        count = 4 * (in_dim + n_out + 2) * n_out  # LSTM: 4 gates (GRU 3, RNN 1)
+    elif issubclass(cls, LAYER_CLASSES["conv"]):
+        size = opts.get("filter_size")
+        size = size[0] if isinstance(size, (list, tuple)) and size else size
+        count = (in_dim * (size if isinstance(size, int) and size > 0 else 1) + 1) * n_out
+    else:
+        count = (in_dim + 1) * n_out
+    limit = memory_bytes()
+    if (before + count) * 4 > limit:
+        raise layer_error(
+            name,
+            f"n_out {n_out} (input dim {in_dim}) makes about {count:.3g} parameters ({_bytes_text(count * 4)} as"
+            f" float32), {'with the layers before it ' if before else ''}more than this machine's memory"
+            f" ({_bytes_text(limit)}); make the layer smaller",
+        )
+    return count
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory in bytes (the bound of :func:`build_network`'s size check)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no estimate, no check
+        return 1 << 62
+
+
+def _bytes_text(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} TB"
 
 
 class _LayerDict(nn.Module):

@@ -24,7 +24,7 @@ def run(settings: Settings, config: Config) -> int:
     model_spec(settings, data_specs(settings, datasets[0]))
     checkpoints.checkpoint_to_load(settings.run.model, settings.run.load_epoch, load=settings.run.load)
     if settings.forward.eval_output_file:
-        checkpoints.check_model_dir_writable(settings.forward.eval_output_file)
+        checkpoints.check_model_dir_writable(settings.forward.eval_output_file, key="eval_output_file")
 
     from returnn_ray.ray_setup import init_ray
     from returnn_ray.training.eval_worker import eval_loop_per_worker

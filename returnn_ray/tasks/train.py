@@ -8,6 +8,7 @@ on ``ray_num_workers`` workers and prints rank 0's log lines as RETURNN prints t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -19,6 +20,7 @@ from returnn_ray.placement import check_placeable
 from returnn_ray.settings import Settings
 from returnn_ray.tasks.common import open_dataset
 from returnn_ray.training import checkpoints
+from returnn_ray.training.run_lock import ModelLock
 from returnn_ray.training.steps import model_spec
 from returnn_ray.training.worker import data_specs, eval_dataset_names
 
@@ -40,7 +42,7 @@ def check_before_start(settings: Settings) -> None:
     if settings.run.model:
         checkpoints.check_model_dir_writable(settings.run.model)
     if settings.training.learning_rate_file:
-        checkpoints.check_model_dir_writable(settings.training.learning_rate_file)
+        checkpoints.check_model_dir_writable(settings.training.learning_rate_file, key="learning_rate_file")
 
 
 def check_trainable(settings: Settings, opener: Callable[[Settings, str], Any] = open_dataset) -> None:
@@ -84,9 +86,11 @@ def run(settings: Settings, config: Config) -> int:
     from returnn_ray.ray_setup import init_ray
 
     start = time.monotonic()
-    if not use_local_mode(settings):
-        init_ray(settings.run.ray_address, env_vars=RAY_TRAIN_ENV)
-    return _fit(settings, config, start)
+    # One training per model: a second run would write the same checkpoints (run_lock.py).
+    with ModelLock(settings.run.model) if settings.run.model else contextlib.nullcontext():
+        if not use_local_mode(settings):
+            init_ray(settings.run.ray_address, env_vars=RAY_TRAIN_ENV)
+        return _fit(settings, config, start)
 
 
 def use_local_mode(settings: Settings) -> bool:

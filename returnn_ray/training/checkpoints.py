@@ -38,6 +38,7 @@ __all__ = [
     "CheckpointToLoad",
     "checkpoint_to_load",
     "CLEANUP_DEFAULTS",
+    "check_cleanup_old_models",
     "models_to_delete",
     "default_keep_epochs",
     "optimizer_state_to_delete",
@@ -267,6 +268,21 @@ def _next_power_of_two(n: int) -> int:
     return 1 << (n - 1).bit_length() if n > 0 else 1
 
 
+def check_cleanup_old_models(value: Any) -> None:
+    """Before training: ``cleanup_old_models`` is False/None, True, or a dict of RETURNN's options
+    (``keep_last_n`` int >= 1, ``keep_best_n`` int >= 0, ``keep`` a list of epochs), as RETURNN's
+    ``cleanup_old_models`` asserts, only after the first epoch.
+
+    >>> check_cleanup_old_models({"keep_last_n": 0})
+    Traceback (most recent call last):
+    ...
+    returnn_ray.errors.ConfigError: cleanup_old_models: keep_last_n must be an int >= 1, got 0
+    """
+    if value is None or value is False:
+        return
+    _cleanup_options(value)
+
+
 def _cleanup_options(value: bool | Mapping[str, Any]) -> dict[str, Any]:
     opts = dict(CLEANUP_DEFAULTS)
     if value is True:
@@ -301,32 +317,32 @@ def _epoch_summary(epochs: Sequence[int]) -> str:
 # Files
 
 
-def check_model_dir_writable(model: str) -> None:
+def check_model_dir_writable(model: str, *, key: str = "model") -> None:
     """Fail early, before training starts, if checkpoints of ``model`` cannot be written.
 
     Creates the directory if needed (as RETURNN does when saving) and writes and removes a small
-    file there: permission bits alone do not tell (root ignores them; read-only mounts).
+    file there: permission bits alone do not tell (root ignores them; read-only mounts). ``key``:
+    the config key that gave the path (``learning_rate_file`` is checked the same way), named in
+    the error.
     """
+    what = f"checkpoints of model {model!r}" if key == "model" else f"{key} {model!r}"
     if not model:
-        raise UserError("`model` is not set: set it to a checkpoint path prefix, e.g. model = 'out/net'")
+        raise UserError(f"`{key}` is not set: set it to a checkpoint path prefix, e.g. {key} = 'out/net'")
     directory = os.path.dirname(model) or "."
     if os.path.exists(directory) and not os.path.isdir(directory):
-        raise UserError(
-            f"checkpoint directory {directory!r} of model {model!r} is a file, not a directory; fix `model`"
-        )
+        raise UserError(f"the directory {directory!r} of {what} is a file, not a directory; fix `{key}`")
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as exc:
         raise UserError(
-            f"cannot create the checkpoint directory {directory!r} of model {model!r}: {exc.strerror or exc}; "
-            "fix `model`"
+            f"cannot create the directory {directory!r} of {what}: {exc.strerror or exc}; fix `{key}`"
         ) from exc
     probe = os.path.join(directory, f".{os.path.basename(model)}.write-check-{os.getpid()}")
     try:
         atomic_write(probe, b"")
     except UserError as exc:
         reason = str(exc.__cause__.strerror if isinstance(exc.__cause__, OSError) else exc)
-        raise UserError(f"cannot write checkpoints of model {model!r} in {directory!r}: {reason}; fix `model`") from exc
+        raise UserError(f"cannot write {what} in {directory!r}: {reason}; fix `{key}`") from exc
     try:
         os.unlink(probe)
     except OSError:

@@ -14,6 +14,8 @@ import threading
 import time
 from typing import Any, Mapping, TextIO
 
+from returnn_ray.errors import UserError
+
 
 def format_score_value(v: Any) -> str:
     """RETURNN's number format: 3 decimals, or scientific outside [1e-3, 1e3].
@@ -88,7 +90,14 @@ class DriverLog:
     def __init__(self, queue, *, log_files: tuple[str, ...] = (), out: TextIO | None = None) -> None:
         self._queue = queue
         self._out = out = out or sys.stdout
-        self._files = [open(path, "a", encoding="utf-8") for path in log_files]
+        self._files = []
+        for path in log_files:
+            try:
+                self._files.append(open(path, "a", encoding="utf-8"))
+            except OSError as exc:
+                for f in self._files:
+                    f.close()
+                raise UserError(f"cannot open log file {path!r}: {exc.strerror or exc}; fix `log` (-l)") from exc
         self._tty = out.isatty()
         self._progress_shown = False
         self._stop = threading.Event()

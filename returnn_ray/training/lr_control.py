@@ -506,6 +506,10 @@ def _preset_learning_rates(value: Any) -> dict[int, float]:
         isinstance(e, int) and e >= 1 and _is_number(v) for e, v in value.items()
     ):
         raise ConfigError(f"learning_rates must be a list of numbers or a dict {{epoch: lr}}, got {value!r}")
+    bad = {e: v for e, v in value.items() if not math.isfinite(v) or v < 0}
+    if bad:
+        epoch, lr = next(iter(bad.items()))
+        raise ConfigError(f"learning_rates: the lr of epoch {epoch} must be a finite number >= 0, got {lr!r}")
     return {e: float(v) for e, v in value.items()}
 
 
