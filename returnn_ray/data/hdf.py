@@ -125,10 +125,13 @@ def _parse_file(path: str, fin: h5py.File):
             raise DataError(f"HDF file {path!r}: {_h5_key(key)!r} is not a dataset; the file is corrupt")
         key_lens = seq_lengths[:, col].astype(np.int64)
         total = int(key_lens.sum())
-        if ds.shape[0] < total:
+        if ds.ndim == 0 or ds.shape[0] != total:
+            # Rows and lengths must agree exactly (RETURNN's writers write both in step): with more rows
+            # than the lengths say, seqs would be read from the wrong offsets, each holding another's frames.
+            rows = ds.shape[0] if ds.ndim else "no"
             raise DataError(
-                f"HDF file {path!r}: {_h5_key(key)!r} has {ds.shape[0]} rows but seqLengths sum to {total}; "
-                f"the file is truncated or corrupt"
+                f"HDF file {path!r}: {_h5_key(key)!r} has {rows} rows but seqLengths sum to {total} for key "
+                f"{key!r} (column {col}); the file is truncated or corrupt: rewrite it"
             )
         specs[key] = _spec_of(fin, key, ds)
         lens[key] = key_lens
@@ -244,6 +247,10 @@ class HDFDataset(Dataset):
                     f"HDF files {first!r} and {path!r} disagree on key {key!r}: dim {ref.dim} sparse {ref.sparse} "
                     f"vs dim {spec.dim} sparse {spec.sparse}; all files of dataset {self.name!r} must match"
                 )
+
+    def seq_source(self, index: int) -> str | None:
+        """The file seq ``index`` is stored in."""
+        return self._metas[int(np.searchsorted(self._file_seq_start, index, side="right")) - 1].path
 
     # -- lazy file handles -------------------------------------------------------------------
 
