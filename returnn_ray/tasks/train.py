@@ -16,7 +16,7 @@ from returnn_ray.config import Config
 from returnn_ray.errors import ConfigError, UserError
 from returnn_ray.placement import check_placeable
 from returnn_ray.settings import Settings
-from returnn_ray.tasks.common import open_dataset
+from returnn_ray.tasks.common import check_datasets_for_training, open_dataset
 from returnn_ray.training import checkpoints
 from returnn_ray.training.steps import model_spec
 from returnn_ray.training.worker import data_specs, eval_dataset_names
@@ -38,8 +38,8 @@ def check_before_start(settings: Settings) -> None:
     if settings.data.train is None:
         raise ConfigError("task 'train' needs a `train` dataset in the config")
     train = open_dataset(settings, "train")
-    for name in eval_dataset_names(settings):
-        open_dataset(settings, name)
+    datasets = {"train": train, **{name: open_dataset(settings, name) for name in eval_dataset_names(settings)}}
+    check_datasets_for_training(settings, datasets)
     model_spec(settings, data_specs(settings, train))
     check_training_settings(settings)
     if settings.run.model:
