@@ -57,10 +57,9 @@ def _generating_ordering(seq_ordering: str) -> str:
 
 
 MAX_GENERATED_SEQS = 10_000_000
-"""At most this many seqs in a generating dataset. Its corpus index (a tag and a length per seq,
-about 80 bytes) is built up front in every process that opens it, the driver and each worker:
-10M seqs are about 1 GB each (and a few minutes of Task12AX lengths). ``num_seqs 1e12``, a typo,
-would grow until the kernel kills processes machine-wide; it is refused instead."""
+"""At most this many seqs in a generating dataset: every process that opens it (driver, workers) builds
+a tag and a length per seq (about 80 bytes), 1 GB for 10M. ``num_seqs 1e12``, a typo, would grow until
+the kernel kills processes machine-wide."""
 
 MAX_GENERATED_SEQ_VALUES = 2**27
 """At most this many values (``seq_len * input_dim``) in one generated seq: 1 GB as float64."""
@@ -224,6 +223,8 @@ class DummyDataset(Dataset):
         self.order = _order(_generating_ordering(seq_ordering), partition_epoch, fixed_random_seed, random_seed_offset)
         self.input_dim, self.num_classes, self.seq_len = int(input_dim), int(dims["classes"][0]), int(seq_len)
         self.input_max_value = float(input_max_value)
+        if not self.input_max_value:  # RETURNN divides by it (a ZeroDivisionError there)
+            raise ConfigError(f"dataset {name!r}: DummyDataset input_max_value must not be 0")
         self.input_shift = -self.input_max_value / 2.0 if input_shift is None else float(input_shift)
         self.input_scale = 1.0 / self.input_max_value if input_scale is None else float(input_scale)
         self.specs = {
@@ -516,13 +517,15 @@ def init_dataset(
 
 
 def _check_order_kwargs(kwargs: Mapping[str, Any], name: str) -> None:
-    """The common order options must be ints (or None) before any epoch is planned."""
-    for key, minimum in (("partition_epoch", 1), ("fixed_random_seed", None), ("random_seed_offset", None)):
+    """The common order options must be ints (or None) in range before any epoch is planned: a numpy
+    seed is in ``[0, 2**32)``, and epoch 1's is ``fixed_random_seed``, else ``1 + random_seed_offset``."""
+    for key, low, high in (("partition_epoch", 1, None), ("fixed_random_seed", 0, 2**32 - 1),
+                           ("random_seed_offset", -1, 2**31)):
         value = kwargs.get(key)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (minimum and value < minimum):
-            need = f"an int >= {minimum}" if minimum else "an int"
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= (high or value):
+            need = f"an int >= {low}" if high is None else f"an int in [{low}, {high}] (a numpy random seed)"
             raise ConfigError(f"dataset {name!r}: {key} must be {need}, got {value!r}")
 
 

@@ -39,7 +39,7 @@ def _decode(s: str | bytes) -> str:
     """A string as RETURNN decodes it: utf-8, cut at the first NUL (fixed-size ``S<n>`` strings)."""
     if isinstance(s, bytes):
         s = s.decode("utf-8")
-    return s.split("\0")[0]
+    return str(s).split("\0")[0]  # str(): a file with int tags (RETURNN fails on them) has tags "1", "2"
 
 
 def _h5_key(key: str) -> str:
@@ -196,8 +196,10 @@ class HDFDataset(Dataset):
         use_cache_manager: bool = False,  # RETURNN copies files to a local cache first; we read them in place
         cache_byte_size: int | None = None,  # RETURNN's in-memory seq cache; we read lazily, seq by seq
     ):
-        if isinstance(files, str):
+        if isinstance(files, (str, os.PathLike)):
             files = [files]
+        if not isinstance(files, (list, tuple)) or not all(isinstance(f, (str, os.PathLike)) for f in files):
+            raise DataError(f"dataset {name!r}: HDFDataset files must be a list of HDF file paths, got {files!r}")
         if not files:
             raise DataError(f"dataset {name!r}: HDFDataset got no files (set 'files' to a list of HDF paths)")
         self.name = name

@@ -383,3 +383,18 @@ def test_duplicate_tags_count_only_the_seqs_a_seq_list_keeps(tmp_path):
     filtered = SeqListFilteredDataset(HDFDataset([a], name="dev"), str(listed))
     assert filtered.duplicate_tags() == {"y": [1, 3]}
     assert "'x'" not in filtered.duplicate_tags_message()
+
+
+def test_int_seq_tags_read_as_strings(tmp_path):
+    path = str(tmp_path / "int_tags.hdf")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("inputs", data=np.zeros((3, 2), "float32"))
+        f.create_dataset("seqLengths", data=np.array([[2, 0], [1, 0]], "int32"))
+        f.create_dataset("seqTags", data=np.array([7, 8]))
+    assert HDFDataset([path]).seq_tags == ["7", "8"]
+
+
+@pytest.mark.parametrize("files", [5, [None], [3.5], {"a.hdf": 1}])
+def test_files_that_are_not_paths(files):
+    with pytest.raises(DataError, match=r"dataset 'train': HDFDataset files must be a list of HDF file paths, got "):
+        HDFDataset(files, name="train")
