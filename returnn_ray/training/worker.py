@@ -477,7 +477,8 @@ def _train_epoch(
     no_frames = sorted(n for n, (_, f) in totals.items() if not f)
     if no_frames:  # its score would be 0/0: NaN, which reads as a diverged model
         raise DataError(
-            f"dataset 'train': epoch {epoch}: loss {', '.join(map(repr, no_frames))} got no frames from the epoch's "
+            f"dataset 'train': epoch {epoch}: loss{'es' if len(no_frames) > 1 else ''} {', '.join(map(repr, no_frames))} "
+            f"got no frames from the epoch's "
             f"{num_seqs} seqs (its targets all have length 0); fix the data or the loss's target"
         )
     return {n: s / f for n, (s, f) in totals.items()}, step
