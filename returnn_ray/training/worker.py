@@ -474,13 +474,10 @@ def _train_epoch(
     totals = acc.totals(sorted(_loss_names(spec, model, padding, epoch, step, acc)))
     frames = {name: round(f) for name, (_, f) in totals.items()}
     log.line(f"epoch {epoch}: {num_seqs} seqs, frames per loss {frames}", level=4)
-    no_frames = sorted(n for n, (_, f) in totals.items() if not f)
-    if no_frames:  # its score would be 0/0: NaN, which reads as a diverged model
-        raise DataError(
-            f"dataset 'train': epoch {epoch}: loss{'es' if len(no_frames) > 1 else ''} {', '.join(map(repr, no_frames))} "
-            f"got no frames from the epoch's "
-            f"{num_seqs} seqs (its targets all have length 0); fix the data or the loss's target"
-        )
+    empty = sorted(n for n, (_, f) in totals.items() if not f)  # a 0/0 score: NaN, which reads as divergence
+    if empty:
+        raise DataError(f"dataset 'train': epoch {epoch}: loss{'es' * (len(empty) > 1)} {', '.join(map(repr, empty))} got "
+                        f"no frames from the epoch's {num_seqs} seqs (its targets all have length 0); fix the data or the loss's target")
     return {n: s / f for n, (s, f) in totals.items()}, step
 
 
