@@ -147,6 +147,27 @@ def pickle_that_runs_code(path: str) -> None:
         pickle.dump(["seq-0", _Touch(os.path.join(os.path.dirname(path), "pwned"))], f)
 
 
+def _zero_length(seqs: list) -> None:
+    for seq in seqs:
+        seq["data"], seq["classes"] = seq["data"][:0], seq["classes"][:0]
+
+
+def _no_targets(seqs: list) -> None:
+    for seq in seqs:
+        seq["classes"] = seq["classes"][:0]
+
+
+def hdf_with_extra_row(key: str) -> Callable[[str], None]:
+    """A valid HDF file whose ``key`` dataset then gets one row more than its seqLengths sum to."""
+
+    def write(path: str) -> None:
+        hdf()(path)
+        with h5py.File(path, "r+") as f:
+            f[key].resize(f[key].shape[0] + 1, axis=0)
+
+    return write
+
+
 def hdf_without_data(path: str) -> None:
     """Index datasets only: seqTags and seqLengths, neither ``inputs`` nor ``targets``."""
     with h5py.File(path, "w") as f:
@@ -251,6 +272,23 @@ TABLE = [
         id="partition-epoch-zero"),
     row(["bad.json"], ("train", "num_seqs", "0"),
         {"bad.json": changed(BASE, train={"class": "Task12AXDataset", "num_seqs": 0})}, id="task12ax-zero-seqs"),
+    row(["bad.json"], ("train", "random_seed_offset", "-5", "seed"),
+        {"bad.json": changed(BASE, train={**BASE["train"], "seq_ordering": "random", "random_seed_offset": -5})},
+        id="random-seed-offset-gives-a-negative-seed"),
+    row(["bad.json"], ("train", "fixed_random_seed", str(2**40), "seed"),
+        {"bad.json": changed(BASE, train={**BASE["train"], "fixed_random_seed": 2**40})},
+        id="fixed-random-seed-above-numpy-range"),
+    row(["bad.json"], ("train", "input_max_value", "0"),
+        {"bad.json": changed(BASE, train={"class": "DummyDataset", "input_dim": 9, "output_dim": 2, "num_seqs": 3,
+                                          "input_max_value": 0})}, id="dummy-dataset-input-max-value-zero"),
+    row(["bad.json"], ("train", "epoch 4", "partition_epoch 5 > 3 seqs"),
+        {"bad.json": changed(BASE, num_epochs=5, train={"class": "Task12AXDataset", "num_seqs": 3, "partition_epoch": 5})},
+        id="empty-sub-epoch-partition-epoch-above-seqs"),
+    row(["bad.json"], ("train", "epoch 1", "max_seq_length 10 drops all 5 seqs"),
+        {"bad.json": changed(BASE, max_seq_length=10)}, id="max-seq-length-drops-every-seq"),
+    row(["bad.json"], ("train", "default_every_n:9", "5 seqs"),
+        {"bad.json": changed(BASE, train={"class": "Task12AXDataset", "num_seqs": 5, "seq_ordering": "default_every_n:9"})},
+        id="default-every-n-above-seq-count"),
     row(["bad.json"], ("train", "'data'", "dim 9", "10"),
         {"bad.json": changed(BASE, num_inputs=None, num_outputs=None,
                              extern_data={"data": {"dim": 10}, "classes": {"dim": 2, "sparse": True}})},
@@ -313,6 +351,18 @@ TABLE = [
         {"bad.json": changed(HDF_BASE, num_inputs=5), "data.hdf": hdf()}, id="num-inputs-vs-hdf-dim"),
     row(["bad.json"], ("train", "'classes'", "dim 4", "6"),
         {"bad.json": changed(HDF_BASE, num_outputs=6), "data.hdf": hdf()}, id="num-outputs-vs-hdf-dim"),
+    row(["bad.json"], ("train", "files", "list of HDF file paths", "5"),
+        {"bad.json": changed(HDF_BASE, train={"class": "HDFDataset", "files": 5})}, id="hdf-files-not-a-list"),
+    row(["bad.json"], ("train", "epoch 1", "length 0", "'data'"),
+        {"bad.json": HDF_BASE, "data.hdf": hdf(_zero_length)}, id="hdf-only-zero-length-seqs"),
+    row(["bad.json"], ("epoch 1", "loss", "no frames", "length 0"),
+        {"bad.json": changed(HDF_BASE, network={"output": {"class": "softmax", "loss": "ctc"}}),
+         "data.hdf": hdf(_no_targets)}, id="hdf-ctc-targets-all-empty"),
+    row(["bad.json"], ("data.hdf", "'inputs' has 17 rows", "sum to 16"),
+        {"bad.json": HDF_BASE, "data.hdf": hdf_with_extra_row("inputs")}, id="hdf-inputs-rows-disagree-with-seq-lengths"),
+    row(["bad.json"], ("data.hdf", "'targets/data/classes' has 17 rows", "sum to 16"),
+        {"bad.json": HDF_BASE, "data.hdf": hdf_with_extra_row("targets/data/classes")},
+        id="hdf-target-rows-disagree-with-seq-lengths"),
     row(["bad.json"], ("data.hdf", "seq-1", "'data'", "nan"),
         {"bad.json": HDF_BASE, "data.hdf": hdf(_set(1, "data", (2, 1), np.nan))}, id="hdf-nan-in-features"),
     row(["bad.json"], ("data.hdf", "seq-0", "'data'", "inf"),
@@ -330,6 +380,10 @@ TABLE = [
     row(["bad.json", "++load", "{tmp}/nope.pt"], ("nope.pt", "load"), {"bad.json": FORWARD_BASE},
         id="forward-load-missing"),
     row(["bad.json"], ("no checkpoint", "model"), {"bad.json": FORWARD_BASE}, id="forward-without-checkpoint"),
+    row(["bad.json"], ("'eval'", "'seq-0'", "data.hdf", "more.hdf", "forward output"),
+        {"bad.json": changed(FORWARD_BASE, num_inputs=3, num_outputs=4,
+                             eval={"class": "HDFDataset", "files": ["{tmp}/data.hdf", "{tmp}/more.hdf"]}),
+         "data.hdf": hdf(), "more.hdf": hdf()}, id="forward-duplicate-seq-tags"),
     row(["bad.json", "-x", "search"], ("search_output_file",), {"bad.json": changed(FORWARD_BASE, model=None)},
         id="search-without-output-file"),
     row(["bad.json", "-x", "eval"], ("eval", "dataset"), id="eval-without-dataset"),
@@ -476,6 +530,21 @@ def test_an_error_from_a_ray_task_prints_as_its_own_one_line_message():
     # rewrapped with its class and a text by a caller (its cause is then that text): the last error line
     assert user_message(type(remote)(f"{remote} (worker rank 0)")) == str(original)
     assert user_message(DataError("two\nlines")) == "two lines"
+
+
+def test_duplicate_seq_tags_are_one_warning_line_for_training(tmp_path):
+    """Training uses every seq whatever its tag, so a tag twice (here: the same file listed twice over)
+    is a warning naming the tags and files, and the run goes on; forward/search refuse it (row
+    ``forward-duplicate-seq-tags``)."""
+    hdf()(str(tmp_path / "data.hdf"))
+    hdf()(str(tmp_path / "more.hdf"))
+    config = changed(HDF_BASE, train={"class": "HDFDataset", "files": ["{tmp}/data.hdf", "{tmp}/more.hdf"]})
+    (tmp_path / "c.json").write_text(json.dumps(_subst(config, str(tmp_path))))
+    proc = _run(["c.json"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "seq tag" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("returnn-ray: warning: dataset 'train': 3 seq tag(s)"), proc.stderr
+    assert all(s in warnings[0] for s in ("'seq-0'", "data.hdf", "more.hdf")), warnings[0]
 
 
 # ------------------------------------------------------------------------------------ data, not code

@@ -17,7 +17,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from returnn_ray.data.seq_order import seq_order_for_epoch
+from returnn_ray.data.seq_order import partition_order, seq_order_for_epoch
+from returnn_ray.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +93,55 @@ class Dataset:
             fixed_random_seed=self.order.fixed_random_seed,
             random_seed_offset=self.order.random_seed_offset,
         )
+
+    def sub_epoch_orders(self, full_epoch: int = 1) -> list[np.ndarray]:
+        """The orders of the ``partition_epoch`` sub-epochs of full epoch ``full_epoch`` (1-based):
+        ``seq_order_for_epoch(e)`` for each of its sub-epochs ``e``, at the cost of one order (the
+        sub-epochs of a full epoch are slices of one order, with one seed)."""
+        parts = self.order.partition_epoch
+        full = seq_order_for_epoch(
+            self.order.seq_ordering,
+            self.seq_lens[self.data_keys[0]],
+            epoch=full_epoch,
+            fixed_random_seed=self.order.fixed_random_seed,
+            random_seed_offset=self.order.random_seed_offset,
+        )
+        first = (full_epoch - 1) * parts + 1
+        return [partition_order(full, epoch, parts) for epoch in range(first, first + parts)]
+
+    def duplicate_tags(self) -> dict[str, list[int]]:
+        """Seq tags that more than one seq has: tag -> the corpus indices that have it (in order)."""
+        first: dict[str, int] = {}
+        dups: dict[str, list[int]] = {}
+        for i, tag in enumerate(self.seq_tags):
+            j = first.setdefault(tag, i)
+            if j != i:
+                dups.setdefault(tag, [j]).append(i)
+        return dups
+
+    def seq_source(self, index: int) -> str | None:
+        """Where seq ``index`` is stored (a file), for messages; None for a dataset without files."""
+        return None
+
+    def duplicate_tags_message(self, shown: int = 3) -> str | None:
+        """One line naming the duplicated seq tags (the first ``shown``) and their files; None if none."""
+        dups = self.duplicate_tags()
+        if not dups:
+            return None
+        parts = []
+        for tag, indices in list(dups.items())[:shown]:
+            sources = list(dict.fromkeys(s for s in map(self.seq_source, indices) if s is not None))
+            where = f"{len(indices)}x" + (f" in {', '.join(map(repr, sources))}" if sources else "")
+            parts.append(f"{tag!r} ({where})")
+        more = f" and {len(dups) - shown} more" if len(dups) > shown else ""
+        return f"dataset {self.name!r}: {len(dups)} seq tag(s) occur more than once: {', '.join(parts)}{more}"
+
+    def check_unique_tags(self, what: str) -> None:
+        """Raise :class:`DataError` if two seqs share a tag: ``what`` (a forward or search output,
+        keyed by tag) would hold that tag twice, and a reader would take one seq's result for another's."""
+        message = self.duplicate_tags_message()
+        if message:
+            raise DataError(f"{message}; {what} would hold a tag twice: make the tags unique")
 
     def lens_for(self, indices: np.ndarray) -> Mapping[str, np.ndarray]:
         """Lengths of the given seqs for every data key."""

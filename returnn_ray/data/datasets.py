@@ -56,6 +56,15 @@ def _generating_ordering(seq_ordering: str) -> str:
     return "default" if seq_ordering in ("sorted", "sorted_reverse") else seq_ordering
 
 
+MAX_GENERATED_SEQS = 10_000_000
+"""At most this many seqs in a generating dataset: every process that opens it (driver, workers) builds
+a tag and a length per seq (about 80 bytes), 1 GB for 10M. ``num_seqs 1e12``, a typo, would grow until
+the kernel kills processes machine-wide."""
+
+MAX_GENERATED_SEQ_VALUES = 2**27
+"""At most this many values (``seq_len * input_dim``) in one generated seq: 1 GB as float64."""
+
+
 def _num_seqs(cls_name: str, name: str, num_seqs: Any) -> int:
     if isinstance(num_seqs, float) and num_seqs.is_integer():
         num_seqs = int(num_seqs)
@@ -63,6 +72,12 @@ def _num_seqs(cls_name: str, name: str, num_seqs: Any) -> int:
         raise ConfigError(
             f"dataset {name!r}: {cls_name} num_seqs must be a positive int, got {num_seqs!r} "
             f"(an endless generating dataset is not supported: the corpus must be finite)"
+        )
+    if num_seqs > MAX_GENERATED_SEQS:
+        raise ConfigError(
+            f"dataset {name!r}: {cls_name} num_seqs {num_seqs} is above the bound of {MAX_GENERATED_SEQS} "
+            f"(every process keeps a tag and a length per generated seq in memory, about 80 bytes each); "
+            f"lower num_seqs"
         )
     return int(num_seqs)
 
@@ -200,9 +215,16 @@ class DummyDataset(Dataset):
             raise ConfigError(f"dataset {name!r}: DummyDataset input_dim must be a positive int, got {input_dim!r}")
         if not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
             raise ConfigError(f"dataset {name!r}: DummyDataset seq_len must be a positive int, got {seq_len!r}")
+        if seq_len * input_dim > MAX_GENERATED_SEQ_VALUES:
+            raise ConfigError(
+                f"dataset {name!r}: DummyDataset seq_len {seq_len} * input_dim {input_dim} = {seq_len * input_dim} "
+                f"values per seq is above the bound of {MAX_GENERATED_SEQ_VALUES} (1 GB per generated seq); lower them"
+            )
         self.order = _order(_generating_ordering(seq_ordering), partition_epoch, fixed_random_seed, random_seed_offset)
         self.input_dim, self.num_classes, self.seq_len = int(input_dim), int(dims["classes"][0]), int(seq_len)
         self.input_max_value = float(input_max_value)
+        if not self.input_max_value:  # RETURNN divides by it (a ZeroDivisionError there)
+            raise ConfigError(f"dataset {name!r}: DummyDataset input_max_value must not be 0")
         self.input_shift = -self.input_max_value / 2.0 if input_shift is None else float(input_shift)
         self.input_scale = 1.0 / self.input_max_value if input_scale is None else float(input_scale)
         self.specs = {
@@ -315,8 +337,9 @@ class StaticDataset(Dataset):
 def _check_static_values(name: str, seqs: Sequence[Mapping[str, np.ndarray]], specs: Mapping[str, DataSpec]) -> None:
     """StaticDataset's seqs are in memory: float values must be finite, sparse labels in ``[0, dim)``."""
     for key, spec in specs.items():
-        arr = np.concatenate([seq[key].reshape(len(seq[key]), -1) for seq in seqs]) if seqs else None
-        if arr is None or not arr.size:
+        # [T, values]; not reshape(T, -1), which a seq of 0 frames cannot take
+        arr = np.concatenate([seq[key].reshape(len(seq[key]), int(np.prod(seq[key].shape[1:]))) for seq in seqs])
+        if not arr.size:
             continue
         if np.issubdtype(arr.dtype, np.floating):
             bad = ~np.isfinite(arr)
@@ -356,6 +379,16 @@ class SeqListFilteredDataset(Dataset):
 
     def get_seqs(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
         return self.inner.get_seqs(indices)
+
+    def sub_epoch_orders(self, full_epoch: int = 1) -> list[np.ndarray]:
+        return [order[self.keep[order]] for order in self.inner.sub_epoch_orders(full_epoch)]
+
+    def duplicate_tags(self) -> dict[str, list[int]]:
+        kept = {tag: [i for i in indices if self.keep[i]] for tag, indices in self.inner.duplicate_tags().items()}
+        return {tag: indices for tag, indices in kept.items() if len(indices) > 1}
+
+    def seq_source(self, index: int) -> str | None:
+        return self.inner.seq_source(index)
 
     def seq_order_for_epoch(self, epoch: int) -> np.ndarray:
         order = self.inner.seq_order_for_epoch(epoch)
@@ -484,13 +517,15 @@ def init_dataset(
 
 
 def _check_order_kwargs(kwargs: Mapping[str, Any], name: str) -> None:
-    """The common order options must be ints (or None) before any epoch is planned."""
-    for key, minimum in (("partition_epoch", 1), ("fixed_random_seed", None), ("random_seed_offset", None)):
+    """The common order options must be ints (or None) in range before any epoch is planned: a numpy
+    seed is in ``[0, 2**32)``, and epoch 1's is ``fixed_random_seed``, else ``1 + random_seed_offset``."""
+    for key, low, high in (("partition_epoch", 1, None), ("fixed_random_seed", 0, 2**32 - 1),
+                           ("random_seed_offset", -1, 2**31)):
         value = kwargs.get(key)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or (minimum and value < minimum):
-            need = f"an int >= {minimum}" if minimum else "an int"
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= (high or value):
+            need = f"an int >= {low}" if high is None else f"an int in [{low}, {high}] (a numpy random seed)"
             raise ConfigError(f"dataset {name!r}: {key} must be {need}, got {value!r}")
 
 

@@ -39,7 +39,7 @@ def _decode(s: str | bytes) -> str:
     """A string as RETURNN decodes it: utf-8, cut at the first NUL (fixed-size ``S<n>`` strings)."""
     if isinstance(s, bytes):
         s = s.decode("utf-8")
-    return s.split("\0")[0]
+    return str(s).split("\0")[0]  # str(): a file with int tags (RETURNN fails on them) has tags "1", "2"
 
 
 def _h5_key(key: str) -> str:
@@ -125,10 +125,13 @@ def _parse_file(path: str, fin: h5py.File):
             raise DataError(f"HDF file {path!r}: {_h5_key(key)!r} is not a dataset; the file is corrupt")
         key_lens = seq_lengths[:, col].astype(np.int64)
         total = int(key_lens.sum())
-        if ds.shape[0] < total:
+        if ds.ndim == 0 or ds.shape[0] != total:
+            # Rows and lengths must agree exactly (RETURNN's writers write both in step): with more rows
+            # than the lengths say, seqs would be read from the wrong offsets, each holding another's frames.
+            rows = ds.shape[0] if ds.ndim else "no"
             raise DataError(
-                f"HDF file {path!r}: {_h5_key(key)!r} has {ds.shape[0]} rows but seqLengths sum to {total}; "
-                f"the file is truncated or corrupt"
+                f"HDF file {path!r}: {_h5_key(key)!r} has {rows} rows but seqLengths sum to {total} for key "
+                f"{key!r} (column {col}); the file is truncated or corrupt: rewrite it"
             )
         specs[key] = _spec_of(fin, key, ds)
         lens[key] = key_lens
@@ -193,8 +196,10 @@ class HDFDataset(Dataset):
         use_cache_manager: bool = False,  # RETURNN copies files to a local cache first; we read them in place
         cache_byte_size: int | None = None,  # RETURNN's in-memory seq cache; we read lazily, seq by seq
     ):
-        if isinstance(files, str):
+        if isinstance(files, (str, os.PathLike)):
             files = [files]
+        if not isinstance(files, (list, tuple)) or not all(isinstance(f, (str, os.PathLike)) for f in files):
+            raise DataError(f"dataset {name!r}: HDFDataset files must be a list of HDF file paths, got {files!r}")
         if not files:
             raise DataError(f"dataset {name!r}: HDFDataset got no files (set 'files' to a list of HDF paths)")
         self.name = name
@@ -244,6 +249,10 @@ class HDFDataset(Dataset):
                     f"HDF files {first!r} and {path!r} disagree on key {key!r}: dim {ref.dim} sparse {ref.sparse} "
                     f"vs dim {spec.dim} sparse {spec.sparse}; all files of dataset {self.name!r} must match"
                 )
+
+    def seq_source(self, index: int) -> str | None:
+        """The file seq ``index`` is stored in."""
+        return self._metas[int(np.searchsorted(self._file_seq_start, index, side="right")) - 1].path
 
     # -- lazy file handles -------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from returnn_ray.errors import ConfigError
 
-__all__ = ["SEQ_ORDERING_MODES", "SeqOrderingMode", "seq_order_for_epoch", "validate_seq_ordering"]
+__all__ = ["SEQ_ORDERING_MODES", "SeqOrderingMode", "partition_order", "seq_order_for_epoch", "validate_seq_ordering"]
 
 SeqOrderingMode = Literal[
     "default",
@@ -263,7 +263,7 @@ def _laplace(lens: np.ndarray, mode: _Mode, rng: np.random.RandomState) -> np.nd
     return perm[np.lexsort((signed, bin_of_pos))]
 
 
-def _partition(order: np.ndarray, epoch: int, partition_epoch: int) -> np.ndarray:
+def partition_order(order: np.ndarray, epoch: int, partition_epoch: int) -> np.ndarray:
     """Sub-epoch ``epoch`` of the full-epoch ``order``: slice ``(epoch-1) % P`` of ``P``
     contiguous slices, the first ``len % P`` of them one seq longer (RETURNN's
     ``_apply_partition_epoch_and_sharding`` without sharding)."""
@@ -364,5 +364,5 @@ def seq_order_for_epoch(
         order = _laplace(seq_lens, mode, rng())
     order = order.astype(np.int64, copy=False)
     if partition_epoch > 1:
-        order = _partition(order, epoch, partition_epoch)
+        order = partition_order(order, epoch, partition_epoch)
     return order

@@ -63,6 +63,7 @@ def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
     task = "search" if search else "forward"
     name = dataset_name(settings, search=search)
     dataset = open_dataset(settings, name)
+    dataset.check_unique_tags(f"the {task} output")
     check_inference_model(settings, search=search)
     from returnn_ray.training.worker import data_specs
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Mapping
+
 from returnn_ray.data import BatchingOptions, Dataset, check_extern_data, extern_data_from_config, init_dataset
+from returnn_ray.data.epochs import check_epochs
 from returnn_ray.errors import ConfigError
 from returnn_ray.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 TRAIN_PHASE_DATASETS = ("train",)
 """Datasets batched with ``batch_size_train``; every other one uses ``batch_size_dev``."""
@@ -51,3 +57,13 @@ def batching_options(settings: Settings, name: str) -> BatchingOptions:
         max_seq_length=b.max_seq_length,
         min_seq_length=b.min_seq_length,
     )
+
+
+def check_datasets_for_training(settings: Settings, datasets: Mapping[str, Dataset]) -> None:
+    """Before Ray starts: every epoch the run trains or evaluates has seqs (one line saying why
+    not), and a warning for seq tags that occur twice (a seq list or a forward would confuse them)."""
+    for name, dataset in datasets.items():
+        check_epochs(dataset, batching_options(settings, name), settings.run.num_epochs)
+        duplicates = dataset.duplicate_tags_message()
+        if duplicates:
+            logger.warning(f"{duplicates}; training uses each seq, but tags should be unique")

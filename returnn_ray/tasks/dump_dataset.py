@@ -14,6 +14,7 @@ from typing import TextIO
 
 from returnn_ray.config import Config
 from returnn_ray.data import plan_epoch
+from returnn_ray.data.epochs import check_epoch
 from returnn_ray.settings import Settings
 from returnn_ray.tasks.common import batching_options, open_dataset
 
@@ -30,7 +31,9 @@ def run(
 ) -> int:
     ds = open_dataset(settings, dataset)
     rank, num_ranks = shard or (0, 1)
-    plan = plan_epoch(ds.seq_order_for_epoch(epoch), ds.seq_lens, batching_options(settings, dataset), num_ranks)
+    order, options = ds.seq_order_for_epoch(epoch), batching_options(settings, dataset)
+    check_epoch(ds, order, options, epoch)  # what training would refuse: say why, not print nothing
+    plan = plan_epoch(order, ds.seq_lens, options, num_ranks)
     first_key = ds.data_keys[0]
     for i, indices in enumerate(plan.for_rank(rank)):
         if batches:

@@ -18,7 +18,7 @@ from returnn_ray.config import Config
 from returnn_ray.errors import ConfigError, UserError
 from returnn_ray.placement import check_placeable
 from returnn_ray.settings import Settings
-from returnn_ray.tasks.common import open_dataset
+from returnn_ray.tasks.common import check_datasets_for_training, open_dataset
 from returnn_ray.training import checkpoints
 from returnn_ray.training.run_lock import ModelLock
 from returnn_ray.training.steps import model_spec
@@ -52,8 +52,8 @@ def check_trainable(settings: Settings, opener: Callable[[Settings, str], Any] =
     if settings.data.train is None:
         raise ConfigError("task 'train' needs a `train` dataset in the config")
     train = opener(settings, "train")
-    for name in eval_dataset_names(settings):
-        opener(settings, name)
+    datasets = {"train": train, **{name: opener(settings, name) for name in eval_dataset_names(settings)}}
+    check_datasets_for_training(settings, datasets)
     model_spec(settings, data_specs(settings, train))
     check_training_settings(settings)
     if settings.training.use_tensorboard:

@@ -32,8 +32,9 @@ import numpy as np
 from returnn_ray.data import plan_epoch
 from returnn_ray.data.batching import filter_by_length
 from returnn_ray.data.base import Dataset, DataSpec
+from returnn_ray.data.epochs import check_epoch
 from returnn_ray.data.ray_data import READ_TASK_CONCURRENCY, Batch, rank_batches, read_task_concurrency
-from returnn_ray.errors import UserError
+from returnn_ray.errors import DataError, UserError
 from returnn_ray.settings import Settings
 from returnn_ray.tasks.common import batching_options, open_dataset
 from returnn_ray.training import checkpoints
@@ -368,6 +369,7 @@ def _epoch_batches(
     background thread, so that Ray Data starting up overlaps with what the caller does next."""
     order = train.seq_order_for_epoch(epoch)
     skip = int(mid["seqs_done"]) if mid is not None else 0
+    check_epoch(train, order, batching_options(settings, "train"), epoch)  # else a NaN score that reads as divergence
     plan = plan_epoch(order, train.seq_lens, batching_options(settings, "train"), ctx.world_size, skip_seqs=skip)
     mine = plan.for_rank(ctx.rank)
     reader = rank_batches(train, mine, list(train.specs), in_process=ctx.local, concurrency=ctx.read_concurrency)
@@ -472,7 +474,11 @@ def _train_epoch(
     totals = acc.totals(sorted(_loss_names(spec, model, padding, epoch, step, acc)))
     frames = {name: round(f) for name, (_, f) in totals.items()}
     log.line(f"epoch {epoch}: {num_seqs} seqs, frames per loss {frames}", level=4)
-    return {n: (s / f if f else float("nan")) for n, (s, f) in totals.items()}, step
+    empty = sorted(n for n, (_, f) in totals.items() if not f)  # a 0/0 score: NaN, which reads as divergence
+    if empty:
+        raise DataError(f"dataset 'train': epoch {epoch}: loss{'es' * (len(empty) > 1)} {', '.join(map(repr, empty))} got "
+                        f"no frames from the epoch's {num_seqs} seqs (its targets all have length 0); fix the data or the loss's target")
+    return {n: s / f for n, (s, f) in totals.items()}, step
 
 
 def _loss_names(spec: ModelSpec, model, padding: Batch, epoch: int, step: int, acc: ScoreAccumulator) -> list[str]:
@@ -487,7 +493,9 @@ def _loss_names(spec: ModelSpec, model, padding: Batch, epoch: int, step: int, a
 def eval_epoch(settings, ctx, spec: ModelSpec, model, dataset: Dataset, name: str, specs, epoch, step) -> dict:
     """Score ``dataset`` with the current model, each rank on its shard; no collectives until the reduce."""
     model.eval()
-    plan = plan_epoch(dataset.seq_order_for_epoch(epoch), dataset.seq_lens, batching_options(settings, name), ctx.world_size)
+    order = dataset.seq_order_for_epoch(epoch)
+    check_epoch(dataset, order, batching_options(settings, name), epoch)
+    plan = plan_epoch(order, dataset.seq_lens, batching_options(settings, name), ctx.world_size)
     acc = ScoreAccumulator()
     padding = dummy_batch(specs, ctx.device)
     with torch.no_grad():

@@ -279,3 +279,51 @@ def test_seq_list_filter_file_errors(tmp_path, hdf_files):
     spec["seq_list_filter_file"] = str(tmp_path / "other.txt")
     with pytest.raises(DataError, match="no seq tag is listed"):
         init_dataset(spec, name="train")
+
+
+def test_static_dataset_with_seqs_of_zero_frames():
+    seqs = [{"data": np.zeros((0, 2), "float32"), "classes": np.zeros(0, "int32")},
+            {"data": np.ones((3, 2), "float32"), "classes": np.ones(3, "int32")}]
+    ds = StaticDataset(seqs, output_dim={"classes": 2})
+    assert ds.seq_lens["data"].tolist() == [0, 3]
+    assert ds.get_seqs([0])[0]["data"].shape == (0, 2)
+
+
+_RLIMIT_AS = 3 << 30  # address space of the child: numpy and h5py start in far less
+
+
+def _limited():
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (_RLIMIT_AS, _RLIMIT_AS))
+
+
+@pytest.mark.parametrize(
+    "train, culprit",
+    [
+        ({"class": "Task12AXDataset", "num_seqs": 1e12}, "Task12AXDataset num_seqs 1000000000000 is above the bound of 10000000"),
+        ({"class": "DummyDataset", "input_dim": 9, "output_dim": 2, "num_seqs": 10**12}, "DummyDataset num_seqs"),
+        ({"class": "DummyDataset", "input_dim": 9, "output_dim": 2, "num_seqs": 2, "seq_len": 10**12},
+         "seq_len 1000000000000 * input_dim 9"),
+    ],
+)
+def test_a_generating_dataset_too_big_for_memory_is_one_line(tmp_path, train, culprit):
+    """``num_seqs: 1e12`` (a typo) once grew until the kernel killed processes machine-wide. The CLI
+    runs here in a child whose address space is capped, and with a timeout, so that even without the
+    bound this test fails (MemoryError, a traceback) instead of taking the machine down."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    config = {"train": train, "num_inputs": 9, "num_outputs": 2, "batch_size": 300}
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "returnn_ray", "dump-dataset", "c.json", "--batches"], capture_output=True, text=True,
+        cwd=tmp_path, env=env, timeout=120, preexec_fn=_limited,
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("returnn-ray: error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert culprit in errors[0] and "dataset 'train'" in errors[0]
+    assert proc.stdout == ""

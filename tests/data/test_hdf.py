@@ -313,3 +313,88 @@ def test_relative_paths_become_absolute(two_files, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path.parent)  # a Ray worker reads from another working directory
     assert ds.files == [files[0]]
     assert_seqs_equal(pickle.loads(pickle.dumps(ds)).get_seqs([1]), [seqs[1]])
+
+
+# -- row counts and seq tags that do not add up ----------------------------------------------------------
+
+
+def _raw_hdf(path, lens, *, input_rows=None, class_rows=None, tags=None):
+    """A RETURNN HDF file written with h5py directly: ``inputs`` ``[rows, 3]`` with each row's value its
+    row number, ``targets/data/classes`` ``[rows]``, and seqLengths from ``lens`` (data = classes)."""
+    n = len(lens)
+    rows = sum(lens)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("inputs", data=np.repeat(np.arange(input_rows or rows, dtype="float32")[:, None], 3, 1))
+        f.create_dataset("targets/data/classes", data=np.zeros(rows if class_rows is None else class_rows, "int32"))
+        f.create_group("targets/size").attrs["classes"] = np.array([4, 1], "int32")
+        f.create_dataset("seqLengths", data=np.array([[t, t] for t in lens], "int32").reshape(n, 2))
+        names = tags or [f"s{i}" for i in range(n)]
+        f.create_dataset("seqTags", data=np.array(names, dtype=object), dtype=h5py.string_dtype("utf-8"))
+        f.attrs["inputPattSize"] = 3
+
+
+def test_rows_that_match_seq_lengths_read_each_seq_its_own_frames(tmp_path):
+    path = str(tmp_path / "ok.hdf")
+    _raw_hdf(path, [2, 3, 1])
+    seqs = HDFDataset([path]).get_seqs([0, 1, 2])
+    assert [s["data"][:, 0].tolist() for s in seqs] == [[0, 1], [2, 3, 4], [5]]
+
+
+@pytest.mark.parametrize(
+    "rows, culprit",
+    [
+        ({"input_rows": 7}, "'inputs' has 7 rows but seqLengths sum to 6 for key 'data'"),  # a seq would read another's
+        ({"input_rows": 5}, "'inputs' has 5 rows but seqLengths sum to 6 for key 'data'"),
+        ({"class_rows": 9}, "'targets/data/classes' has 9 rows but seqLengths sum to 6 for key 'classes'"),
+        ({"class_rows": 4}, "'targets/data/classes' has 4 rows but seqLengths sum to 6 for key 'classes'"),
+    ],
+)
+def test_rows_that_disagree_with_seq_lengths_are_refused_when_opened(tmp_path, rows, culprit):
+    path = str(tmp_path / "bad.hdf")
+    _raw_hdf(path, [2, 3, 1], **rows)
+    with pytest.raises(DataError) as info:
+        HDFDataset([path], name="train")
+    assert "bad.hdf" in str(info.value) and culprit in str(info.value) and "\n" not in str(info.value)
+
+
+def test_duplicate_tags_within_and_across_files(tmp_path):
+    a, b = str(tmp_path / "a.hdf"), str(tmp_path / "b.hdf")
+    _raw_hdf(a, [1, 1, 1], tags=["x", "y", "x"])
+    _raw_hdf(b, [1, 1], tags=["y", "z"])
+    ds = HDFDataset([a, b], name="train")
+    assert ds.duplicate_tags() == {"x": [0, 2], "y": [1, 3]}
+    message = ds.duplicate_tags_message()
+    assert message == (
+        f"dataset 'train': 2 seq tag(s) occur more than once: 'x' (2x in {a!r}), 'y' (2x in {a!r}, {b!r})"
+    )
+    with pytest.raises(DataError, match=r"'x' \(2x in .*a\.hdf'\).*the forward output would hold a tag twice"):
+        ds.check_unique_tags("the forward output")
+    assert HDFDataset([b]).duplicate_tags_message() is None
+    HDFDataset([b]).check_unique_tags("the forward output")
+
+
+def test_duplicate_tags_count_only_the_seqs_a_seq_list_keeps(tmp_path):
+    from returnn_ray.data import SeqListFilteredDataset
+
+    a = str(tmp_path / "a.hdf")
+    _raw_hdf(a, [1, 1, 1, 1], tags=["x", "y", "x", "y"])
+    listed = tmp_path / "list.txt"
+    listed.write_text("y\n")
+    filtered = SeqListFilteredDataset(HDFDataset([a], name="dev"), str(listed))
+    assert filtered.duplicate_tags() == {"y": [1, 3]}
+    assert "'x'" not in filtered.duplicate_tags_message()
+
+
+def test_int_seq_tags_read_as_strings(tmp_path):
+    path = str(tmp_path / "int_tags.hdf")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("inputs", data=np.zeros((3, 2), "float32"))
+        f.create_dataset("seqLengths", data=np.array([[2, 0], [1, 0]], "int32"))
+        f.create_dataset("seqTags", data=np.array([7, 8]))
+    assert HDFDataset([path]).seq_tags == ["7", "8"]
+
+
+@pytest.mark.parametrize("files", [5, [None], [3.5], {"a.hdf": 1}])
+def test_files_that_are_not_paths(files):
+    with pytest.raises(DataError, match=r"dataset 'train': HDFDataset files must be a list of HDF file paths, got "):
+        HDFDataset(files, name="train")

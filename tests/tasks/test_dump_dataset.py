@@ -98,3 +98,27 @@ def test_bad_input_is_one_line_exit_2(tmp_path, change, culprit):
 def test_override_without_value(tmp_path):
     proc = dump(tmp_path, "++batch_size")
     assert proc.returncode == 2 and "batch_size" in proc.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "train, args, extra, culprit",
+    [
+        ({"class": "Task12AXDataset", "num_seqs": 3, "partition_epoch": 5}, ["--epoch", "4"], {},
+         "epoch 4 (sub-epoch 4 of partition_epoch 5) has no seqs: partition_epoch 5 > 3 seqs"),
+        ({"class": "Task12AXDataset", "num_seqs": 20}, ["--batches"], {"max_seq_length": 10},
+         "epoch 1 has no seqs: max_seq_length 10 drops all 20 seqs"),
+        ({"class": "Task12AXDataset", "num_seqs": 3, "seq_ordering": "default_every_n:5"}, [], {},
+         "seq_ordering 'default_every_n:5' uses 3 // 5 * 5 = 0 of its 3 seqs"),
+    ],
+)
+def test_an_empty_epoch_is_one_line_exit_2_not_empty_output(tmp_path, train, args, extra, culprit):
+    proc = dump(tmp_path, *args, config={**BASE, "train": train, **extra})
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("returnn-ray: error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert culprit in errors[0] and "dataset 'train'" in errors[0]
+    assert proc.stdout == ""
+
+
+def test_the_epochs_before_an_empty_one_dump(tmp_path):
+    config = {**BASE, "train": {"class": "Task12AXDataset", "num_seqs": 3, "partition_epoch": 5}}
+    assert [r["seq_idx"] for r in lines(dump(tmp_path, "--epoch", "3", config=config))] == [2]
