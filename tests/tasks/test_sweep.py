@@ -17,10 +17,10 @@ from returnn_ray.config import load_config
 from returnn_ray.settings import load_settings
 from returnn_ray.training.lr_file import load_learning_rate_file
 
-# Two good learning rates, one that diverges in its first epoch (a trial error; a value its config
-# check refuses, like 'oops', never reaches Ray) and one that never learns (lr 0): with 2 trials at
-# once the good ones reach ASHA's rungs first, so the lr-0 trial is cut there.
-GRID = "learning_rate=0.02,0.01,inf,0.0"
+# Two good learning rates, one that diverges in its first epoch (a trial error: 1e30 is finite and
+# passes the config check, which refuses 'oops' or inf before Ray starts) and one that never learns
+# (lr 0): with 2 trials at once the good ones reach ASHA's rungs first, so the lr-0 trial is cut there.
+GRID = "learning_rate=0.02,0.01,1e30,0.0"
 
 
 def sweep_args(tmp_path) -> list[str]:
@@ -62,7 +62,7 @@ def test_sweep_runs_each_variant_in_its_own_dir_and_writes_table_best_config_and
     assert "Configuration for experiment" not in out and "tensorboard --logdir" not in out, out
     sweep_dir = tmp_path / "sweep"
     trials = trials_by_lr(sweep_dir)
-    assert set(trials) == {"0.02", "0.01", "inf", "0"}, trials
+    assert set(trials) == {"0.02", "0.01", "1e+30", "0"}, trials
 
     for lr in ("0.02", "0.01"):  # each trial trains in its own directory
         assert (trials[lr] / "model.001.pt").exists() and (trials[lr] / "train.log").exists()
@@ -73,7 +73,7 @@ def test_sweep_runs_each_variant_in_its_own_dir_and_writes_table_best_config_and
     assert table in out
     rows = {line.split()[1]: line for line in table.splitlines()[2:]}
     assert rows["0"].endswith("stopped early"), table
-    assert "error: " in rows["inf"] and "non-finite training score" in rows["inf"], table
+    assert "error: " in rows["1e+30"] and "non-finite training score" in rows["1e+30"], table
     best_row = table.splitlines()[2].split()
     assert best_row[1] in ("0.02", "0.01") and best_row[-1] == "done", table  # ASHA may cut the other good one
     assert sorted(load_learning_rate_file(str(trials[best_row[1]] / "learning_rates"))) == [1, 2, 3]
@@ -165,7 +165,7 @@ def test_another_sweep_in_a_dir_with_results_is_refused_and_the_same_one_resumes
 def test_a_failed_sweep_reruns_and_a_corrected_grid_starts_anew(ray_session, tmp_path, capsys):
     config = write_config(tmp_path, num_epochs=1)
     sweep_dir = tmp_path / "sweep"
-    failing = ["sweep", config, "--grid", "learning_rate=inf", "--dir", str(sweep_dir)]
+    failing = ["sweep", config, "--grid", "learning_rate=1e30", "--dir", str(sweep_dir)]
     assert main(failing) == 2
     assert "no trial of the sweep reported a score" in one_error_line(capsys.readouterr().err)
     # the same command again: its failed trial is tried again (and fails again), one line
@@ -175,7 +175,7 @@ def test_a_failed_sweep_reruns_and_a_corrected_grid_starts_anew(ray_session, tmp
 
     assert main(["sweep", config, "--grid", "learning_rate=0.02", "--dir", str(sweep_dir)]) == 0
     out = capsys.readouterr().out
-    assert "held another sweep without trial results (its grid: learning_rate=inf; now: learning_rate=0.02)" in out
+    assert "held another sweep without trial results (its grid: learning_rate=1e30; now: learning_rate=0.02)" in out
     rows = (sweep_dir / "results.txt").read_text().splitlines()[2:]
     assert len(rows) == 1 and rows[0].split()[1] == "0.02" and rows[0].endswith("done"), rows
     assert [p.name.split("-")[0] for p in (sweep_dir / "trials").iterdir()] == ["learning_rate=0.02"]
