@@ -39,6 +39,7 @@ def test_train_and_forward_write_only_their_configured_outputs(tmp_path):
     }))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["HOME"] = str(home)
+    (out / "f").mkdir(parents=True)  # forward writes into an existing folder (a missing one is refused)
     for args in ([], ["++task", "forward", "++output_file", str(out / "f" / "eval.hdf")]):
         proc = subprocess.run(
             [sys.executable, "-m", "returnn_ray", str(config), *args],
