@@ -454,3 +454,47 @@ def test_the_data_check_sees_an_in_place_copy_and_the_digest_tells_same_from_oth
     assert batch_digest(pad_batch(HDFDataset([str(a)]), np.array([2, 0]))) != digest_a
     assert batch_digest(pad_batch(HDFDataset([str(same)]), np.array([2, 0]))) == digest_a
     assert batch_digest(pad_batch(HDFDataset([str(same)]), np.array([0, 2]))) != digest_a
+
+
+def test_data_replaced_during_the_run_stops_it_and_the_rerun_recomputes(ray_session, tmp_path):
+    """The HDF file is replaced (renamed over, as an atomic writer does) while forward runs: the
+    actors go on reading the old file, so the run ends with one line instead of an output of old
+    data; the rerun finds every finished part of the old data and writes the new data's output."""
+    import shutil
+
+    lens = np.random.RandomState(6).randint(3, 12, size=45)
+    data, new = tmp_path / "data.hdf", tmp_path / "new.hdf"
+    _write_data(data, 0, lens)
+    _write_data(new, 1, lens)
+    config = torch_config(tmp_path)
+    _random_model_checkpoint(tmp_path / "model.001.pt")
+    cmd = [sys.executable, "-m", "returnn_ray", config, "++task", "forward", "++ray_address", ray_address()]
+    eval_new = ["++eval", f"{{'class': 'HDFDataset', 'files': [{str(new)!r}]}}"]
+    want = subprocess.run(cmd + eval_new + ["++output_file", str(tmp_path / "want.hdf")], capture_output=True, text=True)
+    assert want.returncode == 0, want.stderr
+
+    eval_data = ["++eval", f"{{'class': 'HDFDataset', 'files': [{str(data)!r}]}}"]
+    (tmp_path / "slow").touch()
+    proc = subprocess.Popen(cmd + eval_data, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parts = tmp_path / "out.hdf.parts"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len([p for p in os.listdir(parts) if p.endswith(".part")] if parts.exists() else []) < 2:
+        time.sleep(0.1)
+    shutil.copyfile(new, tmp_path / "next.hdf")
+    os.replace(tmp_path / "next.hdf", data)
+    (tmp_path / "slow").unlink()
+    _, stderr = proc.communicate(timeout=300)
+    lines = [line for line in stderr.splitlines() if line.startswith("returnn-ray: error:")]
+    assert proc.returncode == 2 and len(lines) == 1, stderr
+    assert f"data file '{data}' changed (" in lines[0] and "during the run" in lines[0], lines[0]
+    assert not (tmp_path / "out.hdf").exists()
+
+    rerun = subprocess.run(cmd + eval_data, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    got, expected = read_hdf(tmp_path / "out.hdf"), read_hdf(tmp_path / "want.hdf")
+    assert list(got) == list(expected)
+    for tag in expected:
+        np.testing.assert_array_equal(got[tag], expected[tag], err_msg=tag)
+    # at least the parts written before the file was replaced read the old data
+    stale = re.search(r"(\d+) of \d+ read other data and run again", rerun.stdout)
+    assert stale and int(stale.group(1)) >= 2, rerun.stdout
