@@ -166,6 +166,11 @@ def hdf_with_extra_row(key: str) -> Callable[[str], None]:
             f[key].resize(f[key].shape[0] + 1, axis=0)
 
     return write
+def checkpoint(path: str) -> None:
+    """A checkpoint file, so that forward/search get past looking for one (its weights fit nothing)."""
+    import torch
+
+    torch.save({"model": {}, "epoch": 1, "step": 0}, path)
 
 
 def hdf_without_data(path: str) -> None:
@@ -405,6 +410,27 @@ TABLE = [
         ("/proc/returnn-ray-sweep", "sweep_dir", "--dir"), id="sweep-dir-not-creatable"),
     row(["sweep", "bad.json", "--grid", "learning_rate=0.1", "--dir", "{tmp}/bad.json"],
         ("bad.json", "is a file", "--dir"), id="sweep-dir-is-a-file"),
+    # Task12AX's 5 seqs have 84, 15, 65, 97, 45 frames: a training-only length filter would drop some
+    row(["bad.json"], ("max_seq_length 50", "would drop 3 of the 5 seqs", "'eval'", "++max_seq_length 0"),
+        {"bad.json": changed(FORWARD_BASE, max_seq_length=50)}, id="forward-max-seq-length-drops-seqs"),
+    row(["bad.json", "-x", "search"], ("min_seq_length 20", "would drop 1 of the 5 seqs", "++min_seq_length 0"),
+        {"bad.json": changed(FORWARD_BASE, min_seq_length=20, search_output_file="{tmp}/out/hyps.py")},
+        id="search-min-seq-length-drops-seqs"),
+    row(["bad.json"], ("'eval'", "partition_epoch 2", "only 3 of its seqs"),
+        {"bad.json": changed(FORWARD_BASE, eval={**BASE["train"], "partition_epoch": 2})}, id="forward-partition-epoch"),
+    row(["bad.json"], ("output_file", "bad.json' is a file, not a directory"),
+        {"bad.json": changed(FORWARD_BASE, output_file="{tmp}/bad.json/sub/fwd.hdf"), "out/model.001.pt": checkpoint},
+        id="forward-output-file-under-a-file"),
+    row(["bad.json"], ("output_file", "data.hdf", "is an input of this run"),
+        {"bad.json": changed(HDF_BASE, task="forward", eval=HDF_BASE["train"], output_file="{tmp}/data.hdf",
+                             forward_override_hdf_output=True),
+         "data.hdf": hdf(), "out/model.001.pt": checkpoint}, id="forward-output-file-is-the-input-hdf"),
+    row(["bad.json", "-x", "search"], ("search_output_file", "hyps", "is a directory"),
+        {"bad.json": changed(FORWARD_BASE, search_output_file="{tmp}/out/hyps"), "out/hyps/": "",
+         "out/model.001.pt": checkpoint}, id="search-output-file-is-a-directory"),
+    row(["bad.json", "-x", "search", "++beam_size", "0"], ("beam_size", "0"),
+        {"bad.json": changed(FORWARD_BASE, search_output_file="{tmp}/out/hyps.py"), "out/model.001.pt": checkpoint},
+        id="search-beam-size-zero"),
 ]
 
 

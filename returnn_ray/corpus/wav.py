@@ -3,20 +3,25 @@
 Command::
 
     python -m returnn_ray.corpus.wav WAV_DIR TRANSCRIPTS OUT.hdf [--num-mels 40] [--vocab train.hdf]
+        [--subset] [--overwrite]
 
 - ``TRANSCRIPTS``: a text file with one utterance per line, ``<utterance-id> <word> <word> ...``
   (blank lines and lines starting with ``#`` are skipped). The HDF keeps this order; the id is
   the seq tag.
 - ``WAV_DIR/<utterance-id>.wav``: 16-bit PCM, mono, all at one sample rate (nothing is
-  resampled: convert first, e.g. ``sox in.flac -r 16000 -c 1 -b 16 out.wav``).
+  resampled: convert first, e.g. ``sox in.flac -r 16000 -c 1 -b 16 out.wav``). Every ``.wav``
+  of the folder must have its transcript line (a forgotten line would silently lose the
+  utterance), unless ``--subset`` says the transcripts pick some of the folder's files.
 - The vocabulary (labels of ``classes``) is the sorted set of the transcripts' words, or, with
   ``--vocab``, the ``classes`` labels of another HDF (e.g. the train file, so that a dev file gets
   the same word ids) or a text file with one word per line.
 
 The output holds ``data`` (log-mel features ``[T, num_mels]``, normalised per utterance, as
 :func:`~returnn_ray.corpus.features.utterance_features`) and ``classes`` (word ids), written
-atomically. Bad input (a missing or unreadable WAV, an empty transcript, a word not in
-``--vocab``, another sample rate) stops with one line naming the file and what to do.
+atomically. ``OUT`` is never one of the inputs (the transcript list, the ``--vocab`` file, a
+WAV), and an existing ``OUT`` is replaced only with ``--overwrite``. Bad input (a missing or
+unreadable WAV, an empty transcript, a word not in ``--vocab``, another sample rate) stops with
+one line naming the file and what to do, exit code 2, and writes nothing.
 """
 
 from __future__ import annotations
@@ -124,14 +129,22 @@ def convert_wav_corpus(
     *,
     num_mels: int = 40,
     vocab: Sequence[str] | None = None,
+    subset: bool = False,
+    overwrite: bool = False,
+    other_inputs: Sequence[str] = (),
 ) -> dict[str, float]:
     """Write ``out`` (RETURNN HDF: ``data`` log-mel, ``classes`` word ids) from WAV files and transcripts.
 
     ``vocab`` fixes the word ids (default: the sorted set of the transcripts' words). Returns totals.
-    All WAV files must exist before anything is converted; ``out`` appears only when all succeeded.
+    All WAV files must exist before anything is converted (and, unless ``subset``, every WAV of
+    the folder must be listed); ``out`` appears only when all succeeded, and is never an input
+    nor, unless ``overwrite``, an existing file. ``other_inputs``: more files ``out`` must not be
+    (the file ``vocab`` came from).
     """
     entries = read_transcripts(transcripts)
     paths = [os.path.join(wav_dir, f"{e.utterance_id}.wav") for e in entries]
+    wavs = check_wav_folder(wav_dir, transcripts, entries, subset=subset)
+    check_out(out, [transcripts, *other_inputs, *(os.path.join(wav_dir, n) for n in wavs)], overwrite=overwrite)
     for entry, path in zip(entries, paths):
         if not os.path.isfile(path):
             raise UserError(
@@ -171,6 +184,48 @@ def convert_wav_corpus(
     return {"num_seqs": len(entries), "frames": frames, "audio_seconds": samples / (sample_rate or 1)}
 
 
+def check_wav_folder(wav_dir: str, transcripts: str, entries: Sequence[TranscriptEntry], *, subset: bool) -> list[str]:
+    """The folder's ``.wav`` file names, checked: there are some, and (unless ``subset``) none
+    that the transcript list forgets."""
+    try:
+        wavs = sorted(n for n in os.listdir(wav_dir) if n.lower().endswith(".wav"))
+    except OSError as exc:
+        raise UserError(f"cannot list WAV folder {wav_dir!r}: {exc.strerror}") from None
+    if not wavs:
+        raise UserError(f"WAV folder {wav_dir!r} holds no .wav files; give the folder with <utterance-id>.wav files")
+    if subset:
+        return wavs
+    listed = {f"{e.utterance_id}.wav" for e in entries}
+    unlisted = [n for n in wavs if n not in listed]
+    if unlisted:
+        raise UserError(
+            f"{len(unlisted)} WAV file(s) of {wav_dir!r} have no line in {transcripts!r} (first: {unlisted[0]!r});"
+            " add their transcripts, or pass --subset to convert only the listed utterances"
+        )
+    return wavs
+
+
+def check_out(out: str, inputs: Sequence[str], *, overwrite: bool) -> None:
+    """``out`` can be written: not an input (even with ``overwrite``), not a directory, in an
+    existing folder, and new unless ``overwrite``."""
+    if os.path.isdir(out):
+        raise UserError(f"output {out!r} is a directory; give a file name for the HDF file")
+    directory = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(directory):
+        raise UserError(f"the folder {directory!r} of output {out!r} does not exist; create it or fix OUT")
+    if not os.path.exists(out):
+        return
+    for path in inputs:
+        try:
+            same = os.path.samefile(out, path)
+        except OSError:
+            continue
+        if same:
+            raise UserError(f"output {out!r} is the input file {path!r}; give another OUT")
+    if not overwrite:
+        raise UserError(f"output {out!r} exists; give another OUT, delete it, or pass --overwrite to replace it")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m returnn_ray.corpus.wav WAV_DIR TRANSCRIPTS OUT.hdf [--num-mels 40] [--vocab FILE]``."""
     parser = argparse.ArgumentParser(
@@ -188,6 +243,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="fix the word ids: an HDF file whose 'classes' labels to use (e.g. the train file) "
         "or a text file with one word per line (default: the sorted words of TRANSCRIPTS)",
     )
+    parser.add_argument(
+        "--subset", action="store_true",
+        help="convert only the utterances of TRANSCRIPTS; other WAV files in WAV_DIR are ignored "
+        "(default: every WAV file must have a transcript line)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT (never an input file)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
@@ -196,7 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not os.path.isdir(args.wav_dir):
             raise UserError(f"WAV folder {args.wav_dir!r} does not exist")
         vocab = read_vocab(args.vocab) if args.vocab else None
-        totals = convert_wav_corpus(args.wav_dir, args.transcripts, args.out, num_mels=args.num_mels, vocab=vocab)
+        totals = convert_wav_corpus(
+            args.wav_dir, args.transcripts, args.out, num_mels=args.num_mels, vocab=vocab, subset=args.subset,
+            overwrite=args.overwrite, other_inputs=[args.vocab] if args.vocab else [],
+        )
     except UserError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return exc.exit_code

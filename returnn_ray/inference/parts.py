@@ -2,8 +2,11 @@
 
 A run's results go to ``<output>.parts/`` first: one file per planned batch, written atomically
 by the driver as the batch's result arrives, plus ``manifest.json`` naming what the run is
-(checkpoint, dataset, batch plan, options). Rerunning the same command after an interruption
-finds the directory, checks that the manifest matches, and only runs the batches that have no
+(checkpoint, dataset, batch plan, options, and the data files' identity). Each part starts with
+the digest of the input arrays its batch was computed from (:mod:`returnn_ray.inference.files`).
+Rerunning the same command after an interruption finds the directory, checks that the manifest
+matches, drops the parts whose input digest no longer matches the data (checked only when a data
+file changed, see :mod:`~returnn_ray.inference.files`), and only runs the batches that have no
 part file; when all are there, the output file is assembled (atomically) and the directory
 removed. Because a batch's part is written once under its batch id and the plan is fixed by
 the manifest, every seq ends up in the output exactly once, however often a batch was run.
@@ -22,8 +25,13 @@ import numpy as np
 
 from returnn_ray.atomic import atomic_write, is_temp_path
 from returnn_ray.errors import UserError
+from returnn_ray.inference.files import DIGEST_BYTES
 
 _PART = re.compile(r"(\d{8})\.part")
+FORMAT = 2
+"""Part files start with the input digest (format 2); a parts dir of format 1 is refused."""
+DATA_FILES = "data_files"
+"""The manifest entry of the data files' identity: compared apart, a change means 'check the parts'."""
 
 
 def plan_digest(batches: Sequence[np.ndarray]) -> str:
@@ -40,12 +48,21 @@ def tags_digest(tags: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(tags).encode("utf-8")).hexdigest()
 
 
+_DIGESTS = {
+    "dataset_tags": "other seq tags in the dataset",
+    "plan": "another plan (the batches: batch_size, max_seqs, seq order)",
+}
+"""Manifest entries that are digests: what differs, in words (the digests say nothing)."""
+
+
 class PartStore:
     """``<output>.parts/``: one part file per finished batch, and the run's manifest."""
 
     def __init__(self, output_path: str, manifest: Mapping[str, Any]) -> None:
         self.dir = os.path.abspath(output_path) + ".parts"
-        self.manifest = dict(manifest)
+        self.manifest = {"format": FORMAT, **manifest}
+        self.previous_data_files: Any = None
+        """The data files' identity when the finished parts were written (after :meth:`open`)."""
 
     def open(self) -> set[int]:
         """Create the directory, or check a previous run's manifest; the batch ids already done."""
@@ -62,13 +79,19 @@ class PartStore:
                 previous = json.load(f)
         except (OSError, ValueError) as exc:
             raise UserError(f"{self.dir!r} holds no readable manifest.json; delete the directory to start over") from exc
-        for key in sorted(set(previous) | set(self.manifest)):
+        for key in sorted((set(previous) | set(self.manifest)) - {DATA_FILES}):
             if previous.get(key) != self.manifest.get(key):
+                what = _DIGESTS.get(key) or f"{key} was {previous.get(key)!r}, now {self.manifest.get(key)!r}"
                 raise UserError(
-                    f"{self.dir!r} holds results of another run ({key} was {previous.get(key)!r}, now"
-                    f" {self.manifest.get(key)!r}); rerun with the same config to finish it, or delete the directory"
+                    f"{self.dir!r} holds results of another run ({what}); rerun with the same config to finish it,"
+                    " or delete the directory"
                 )
+        self.previous_data_files = previous.get(DATA_FILES)
         return self.done()
+
+    def record_data_files(self) -> None:
+        """Make the manifest name the data files as they are now (after the parts were checked)."""
+        atomic_write(os.path.join(self.dir, "manifest.json"), json.dumps(self.manifest, indent=1, sort_keys=True) + "\n")
 
     def done(self) -> set[int]:
         ids = set()
@@ -80,12 +103,24 @@ class PartStore:
                 os.unlink(os.path.join(self.dir, name))  # a write cut short by a kill
         return ids
 
-    def put(self, batch_id: int, payload: bytes) -> None:
-        atomic_write(self._path(batch_id), payload)
+    def put(self, batch_id: int, payload: bytes, input_digest: bytes) -> None:
+        """Write a batch's result, headed by the digest of the input arrays it was computed from."""
+        if len(input_digest) != DIGEST_BYTES:
+            raise ValueError(f"input digest of {len(input_digest)} bytes, expected {DIGEST_BYTES}")
+        atomic_write(self._path(batch_id), input_digest + payload)
 
     def get(self, batch_id: int) -> bytes:
         with open(self._path(batch_id), "rb") as f:
-            return f.read()
+            return f.read()[DIGEST_BYTES:]
+
+    def input_digest(self, batch_id: int) -> bytes:
+        with open(self._path(batch_id), "rb") as f:
+            return f.read(DIGEST_BYTES)
+
+    def drop(self, batch_ids) -> None:
+        """Delete these parts (computed from data that has changed since): they run again."""
+        for batch_id in batch_ids:
+            os.unlink(self._path(batch_id))
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

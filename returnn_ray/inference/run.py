@@ -13,6 +13,7 @@ output file is assembled from the parts in plan order, atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -25,7 +26,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from returnn_ray.config import Config
-from returnn_ray.data import plan_epoch
+from returnn_ray.data import BatchingOptions, plan_epoch
+from returnn_ray.data.batching import filter_by_length
 from returnn_ray.data.base import Dataset, DataSpec
 from returnn_ray.errors import ConfigError, UserError
 from returnn_ray.inference.model import (
@@ -35,7 +37,8 @@ from returnn_ray.inference.model import (
     forward_outputs,
     search_beams,
 )
-from returnn_ray.inference.parts import PartStore, plan_digest, tags_digest
+from returnn_ray.inference.files import batch_digest, changed_file, check_output_file, data_files, file_identity
+from returnn_ray.inference.parts import DATA_FILES, PartStore, plan_digest, tags_digest
 from returnn_ray.settings import Settings
 from returnn_ray.tasks.common import batching_options, open_dataset
 from returnn_ray.training import checkpoints
@@ -64,25 +67,22 @@ def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
     name = dataset_name(settings, search=search)
     dataset = open_dataset(settings, name)
     dataset.check_unique_tags(f"the {task} output")
+    options = batching_options(settings, name)
+    order = dataset.seq_order_for_epoch(1)
+    check_every_seq_kept(dataset, order, options, task=task)
     check_inference_model(settings, search=search)
     from returnn_ray.training.worker import data_specs
 
     specs = data_specs(settings, dataset)
     which = checkpoints.checkpoint_to_load(settings.run.model, settings.run.load_epoch, load=settings.run.load)
     epoch = which.epoch or 1
-    out_path = _output_path(settings, search=search, epoch=epoch)
-    state = checkpoints.load_checkpoint_file(which.path)
-    model = build_model(settings, specs, epoch=epoch, step=int(state.get("step", 0)))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UserError(f"checkpoint {which.path!r} does not fit the config's model: {first}") from exc
-    if search:
-        check_ctc_output(settings, model)
+    files = data_files(dataset)
+    out_path = _output_path(settings, search=search, epoch=epoch, inputs=[*(files or []), which.path])
+    state = _checked_state(settings, specs, which.path, epoch=epoch, search=search)
 
-    plan = plan_epoch(dataset.seq_order_for_epoch(1), dataset.seq_lens, batching_options(settings, name), 1).for_rank(0)
+    plan = plan_epoch(order, dataset.seq_lens, options, 1).for_rank(0)
     plan = [np.asarray(b, dtype=np.int64) for b in plan if len(b)]
+    identity = file_identity(files)  # before any seq is read: a later change shows at the end
     manifest = {
         "task": task,
         "checkpoint": os.path.abspath(which.path),
@@ -91,10 +91,13 @@ def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
         "dataset_seqs": dataset.num_seqs,
         "dataset_tags": tags_digest(dataset.seq_tags),
         "plan": plan_digest(plan),
+        DATA_FILES: identity,
         **({"beam_size": settings.forward.beam_size, "ctc_blank_index": settings.forward.ctc_blank_index} if search else {}),
     }
     store = PartStore(out_path, manifest)
     done = store.open()
+    if done:
+        done -= _parts_of_other_data(store, dataset, plan, done, identity, task=task)
     todo = [i for i in range(len(plan)) if i not in done]
     num_seqs = sum(len(b) for b in plan)
     resumed = sum(len(plan[i]) for i in done)
@@ -103,6 +106,12 @@ def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
     nodes: dict[str, int] = {}
     if todo:
         nodes = _run_batches(settings, config, state, plan, todo, store, dataset, name, search=search, epoch=epoch)
+    why = changed_file(identity, file_identity(files)) if identity is not None else None
+    if why:
+        raise UserError(
+            f"{task}: {why} during the run, so batches may have read old and new data; rerun the same command:"
+            " the finished batches are checked against the data then, and those of other data run again"
+        )
     if search:
         summary = _assemble_search(settings, dataset, specs, plan, store, out_path)
     else:
@@ -122,20 +131,79 @@ def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
     return 0
 
 
-def _output_path(settings: Settings, *, search: bool, epoch: int) -> str:
+def _checked_state(settings: Settings, specs, path: str, *, epoch: int, search: bool) -> dict[str, Any]:
+    """The checkpoint's state, checked to fit the config's model (and to give CTC output for search)."""
+    state = checkpoints.load_checkpoint_file(path)
+    model = build_model(settings, specs, epoch=epoch, step=int(state.get("step", 0)))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"checkpoint {path!r} does not fit the config's model: {first}") from exc
+    if search:
+        check_ctc_output(settings, model)
+    return state
+
+
+def check_every_seq_kept(dataset: Dataset, order: np.ndarray, options: BatchingOptions, *, task: str) -> None:
+    """Refuse a forward/search that would leave seqs out: RETURNN's forward asserts that
+    ``min_seq_length``/``max_seq_length`` are unset ("we want to keep all source sentences"), and
+    ``partition_epoch`` would give one part of the corpus. Here the length filters (training
+    options that many configs set) only stop the run when they would drop a seq."""
+    if dataset.order.partition_epoch > 1:
+        raise UserError(
+            f"{task}: dataset {dataset.name!r} has partition_epoch {dataset.order.partition_epoch}, so {task} would"
+            f" see only {len(order)} of its seqs; remove partition_epoch from the {task} dataset"
+        )
+    for key in ("max_seq_length", "min_seq_length"):
+        limit = getattr(options, key)
+        if limit is None:
+            continue
+        alone = dataclasses.replace(options, **{"max_seq_length": None, "min_seq_length": None, key: limit})
+        dropped = len(order) - len(filter_by_length(order, dataset.seq_lens, alone))
+        if dropped:
+            raise UserError(
+                f"{task}: {key} {limit!r} would drop {dropped} of the {len(order)} seqs of dataset {dataset.name!r};"
+                f" {task} keeps every seq (as RETURNN's does): set ++{key} 0 or remove it from the config"
+            )
+
+
+def _parts_of_other_data(store: PartStore, dataset: Dataset, plan, done: set[int], identity, *, task: str) -> set[int]:
+    """The finished parts that were computed from other data than the dataset's now: deleted (they
+    run again). Only checked when a data file's identity changed since the parts were written, or
+    the dataset has no files (it is then read again, batch by batch: see :mod:`~returnn_ray.inference.files`)."""
+    from returnn_ray.data.ray_data import pad_batch
+
+    why = changed_file(store.previous_data_files, identity)
+    if why is None:
+        return set()
+    stale = {i for i in sorted(done) if store.input_digest(i) != batch_digest(pad_batch(dataset, plan[i]))}
+    store.drop(stale)
+    store.record_data_files()
+    if stale or identity is not None:
+        print(
+            f"returnn-ray: {task}: {why} since the finished batches were written; checked them against the data:"
+            f" {len(stale)} of {len(done)} read other data and run again",
+            flush=True,
+        )
+    return stale
+
+
+def _output_path(settings: Settings, *, search: bool, epoch: int, inputs: Sequence[str]) -> str:
     f = settings.forward
     if search:
         if not f.search_output_file:
             raise ConfigError("task search needs `search_output_file` (where the hypotheses go)")
         path = f.search_output_file
+        check_output_file(path, "search_output_file", inputs)
     else:
         path = f.output_file or f"dump-fwd-epoch{epoch:03d}.hdf"  # RETURNN's default name
+        check_output_file(path, "output_file", inputs)
         if os.path.exists(path) and not f.forward_override_hdf_output:
             raise UserError(
                 f"output_file {path!r} exists; delete it, choose another output_file,"
                 " or set forward_override_hdf_output True"
             )
-    checkpoints.check_model_dir_writable(path, key="search_output_file" if search else "output_file")
     return path
 
 
@@ -170,19 +238,29 @@ class InferenceActor:
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = [int(i) for i in rows["batch_id"]]
+        results = [self._run(i) for i in ids]
         payloads = np.empty(len(ids), dtype=object)  # bytes objects, not a fixed-width bytes dtype
-        payloads[:] = [self._run(i) for i in ids]
+        payloads[:] = [payload for payload, _ in results]
+        digests = np.empty(len(ids), dtype=object)
+        digests[:] = [digest for _, digest in results]
         nodes = np.empty(len(ids), dtype=object)
         nodes[:] = [self.node] * len(ids)
-        return {"batch_id": np.asarray(ids, dtype=np.int64), "payload": payloads, "node": nodes}
+        return {"batch_id": np.asarray(ids, dtype=np.int64), "payload": payloads, "digest": digests, "node": nodes}
 
-    def _run(self, batch_id: int) -> bytes:
+    def _run(self, batch_id: int) -> tuple[bytes, bytes]:
+        """The batch's result, and the digest of the input arrays it was computed from."""
+        from returnn_ray.data.ray_data import pad_batch
+
+        cols = pad_batch(self.dataset, self.plan[batch_id])
+        return self._compute(batch_id, cols), batch_digest(cols)
+
+    def _compute(self, batch_id: int, cols: dict[str, np.ndarray]) -> bytes:
         import torch
 
-        from returnn_ray.data.ray_data import Batch, pad_batch
+        from returnn_ray.data.ray_data import Batch
 
         indices = self.plan[batch_id]
-        batch = Batch.from_columns(pad_batch(self.dataset, indices), self.keys)
+        batch = Batch.from_columns(cols, self.keys)
         if self.device.type != "cpu":
             batch = Batch(batch.seq_idx, {k: v.to(self.device) for k, v in batch.data.items()}, batch.lens)
         with torch.no_grad():
@@ -304,7 +382,7 @@ def _run_batches(
     try:
         for row in results.iter_rows():
             batch_id = int(row["batch_id"])
-            store.put(batch_id, row["payload"])
+            store.put(batch_id, row["payload"], row["digest"])
             nodes[str(row["node"])] = nodes.get(str(row["node"]), 0) + 1
             progress.advance(len(plan[batch_id]))
     except Exception as exc:  # noqa: BLE001 - an actor's UserError (bad model output, ...) as one line

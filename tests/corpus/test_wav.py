@@ -154,3 +154,62 @@ def test_repeated_id_and_missing_folder(wav_corpus, tmp_path, capsys):
     transcripts.write_text(f"{first} {words}\n{first} {words}\n")
     assert "already appears on line 1" in run_error(capsys, wav_dir, transcripts, tmp_path / "out.hdf")
     assert "does not exist" in run_error(capsys, tmp_path / "nowhere", transcripts, tmp_path / "out.hdf")
+
+
+def _snapshot(*paths):
+    return {str(p): p.read_bytes() for p in paths}
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_out_is_never_an_input(wav_corpus, tmp_path, capsys, overwrite):
+    """The transcript list, the --vocab train file, a WAV (also by another name) stay as they are."""
+    wav_dir, transcripts, utts = wav_corpus
+    train = tmp_path / "train.hdf"
+    generate_corpus(str(train), num_seqs=2, seed=4)
+    a_wav = wav_dir / f"{next(iter(utts))}.wav"
+    (tmp_path / "link-to-text").hardlink_to(transcripts)
+    before = _snapshot(transcripts, train, a_wav)
+    extra = ["--overwrite"] if overwrite else []
+    for out, culprit in [(transcripts, transcripts), (train, train), (a_wav, a_wav), (tmp_path / "link-to-text", transcripts)]:
+        err = run_error(capsys, wav_dir, transcripts, out, "--vocab", train, *extra)
+        assert f"output '{out}' is the input file '{culprit}'" in err, err
+    assert _snapshot(transcripts, train, a_wav) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link-to-text", "text", "train.hdf", "wavs"]
+
+
+def test_an_existing_out_is_replaced_only_with_overwrite(wav_corpus, tmp_path, capsys):
+    wav_dir, transcripts, _ = wav_corpus
+    out = tmp_path / "out.hdf"
+    out.write_bytes(b"an earlier conversion")
+    err = run_error(capsys, wav_dir, transcripts, out)
+    assert f"output '{out}' exists" in err and "--overwrite" in err
+    assert out.read_bytes() == b"an earlier conversion"
+    assert main([str(wav_dir), str(transcripts), str(out), "--overwrite"]) == 0
+    assert HDFDataset([str(out)]).num_seqs == 4
+
+
+def test_careless_inputs_are_one_line_and_write_nothing(wav_corpus, tmp_path, capsys):
+    wav_dir, transcripts, utts = wav_corpus
+    ids = list(utts)
+    out = tmp_path / "out.hdf"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no audio here\n")
+    assert "holds no .wav files" in run_error(capsys, empty, transcripts, out)
+    assert "does not exist" in run_error(capsys, wav_dir, transcripts, tmp_path / "nope" / "out.hdf")
+    assert "is a directory" in run_error(capsys, wav_dir, transcripts, wav_dir)
+    # A transcript list that forgets a WAV of the folder: the utterance would silently be lost.
+    lines = transcripts.read_text().splitlines()
+    transcripts.write_text("\n".join(line for line in lines if not line.startswith(ids[1])) + "\n")
+    err = run_error(capsys, wav_dir, transcripts, out)
+    assert f"1 WAV file(s) of '{wav_dir}' have no line in '{transcripts}' (first: '{ids[1]}.wav')" in err
+    assert "--subset" in err
+    assert not out.exists() and not (tmp_path / "nope").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "text", "wavs"]  # no temp file either
+    # --subset: the listed utterances only, as asked.
+    assert main([str(wav_dir), str(transcripts), str(out), "--subset"]) == 0
+    assert HDFDataset([str(out)]).seq_tags == [i for i in ids if i != ids[1]]
+    # A line without its WAV (an extra line) names the line and the file.
+    transcripts.write_text("\n".join(lines) + "\nspk0-utt9 one two\n")
+    err = run_error(capsys, wav_dir, transcripts, tmp_path / "more.hdf")
+    assert f"{transcripts}:7: no WAV file" in err and "spk0-utt9.wav" in err

@@ -317,3 +317,184 @@ def test_a_model_output_without_time_axis_is_a_one_line_error(ray_session, tmp_p
     while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]
+
+
+# -- a parts directory of another run, and data replaced under finished parts -------------------------
+
+
+def _cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run([sys.executable, "-m", "returnn_ray", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)
+
+
+def _dead_ray_address() -> str:
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def _random_model_checkpoint(path, seed: int = 0) -> None:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(9, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+    torch.save({"model": model.state_dict(), "epoch": 1, "step": 0}, path)
+
+
+@pytest.mark.parametrize(
+    "change, culprit",
+    [
+        ("checkpoint", "checkpoint was '{tmp}/model.001.pt', now '{tmp}/model.002.pt'"),
+        ("dataset", "dataset_seqs was 30, now 31"),
+        ("batching", "another plan (the batches: batch_size, max_seqs, seq order)"),
+    ],
+)
+def test_a_parts_dir_of_another_checkpoint_dataset_or_batching_is_refused(tmp_path, change, culprit):
+    config = torch_config(tmp_path)
+    _random_model_checkpoint(tmp_path / "model.001.pt")
+    # A first run that stops after it made its parts directory (its Ray cluster is not there).
+    first = _cli(config, "++task", "forward", "++ray_address", _dead_ray_address())
+    assert first.returncode == 2 and "cannot reach the Ray cluster" in first.stderr, first.stderr
+    parts = tmp_path / "out.hdf.parts"
+    manifest = (parts / "manifest.json").read_text()
+    args = {
+        "checkpoint": [],
+        "dataset": ["++eval", "{'class': 'Task12AXDataset', 'num_seqs': 31, 'fixed_random_seed': 2}"],
+        "batching": ["++max_seqs", "2"],
+    }[change]
+    if change == "checkpoint":
+        _random_model_checkpoint(tmp_path / "model.002.pt", seed=1)
+    rerun = _cli(config, "++task", "forward", *args)
+    lines = [line for line in rerun.stderr.splitlines() if line.startswith("returnn-ray: error:")]
+    assert rerun.returncode == 2 and len(lines) == 1 and "Traceback" not in rerun.stderr, rerun.stderr
+    assert f"'{parts}' holds results of another run" in lines[0], lines[0]
+    assert culprit.replace("{tmp}", str(tmp_path)) in lines[0], lines[0]
+    assert "delete the directory" in lines[0]
+    assert (parts / "manifest.json").read_text() == manifest and not (tmp_path / "out.hdf").exists()
+
+
+def _write_data(path, seed: int, lens) -> None:
+    from returnn_ray.data import DataSpec, write_hdf
+
+    rng = np.random.RandomState(seed)
+    seqs = [{"data": rng.standard_normal((n, 9)).astype("float32"), "classes": rng.randint(0, 2, n).astype("int32")}
+            for n in lens]
+    specs = {"data": DataSpec(9), "classes": DataSpec(2, sparse=True, dtype="int32")}
+    write_hdf(str(path), seqs, [f"utt-{i}" for i in range(len(lens))], specs)
+
+
+def test_data_replaced_in_place_under_finished_parts_is_recomputed_never_mixed(ray_session, tmp_path):
+    """The HDF file is overwritten with other values (same tags, same lengths, its old mtime set
+    back, as `cp -p` would): the resumed run reruns the parts of the old data and writes exactly
+    what an uninterrupted run over the new data writes."""
+    import shutil
+
+    lens = np.random.RandomState(5).randint(3, 12, size=60)
+    data, new = tmp_path / "data.hdf", tmp_path / "new.hdf"
+    _write_data(data, 0, lens)
+    _write_data(new, 1, lens)
+    config = torch_config(tmp_path)
+    _random_model_checkpoint(tmp_path / "model.001.pt")
+    cmd = [sys.executable, "-m", "returnn_ray", config, "++task", "forward", "++ray_address", ray_address()]
+    eval_new = ["++eval", f"{{'class': 'HDFDataset', 'files': [{str(new)!r}]}}"]
+    want = subprocess.run(cmd + eval_new + ["++output_file", str(tmp_path / "want.hdf")], capture_output=True, text=True)
+    assert want.returncode == 0, want.stderr
+
+    eval_data = ["++eval", f"{{'class': 'HDFDataset', 'files': [{str(data)!r}]}}"]
+    (tmp_path / "slow").touch()
+    proc = subprocess.Popen(cmd + eval_data, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    parts = tmp_path / "out.hdf.parts"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len([p for p in os.listdir(parts) if p.endswith(".part")] if parts.exists() else []) < 3:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written = len([p for p in os.listdir(parts) if p.endswith(".part")])
+    assert 3 <= written < 20, written
+    (tmp_path / "slow").unlink()
+
+    old = os.stat(data)
+    shutil.copyfile(new, data)  # in place: same inode
+    os.utime(data, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert os.stat(data).st_ino == old.st_ino and os.stat(data).st_mtime_ns == old.st_mtime_ns
+    rerun = subprocess.run(cmd + eval_data, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    got, expected = read_hdf(tmp_path / "out.hdf"), read_hdf(tmp_path / "want.hdf")
+    assert list(got) == list(expected) and sorted(got) == sorted(f"utt-{i}" for i in range(60))
+    for tag in expected:
+        np.testing.assert_array_equal(got[tag], expected[tag], err_msg=tag)  # no seq of the old data
+    assert f"{written} of {written} read other data and run again" in rerun.stdout, rerun.stdout
+
+
+def test_the_data_check_sees_an_in_place_copy_and_the_digest_tells_same_from_other_values(tmp_path):
+    """What the resume relies on, without Ray: a rewrite with the old size, inode and mtime still
+    changes the identity (ctime), and a batch's digest differs exactly when its values do."""
+    from returnn_ray.data import HDFDataset
+    from returnn_ray.data.ray_data import pad_batch
+    from returnn_ray.inference.files import batch_digest, changed_file, data_files, file_identity
+
+    import shutil
+
+    lens = [4, 7, 5]
+    a, b, same = tmp_path / "a.hdf", tmp_path / "b.hdf", tmp_path / "same.hdf"
+    _write_data(a, 0, lens)
+    _write_data(b, 1, lens)
+    shutil.copyfile(a, same)
+    ds = HDFDataset([str(a)])
+    before = file_identity(data_files(ds))
+    digest_a = batch_digest(pad_batch(ds, np.array([2, 0])))
+    ds.close()  # HDF5 shares an open file's cache with every later open of it in this process
+    assert changed_file(before, file_identity(data_files(ds))) is None
+    time.sleep(0.01)
+    old = os.stat(a)
+    shutil.copyfile(b, a)
+    os.utime(a, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert "ctime_ns" in changed_file(before, file_identity(data_files(ds)))
+    assert batch_digest(pad_batch(HDFDataset([str(a)]), np.array([2, 0]))) != digest_a
+    assert batch_digest(pad_batch(HDFDataset([str(same)]), np.array([2, 0]))) == digest_a
+    assert batch_digest(pad_batch(HDFDataset([str(same)]), np.array([0, 2]))) != digest_a
+
+
+def test_data_replaced_during_the_run_stops_it_and_the_rerun_recomputes(ray_session, tmp_path):
+    """The HDF file is replaced (renamed over, as an atomic writer does) while forward runs: the
+    actors go on reading the old file, so the run ends with one line instead of an output of old
+    data; the rerun finds every finished part of the old data and writes the new data's output."""
+    import shutil
+
+    lens = np.random.RandomState(6).randint(3, 12, size=45)
+    data, new = tmp_path / "data.hdf", tmp_path / "new.hdf"
+    _write_data(data, 0, lens)
+    _write_data(new, 1, lens)
+    config = torch_config(tmp_path)
+    _random_model_checkpoint(tmp_path / "model.001.pt")
+    cmd = [sys.executable, "-m", "returnn_ray", config, "++task", "forward", "++ray_address", ray_address()]
+    eval_new = ["++eval", f"{{'class': 'HDFDataset', 'files': [{str(new)!r}]}}"]
+    want = subprocess.run(cmd + eval_new + ["++output_file", str(tmp_path / "want.hdf")], capture_output=True, text=True)
+    assert want.returncode == 0, want.stderr
+
+    eval_data = ["++eval", f"{{'class': 'HDFDataset', 'files': [{str(data)!r}]}}"]
+    (tmp_path / "slow").touch()
+    proc = subprocess.Popen(cmd + eval_data, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parts = tmp_path / "out.hdf.parts"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len([p for p in os.listdir(parts) if p.endswith(".part")] if parts.exists() else []) < 2:
+        time.sleep(0.1)
+    shutil.copyfile(new, tmp_path / "next.hdf")
+    os.replace(tmp_path / "next.hdf", data)
+    (tmp_path / "slow").unlink()
+    _, stderr = proc.communicate(timeout=300)
+    lines = [line for line in stderr.splitlines() if line.startswith("returnn-ray: error:")]
+    assert proc.returncode == 2 and len(lines) == 1, stderr
+    assert f"data file '{data}' changed (" in lines[0] and "during the run" in lines[0], lines[0]
+    assert not (tmp_path / "out.hdf").exists()
+
+    rerun = subprocess.run(cmd + eval_data, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    got, expected = read_hdf(tmp_path / "out.hdf"), read_hdf(tmp_path / "want.hdf")
+    assert list(got) == list(expected)
+    for tag in expected:
+        np.testing.assert_array_equal(got[tag], expected[tag], err_msg=tag)
+    # at least the parts written before the file was replaced read the old data
+    stale = re.search(r"(\d+) of \d+ read other data and run again", rerun.stdout)
+    assert stale and int(stale.group(1)) >= 2, rerun.stdout
