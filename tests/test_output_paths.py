@@ -40,6 +40,7 @@ def test_train_and_forward_write_only_their_configured_outputs(tmp_path):
     }))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
     env["HOME"] = str(home)
+    (out / "m").mkdir(parents=True)  # the log file's folder must exist, as with RETURNN (its model's need not)
     for args in ([], ["++task", "forward", "++output_file", str(out / "f" / "eval.hdf")]):
         proc = subprocess.run(
             [sys.executable, "-m", "returnn_ray", str(config), *args],

@@ -148,12 +148,22 @@ def _checked_state(settings: Settings, specs, path: str, *, epoch: int, search: 
 def check_every_seq_kept(dataset: Dataset, order: np.ndarray, options: BatchingOptions, *, task: str) -> None:
     """Refuse a forward/search that would leave seqs out: RETURNN's forward asserts that
     ``min_seq_length``/``max_seq_length`` are unset ("we want to keep all source sentences"), and
-    ``partition_epoch`` would give one part of the corpus. Here the length filters (training
+    ``partition_epoch`` would give one part of the corpus, ``random_sample`` some seqs twice and
+    others not at all. Here the length filters (training
     options that many configs set) only stop the run when they would drop a seq."""
     if dataset.order.partition_epoch > 1:
         raise UserError(
             f"{task}: dataset {dataset.name!r} has partition_epoch {dataset.order.partition_epoch}, so {task} would"
             f" see only {len(order)} of its seqs; remove partition_epoch from the {task} dataset"
+        )
+    keep = getattr(dataset, "keep", None)  # seq_list_filter_file: only the listed seqs
+    expected = dataset.num_seqs if keep is None else int(keep.sum())
+    unique = len(np.unique(order))
+    if unique != len(order) or unique != expected:
+        raise UserError(
+            f"{task}: seq_ordering {dataset.order.seq_ordering!r} of dataset {dataset.name!r} visits {unique} of its"
+            f" {expected} seqs ({len(order) - unique} more than once); {task} needs every seq once: use another"
+            " seq_ordering (e.g. 'default' or 'sorted')"
         )
     for key in ("max_seq_length", "min_seq_length"):
         limit = getattr(options, key)
