@@ -14,6 +14,7 @@ import sys
 
 import h5py
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "experiments", "asr.py")
@@ -39,6 +40,7 @@ def hdf_tags(path) -> list[str]:
         return [t.decode() if isinstance(t, bytes) else str(t) for t in f["seqTags"][...]]
 
 
+@pytest.mark.ray  # asr.py starts a Ray head of its own
 def test_asr_experiment_runs_every_stage_and_prints_stage_times_and_wer(tmp_path):
     out = tmp_path / "asr"
     cmd = [sys.executable, SCRIPT, "--scale", "0.04", "--out", str(out), "--num-cpus", "2", "--workers", "2",
