@@ -32,7 +32,9 @@ os.environ[GUARD_ENV] = uuid.uuid4().hex
 def our_raylets(value: str | None = None) -> set[int]:
     """Pids of live raylet processes whose environment holds ``GUARD_ENV=value`` (this run's)."""
     needle = f"{GUARD_ENV}={value or os.environ[GUARD_ENV]}".encode()
-    found = set()
+    found: set[int] = set()
+    if not os.path.isdir("/proc"):
+        return found
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -51,8 +53,8 @@ def our_raylets(value: str | None = None) -> set[int]:
 class RayletWatch:
     """Records the raylets of this run that start while it is on."""
 
-    def __init__(self) -> None:
-        self.before = our_raylets()
+    def __init__(self, before: set[int]) -> None:
+        self.before = before
         self.new: set[int] = set()
         self.looks = 0  # how many times it has looked (tests/test_raylet_guard.py waits on it)
         self._stop = threading.Event()
@@ -74,19 +76,25 @@ class RayletWatch:
 ACTIVE: RayletWatch | None = None
 """The watch of the test running now (None for a test marked ``ray``)."""
 
+_seen = our_raylets()
+"""This run's raylets alive when the previous test ended: a raylet that a module- or session-scoped
+fixture starts for this test (set up before this fixture) is new too."""
+
 
 @pytest.fixture(autouse=True)
 def _no_ray_unless_marked_ray(request):
-    global ACTIVE
+    global ACTIVE, _seen
     if request.node.get_closest_marker("ray") is not None or not os.path.isdir("/proc"):
         yield
+        _seen = our_raylets()
         return
-    watch = ACTIVE = RayletWatch()
+    watch = ACTIVE = RayletWatch(_seen)
     try:
         yield
     finally:
         ACTIVE = None
         started = watch.stop()
+        _seen = our_raylets()
     if started:  # an error in the teardown: a failure of the test itself is reported too
         pytest.fail(
             f"{request.node.nodeid} started a Ray (raylet pid(s) {sorted(started)}) but is not marked `ray`:"

@@ -59,6 +59,18 @@ def test_unmarked_starts_something_else():
 
 def test_unmarked_sees_a_raylet_of_another_run():
     run_until_seen([RAYLET, "60"], env={{k: v for k, v in os.environ.items() if k != raylet_guard.GUARD_ENV}})
+
+
+@pytest.fixture(scope="module")
+def raylet_for_the_module():  # set up before the guard's own fixture, alive until the module ends
+    proc = subprocess.Popen([RAYLET, "60"])
+    yield
+    proc.kill()
+    proc.wait()
+
+
+def test_unmarked_uses_a_module_fixture_that_starts_a_raylet(raylet_for_the_module):
+    pass
 """
 
 REAL_RAY_TEST = """
@@ -95,9 +107,9 @@ def test_only_an_unmarked_test_that_starts_one_of_our_raylets_fails(tmp_path):
     found = run_pytest(tmp_path, FAKE_RAYLET_TESTS.format(raylet=str(tmp_path / "raylet"),
                                                           other=str(tmp_path / "notraylet")))
     output = found.pop("_output")
-    assert found.get("test_unmarked_starts_a_raylet", "").startswith("PASSED | ERROR - Failed: test_dummy.py::"
-                                                                     "test_unmarked_starts_a_raylet started a Ray"), output
-    assert "is not marked `ray`" in found["test_unmarked_starts_a_raylet"], output
+    for name in ("test_unmarked_starts_a_raylet", "test_unmarked_uses_a_module_fixture_that_starts_a_raylet"):
+        assert found.get(name, "").startswith(f"PASSED | ERROR - Failed: test_dummy.py::{name} started a Ray"), output
+        assert "is not marked `ray`" in found[name], output
     for name in ("test_marked_starts_a_raylet", "test_unmarked_starts_something_else",
                  "test_unmarked_sees_a_raylet_of_another_run"):
         assert found.get(name) == "PASSED", output
