@@ -6,15 +6,20 @@ import os
 
 import pytest
 
+# tests/ is on sys.path (rootdir conftest). An unmarked test that starts a Ray fails (raylet_guard.py).
+from raylet_guard import _no_ray_unless_marked_ray  # noqa: F401
+
 
 @pytest.fixture(scope="session")
 def ray_session():
     """One embedded local Ray (2 CPUs) shared by every test that needs Ray."""
     ray = pytest.importorskip("ray")
-    from returnn_ray.ray_setup import init_ray
+    from returnn_ray.ray_setup import PRESTART_ENV, WORKER_SOFT_LIMIT_ENV, init_ray
     from returnn_ray.tasks.train import RAY_TRAIN_ENV
 
-    os.environ.pop("RAY_ADDRESS", None)
+    # Started as for a user who set none of these (tests/test_ray_setup.py checks what returnn-ray sets).
+    for key in ("RAY_ADDRESS", PRESTART_ENV, WORKER_SOFT_LIMIT_ENV):
+        os.environ.pop(key, None)
     os.environ.update(RAY_TRAIN_ENV)  # what `returnn-ray` sets before it starts Ray
     init_ray(num_cpus=2)
     yield ray

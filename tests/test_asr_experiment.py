@@ -14,6 +14,7 @@ import sys
 
 import h5py
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "experiments", "asr.py")
@@ -44,6 +45,7 @@ def files_under(directory) -> list[str]:
                   for n in names + dirs)
 
 
+@pytest.mark.ray  # asr.py starts a Ray head of its own
 def test_asr_experiment_runs_every_stage_and_prints_stage_times_and_wer(tmp_path):
     out, home = tmp_path / "asr", tmp_path / "home"
     home.mkdir()

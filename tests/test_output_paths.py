@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 
 def files_under(directory) -> set[str]:
     found = set()
@@ -22,6 +24,7 @@ def files_under(directory) -> set[str]:
     return found
 
 
+@pytest.mark.ray  # the forward starts an embedded local Ray
 def test_train_and_forward_write_only_their_configured_outputs(tmp_path):
     cwd, home, configs, out = (tmp_path / n for n in ("cwd", "home", "configs", "out"))
     for d in (cwd, home, configs):

@@ -13,7 +13,9 @@ for Ray, and a setup command that uses this checkout's venv instead of ``scripts
 ``ray up`` and ``ray down`` run ``ray stop`` on the host, which stops EVERY Ray of the user on this
 machine: so this test is marked ``cluster_launcher`` and runs in a pytest invocation of its own
 (``scripts/test.sh``), and skips when other Ray processes are running. It needs ``sshd`` and
-``rsync`` (``scripts/setup.sh`` installs them where it can) and skips without them.
+``rsync`` (``scripts/setup.sh`` installs them where it can) and skips without them. In CI
+(``CI=true``) each of these skips is a failure instead (tests/skip_or_fail.py): CI must show the
+cluster launcher working.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import time
 
 import pytest
 import yaml
+from skip_or_fail import skip_or_fail  # tests/ is on sys.path (rootdir conftest)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
@@ -97,7 +100,7 @@ def sshd(tmp_path):
                                         ("ssh", shutil.which("ssh")), ("ssh-keygen", shutil.which("ssh-keygen")))
                if not found]
     if missing:
-        pytest.skip(f"needs {', '.join(missing)} (apt-get install openssh-server rsync; scripts/setup.sh does as root)")
+        skip_or_fail(f"needs {', '.join(missing)} (apt-get install openssh-server rsync; scripts/setup.sh does as root)")
     if os.geteuid() == 0 and not os.path.isdir("/run/sshd"):
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation directory
     d = tmp_path / "sshd"
@@ -183,13 +186,13 @@ def test_ray_up_submit_down_with_the_shipped_cluster_yaml(sshd, tmp_path):
     import ray
 
     if ray.is_initialized():
-        pytest.skip("this pytest process runs the suite's shared Ray, which `ray up` (`ray stop`) would end: "
+        skip_or_fail("this pytest process runs the suite's shared Ray, which `ray up` (`ray stop`) would end: "
                     "run `pytest -m cluster_launcher` on its own (scripts/test.sh does)")
     deadline = time.monotonic() + 20  # a previous pytest invocation's Ray may still be going away
     while ray_processes() and time.monotonic() < deadline:
         time.sleep(0.5)
     if ray_processes():
-        pytest.skip(f"other Ray processes run on this machine ({ray_processes()}); `ray up` (`ray stop`) would end them")
+        skip_or_fail(f"other Ray processes run on this machine ({ray_processes()}); `ray up` (`ray stop`) would end them")
 
     port, key, home = sshd
     config, name = cluster_config(tmp_path, port, key, home)

@@ -19,15 +19,19 @@ pytestmark = pytest.mark.skipif(not warm_start.available(), reason="warm start f
 
 PARENT = textwrap.dedent(
     """
-    import json, os, signal, sys, time
+    import json, os, sys
     from returnn_ray import warm_start
     try:
         warm_start.preload(["torch", "returnn_ray.cli"])
         cmd = warm_start.WarmCommand(json.loads(sys.argv[1]), dict(os.environ, WARM_TEST="child"))
-        if sys.argv[2] == "terminate":
-            time.sleep(float(sys.argv[3]))
-            cmd.terminate()
-        out = cmd.stdout.read()
+        out = ""
+        if sys.argv[2] == "terminate":  # once the command has printed sys.argv[3]: its run is under way
+            for line in iter(cmd.stdout.readline, ""):
+                out += line
+                if sys.argv[3] in line:
+                    cmd.terminate()
+                    break
+        out += cmd.stdout.read()
         print(json.dumps({"out": out, "code": cmd.wait(), "pid": cmd.pid}))
     finally:
         print("parent finally ran once")
@@ -35,9 +39,9 @@ PARENT = textwrap.dedent(
 )
 
 
-def run_parent(args, mode="wait", delay=0.0, cwd=None):
+def run_parent(args, mode="wait", marker="", cwd=None):
     proc = subprocess.run(
-        [sys.executable, "-c", PARENT, json.dumps(args), mode, str(delay)],
+        [sys.executable, "-c", PARENT, json.dumps(args), mode, marker],
         capture_output=True, text=True, timeout=300, cwd=cwd,
     )
     assert proc.returncode == 0, proc.stderr
@@ -84,10 +88,14 @@ def test_sigterm_reaches_the_command(tmp_path):
         "adam": True, "learning_rate": 0.01, "num_epochs": 50, "model": "model/net",
     }
     (tmp_path / "train.json").write_text(json.dumps(config))
-    result = run_parent(["train.json"], mode="terminate", delay=8.0, cwd=tmp_path)
-    assert result["code"] in (143, -15), result  # 143: returnn-ray's own handler was up; -15: not yet
-    if result["code"] == 143:
-        assert "terminated (SIGTERM)" in result["out"]
+    # SIGTERM once the first epoch has started: returnn-ray's handler (installed as main() begins) is
+    # up, so the command ends with its one line and 143. Sent earlier (between the fork and main(),
+    # under the default action the child starts with) it would die of the signal itself (-15).
+    result = run_parent(["train.json"], mode="terminate", marker="start epoch 1 ", cwd=tmp_path)
+    assert result["code"] == 143, result
+    assert "start epoch 1 " in result["out"] and "finished training" not in result["out"], result
+    (line,) = [l for l in result["out"].splitlines() if l.startswith("returnn-ray: terminated")]
+    assert line.startswith("returnn-ray: terminated (SIGTERM): ") and "rerun" in line, result
     model_dir = tmp_path / "model"
     assert not model_dir.exists() or not [n for n in os.listdir(model_dir) if is_temp_path(str(model_dir / n))]
 

@@ -1,10 +1,12 @@
-"""Log-mel features: frame count, where a tone lands, the STFT against torch, the filterbank against torchaudio."""
+"""Log-mel features: frame count, where a tone lands, the STFT against torch, the filterbank and the
+whole log-mel against librosa (an independent implementation; torchaudio has no build for torch 2.13)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from skip_or_fail import skip_or_fail  # tests/ is on sys.path (rootdir conftest)
 
 from returnn_ray.corpus.features import (
     hz_to_mel,
@@ -93,13 +95,39 @@ def test_filterbank_triangles():
     assert np.all(fb.sum(axis=1)[5:-5] > 0)  # every bin but the edges is covered
 
 
-def test_filterbank_matches_torchaudio():
-    torchaudio_functional = pytest.importorskip("torchaudio.functional")
-    for n_freqs, sr, n_mels, f_min, f_max in [(257, 16000, 40, 0.0, 8000.0), (201, 8000, 23, 20.0, 3800.0)]:
-        ref = torchaudio_functional.melscale_fbanks(
-            n_freqs, f_min, f_max, n_mels, sr, norm=None, mel_scale="htk"
-        ).numpy()
-        np.testing.assert_allclose(mel_filterbank(n_freqs, sr, n_mels, f_min=f_min, f_max=f_max), ref, atol=1e-6)
+def librosa_reference():
+    """librosa (the `test` extra). Missing: skipped on a developer's machine, a failure in CI, where
+    the comparison with an implementation that is not ours must always run."""
+    try:
+        import librosa
+    except ImportError:
+        skip_or_fail("librosa is not installed (pip install -e '.[test]')")
+    return librosa
+
+
+@pytest.mark.parametrize("n_fft, sr, n_mels, f_min, f_max", [(512, 16000, 40, 0.0, 8000.0), (400, 8000, 23, 20.0, 3800.0)])
+def test_filterbank_matches_librosa(n_fft, sr, n_mels, f_min, f_max):
+    librosa = librosa_reference()
+    ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max, htk=True, norm=None,
+                              dtype=np.float64).T  # [bins, mels]
+    ours = mel_filterbank(n_fft // 2 + 1, sr, n_mels, f_min=f_min, f_max=f_max)
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, atol=1e-6)
+
+
+def test_log_mel_matches_librosa_melspectrogram():
+    # librosa (center=False) pads the 400-sample window to the middle of each 512-sample frame, as
+    # torch.stft does: its frame i covers samples [56 + 160 i, 456 + 160 i), our frames of audio[56:].
+    librosa = librosa_reference()
+    audio = np.random.default_rng(3).standard_normal(8000)
+    ref = librosa.feature.melspectrogram(
+        y=audio, sr=SR, n_fft=512, hop_length=160, win_length=400, window="hann", center=False, power=2.0,
+        n_mels=40, htk=True, norm=None, dtype=np.float64,
+    ).T  # [frames, mels]
+    ours = log_mel(audio[56:], SR)
+    n = min(len(ours), len(ref))
+    assert n >= 40
+    np.testing.assert_allclose(ours[:n], np.log(np.maximum(ref[:n], 1e-10)), rtol=1e-4, atol=1e-4)
 
 
 def test_bad_arguments():

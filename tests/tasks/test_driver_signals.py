@@ -76,6 +76,7 @@ def assert_files_whole(directory: Path) -> None:
         load_learning_rate_file(str(directory / "learning_rates"))
 
 
+@pytest.mark.ray  # the run starts its own local Ray (ray_local_mode False)
 @pytest.mark.parametrize(
     "sig, exit_code, message",
     [

@@ -136,6 +136,7 @@ def test_a_run_killed_mid_epoch_resumes_there_and_equals_an_uninterrupted_run(tm
         torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-7, msg=k)
 
 
+@pytest.mark.ray  # the 2-worker rerun starts a local Ray of its own
 def test_a_mid_epoch_state_is_re_dealt_to_another_number_of_workers(tmp_path, uninterrupted):
     done = kill_mid_epoch_2(tmp_path)  # one worker (local mode)
     run_to_end(tmp_path, "++ray_num_workers", "2", "++ray_local_mode", "False")

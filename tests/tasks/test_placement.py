@@ -13,7 +13,6 @@ import pytest
 from test_train import write_config  # tests/tasks is on sys.path (rootdir import)
 
 from returnn_ray.cli import main
-from returnn_ray import placement
 
 
 def more_gpus_than_the_cluster_has() -> str:
@@ -48,33 +47,41 @@ def test_gpu_workers_on_a_joined_cluster_without_them_fail_in_one_line_after_the
     assert not (tmp_path / "learning_rates").exists()
 
 
-@pytest.fixture
-def joined(monkeypatch):
-    """The shared Ray, as if this process had joined it (it started it): placement checks wait."""
-    monkeypatch.setattr(placement, "_cluster_can_grow", lambda: True)
-
-
-def test_forward_and_sweep_with_more_gpus_than_the_cluster_has_fail_in_one_line(ray_session, joined, tmp_path, capsys):
+def test_forward_and_sweep_with_more_gpus_than_the_cluster_has_fail_in_one_line(ray_session, tmp_path):
+    # As for training: drivers of their own, joined to the shared Ray by address (a cluster that might
+    # grow), so both wait ray_placement_timeout and then fail; run side by side to share the wait.
     config = write_config(tmp_path, num_epochs=1, eval={"class": "Task12AXDataset", "num_seqs": 4},
                           output_file=str(tmp_path / "fwd.hdf"))
     assert main([config, "++ray_local_mode", "True"]) == 0  # a checkpoint to forward
     workers = more_gpus_than_the_cluster_has()
-    gpu = ["++device", "gpu", "++ray_num_workers", workers, "++ray_placement_timeout", "1"]
-    capsys.readouterr()
+    joined = ["++device", "gpu", "++ray_num_workers", workers, "++ray_placement_timeout", "1",
+              "++ray_address", ray_session.get_runtime_context().gcs_address]
+    commands = {
+        "forward": [config, "++task", "forward", *joined],
+        "sweep": ["sweep", config, "--grid", "learning_rate=0.01,0.02", "--dir", str(tmp_path / "sweep"), *joined],
+    }
+    procs = {name: subprocess.Popen([sys.executable, "-m", "returnn_ray", *args], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+             for name, args in commands.items()}
+    out = {name: proc.communicate(timeout=180) for name, proc in procs.items()}
 
-    assert main([config, "++task", "forward", *gpu]) == 2
-    out, err = capsys.readouterr()
-    assert f"room for {workers} forward actors (1 CPU + 1 GPU each" in out
-    (line,) = error_lines(err)
+    stdout, stderr = out["forward"]
+    assert procs["forward"].returncode == 2, stderr[-3000:]
+    assert f"waiting up to 1 s for the Ray cluster to have room for {workers} forward actors (1 CPU + 1 GPU each" in stdout
+    (line,) = error_lines(stderr)
+    assert line == stderr.strip().splitlines()[-1], stderr
     assert f"ray_num_workers {workers} needs {workers} GPU" in line and "(after 1 s of waiting, ray_placement_timeout)" in line, line
     assert line.endswith("the forward actors cannot start: " + (
         "set device cpu or add nodes with GPUs" if workers == "1" else "lower ray_num_workers or add nodes")), line
     assert not (tmp_path / "fwd.hdf").exists()
 
-    sweep = ["sweep", config, "--grid", "learning_rate=0.01,0.02", "--dir", str(tmp_path / "sweep")]
-    assert main([*sweep, *gpu]) == 2
-    (line,) = error_lines(capsys.readouterr().err)
-    assert f"needs {workers} GPU" in line and "the workers of a sweep trial cannot start" in line, line
+    stdout, stderr = out["sweep"]
+    assert procs["sweep"].returncode == 2, stderr[-3000:]
+    assert f"waiting up to 1 s for the Ray cluster to have room for {workers} workers of a sweep trial" in stdout
+    (line,) = error_lines(stderr)
+    assert line == stderr.strip().splitlines()[-1], stderr
+    assert f"needs {workers} GPU" in line and "(after 1 s of waiting, ray_placement_timeout)" in line, line
+    assert "the workers of a sweep trial cannot start" in line, line
     assert not (tmp_path / "sweep" / "trials").exists()
 
 

@@ -1,5 +1,6 @@
 """The trainer returnn-ray runs: Ray Train's callbacks minus the Ray Data hand-off it does not use."""
 
+import pytest
 from ray.train import ScalingConfig
 
 from returnn_ray.training.ray_trainer import ReturnnTorchTrainer
@@ -16,6 +17,7 @@ def test_no_dataset_manager_without_datasets():
     assert "BackendSetupCallback" in names  # the process group is still set up
 
 
+@pytest.mark.ray  # ray.data.range starts a local Ray when none is running
 def test_datasets_keep_ray_trains_hand_off():
     import ray.data
 
