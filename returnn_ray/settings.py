@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
-import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from typing import Any, Callable, Literal, Union
 from returnn_ray.config import Config
 from returnn_ray.errors import ConfigError
 from returnn_ray.training.checkpoints import check_cleanup_old_models
-from returnn_ray.training.lr_control import LR_CONTROL_CONFIG_KEYS, LrControlKind
+from returnn_ray.training.lr_control import LR_CONTROL_CONFIG_KEYS, MAX_LEARNING_RATE, LrControlKind
 
 logger = logging.getLogger(__name__)
 
@@ -265,8 +264,8 @@ class TrainingSettings(_Checked):
     )
 
     def _validate(self) -> None:
-        if not math.isfinite(self.learning_rate) or self.learning_rate < 0:  # torch refuses < 0; NaN trains nothing
-            raise ConfigError(f"learning_rate must be a finite number >= 0, got {self.learning_rate!r}")
+        if not 0 <= self.learning_rate <= MAX_LEARNING_RATE:  # torch refuses < 0; NaN trains nothing; inf overflows
+            raise ConfigError(f"learning_rate must be a number in [0, {MAX_LEARNING_RATE:g}], got {self.learning_rate!r}")
         if self.save_interval < 1:
             raise ConfigError(f"save_interval must be >= 1 (save every N epochs; -i), got {self.save_interval}")
         check_cleanup_old_models(self.cleanup_old_models)

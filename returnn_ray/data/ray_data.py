@@ -10,7 +10,7 @@ re-chunks blocks freely; with one row per planned batch, ``iter_batches(batch_si
 yields exactly the plan whatever Ray does with block boundaries. Why a custom
 datasource: the order is ours (RETURNN's seq order), so read tasks are cut from the plan
 in order and ``preserve_order`` keeps Ray from reordering their outputs (Ray Data's
-``sort()`` and default ordering are not run-to-run stable; see RAY_NOTES.md).
+``sort()`` and default ordering are not run-to-run stable; docs/ray.md).
 
 >>> import numpy as np
 >>> from returnn_ray.data.datasets import StaticDataset

@@ -26,7 +26,7 @@ from returnn_ray.training.worker import data_specs, eval_dataset_names
 
 RAY_TRAIN_ENV = {
     # Ray Train polls workers (and drains report()) at this interval; the default 2 s makes
-    # every epoch-end report wait up to 2 s (RAY_NOTES.md).
+    # every epoch-end report wait up to 2 s (docs/ray.md).
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
     # The preemption watcher is for cloud spot nodes; off by default locally it saves start-up.
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",

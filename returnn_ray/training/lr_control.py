@@ -56,6 +56,10 @@ import os
 from typing import Any, Callable, ClassVar, Literal, Mapping, Union
 
 from returnn_ray.errors import ConfigError, UserError
+
+MAX_LEARNING_RATE = 1e30
+"""The largest learning rate accepted: Adam's first step is 10x it, which must fit a float32
+weight (3.4e38), or torch stops with an overflow error deep in the optimizer."""
 from returnn_ray.training.lr_file import EpochData, _is_number, load_learning_rate_file, save_learning_rate_file
 
 __all__ = [
@@ -506,10 +510,10 @@ def _preset_learning_rates(value: Any) -> dict[int, float]:
         isinstance(e, int) and e >= 1 and _is_number(v) for e, v in value.items()
     ):
         raise ConfigError(f"learning_rates must be a list of numbers or a dict {{epoch: lr}}, got {value!r}")
-    bad = {e: v for e, v in value.items() if not math.isfinite(v) or v < 0}
+    bad = {e: v for e, v in value.items() if not 0 <= v <= MAX_LEARNING_RATE}
     if bad:
         epoch, lr = next(iter(bad.items()))
-        raise ConfigError(f"learning_rates: the lr of epoch {epoch} must be a finite number >= 0, got {lr!r}")
+        raise ConfigError(f"learning_rates: the lr of epoch {epoch} must be a number in [0, {MAX_LEARNING_RATE:g}], got {lr!r}")
     return {e: float(v) for e, v in value.items()}
 
 

@@ -2,7 +2,7 @@
 file left, and the same command resumes once there is room again.
 
 The disk is a real one: a small tmpfs mounted for the test (needs root, as in CI; skipped where
-mounting is not allowed).
+mounting is not allowed, and a failure then with CI=true).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from returnn_ray.atomic import is_temp_path
 from returnn_ray.cli import main
 from returnn_ray.training.checkpoints import checkpoint_path, find_checkpoints, load_checkpoint, opt_path
 from returnn_ray.training.lr_file import load_learning_rate_file
+from skip_or_fail import skip_or_fail  # tests/ is on sys.path (rootdir conftest)
 from test_train import write_config  # tests/tasks is on sys.path (rootdir import)
 
 NETWORK = {  # ~70k parameters: checkpoints of a few hundred KB, far above tmpfs's 4 KB pages
@@ -29,12 +30,12 @@ NETWORK = {  # ~70k parameters: checkpoints of a few hundred KB, far above tmpfs
 @pytest.fixture
 def small_disk(tmp_path):
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+        skip_or_fail("mounting a tmpfs needs root")
     mount = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
     mount.mkdir()
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True)
     if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+        skip_or_fail(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
     try:
         yield mount
     finally:
