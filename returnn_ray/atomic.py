@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from typing import IO, Any, Iterator, Literal
+from typing import IO, Any, Iterator, Literal, Sequence
 
 from returnn_ray.errors import UserError
 
@@ -137,3 +137,15 @@ def _write_error(path: str, exc: OSError) -> UserError:
     return UserError(
         f"cannot write {path!r}: {reason}; check that its directory exists, is writable and has free space"
     )
+
+
+def same_file_among(path: str, others: Sequence[str]) -> str | None:
+    """The first of ``others`` that is the file ``path`` (by device and inode: hard links and
+    other spellings of the path too), or None; paths that do not exist are no match."""
+    for other in others:
+        try:
+            if os.path.samefile(path, other):
+                return other
+        except OSError:
+            continue
+    return None

@@ -49,6 +49,8 @@ def init_ray(
     except ConnectionError as exc:  # e.g. "auto" with no Ray running on this machine
         raise UserError(f"cannot join the Ray cluster {address!r}: {str(exc).strip().splitlines()[0]}") from exc
     except ValueError as exc:  # e.g. "http://...": Ray's text is a page of advice about RAY_ADDRESS
+        if embedded:
+            raise
         why = str(exc).strip().splitlines()[0].split(" To fix this")[0]
         raise UserError(
             f"invalid Ray address {address!r} (ray_address / RAY_ADDRESS): {why} Give the cluster's GCS address"
@@ -87,6 +89,7 @@ def _check_reachable(address: str) -> None:
         ) from exc
     if "RAY_AUTH_MODE" not in os.environ and os.path.exists(os.path.expanduser("~/.ray/auth_token")):
         os.environ["RAY_AUTH_MODE"] = "token"
+        _reload_ray_auth_settings()  # Ray was imported before: it would still connect without a token
 
 
 AUTH_MODE_ENV = "RAY_AUTH_MODE"

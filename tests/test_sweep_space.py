@@ -136,3 +136,23 @@ def test_bad_sweep_input_fails_before_any_trial(tmp_path, capsys, extra, culprit
     err = capsys.readouterr().err
     assert culprit in err and err.count("returnn-ray: error:") == 1, err
     assert not (tmp_path / "m").exists()  # nothing written (no model dir, no sweep dir)
+
+
+def test_the_sweep_definition_keeps_every_argument_that_decides_the_trials(tmp_path):
+    from returnn_ray.sweep import manifest
+
+    args = ["++task", "sweep", "--config=extra.config", "++learning_rate", "0.2", "-n", "3",
+            "++ray_address", "auto", "++sweep_dir", "x"]
+    assert manifest._overrides(args) == [
+        ["++task", "sweep"], ["--config=extra.config"], ["++learning_rate", "0.2"], ["-n"], ["3"],
+    ]
+
+
+def test_a_trial_with_a_mid_epoch_checkpoint_counts_as_progress(tmp_path):
+    from returnn_ray.sweep import manifest
+
+    trial = tmp_path / "trials" / "learning_rate=0.1-abc"
+    trial.mkdir(parents=True)
+    assert not manifest.has_results(str(tmp_path))
+    (trial / "model.001.partial.pt").write_bytes(b"")
+    assert manifest.has_results(str(tmp_path))

@@ -37,6 +37,7 @@ from typing import Sequence
 import h5py
 import numpy as np
 
+from returnn_ray.atomic import same_file_among
 from returnn_ray.corpus.features import num_frames, utterance_features
 from returnn_ray.data.base import DataSpec
 from returnn_ray.data.hdf import HDFDataset, HDFWriter
@@ -215,13 +216,9 @@ def check_out(out: str, inputs: Sequence[str], *, overwrite: bool) -> None:
         raise UserError(f"the folder {directory!r} of output {out!r} does not exist; create it or fix OUT")
     if not os.path.exists(out):
         return
-    for path in inputs:
-        try:
-            same = os.path.samefile(out, path)
-        except OSError:
-            continue
-        if same:
-            raise UserError(f"output {out!r} is the input file {path!r}; give another OUT")
+    same = same_file_among(out, inputs)
+    if same is not None:
+        raise UserError(f"output {out!r} is the input file {same!r}; give another OUT")
     if not overwrite:
         raise UserError(f"output {out!r} exists; give another OUT, delete it, or pass --overwrite to replace it")
 

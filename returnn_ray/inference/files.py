@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from returnn_ray.atomic import same_file_among
 from returnn_ray.data.base import Dataset
 from returnn_ray.errors import UserError
 
@@ -97,13 +98,8 @@ def check_output_file(path: str, setting: str, inputs: Sequence[str]) -> None:
         if os.path.exists(directory):
             raise UserError(f"{setting} {path!r}: {directory!r} is a file, not a directory; fix {setting}")
         directory = os.path.dirname(directory)
-    if os.path.exists(path):
-        for other in inputs:
-            try:
-                same = os.path.samefile(path, other)
-            except OSError:
-                continue
-            if same:
-                raise UserError(f"{setting} {path!r} is an input of this run ({other!r}); choose another {setting}")
+    same = same_file_among(path, inputs)
+    if same is not None:
+        raise UserError(f"{setting} {path!r} is an input of this run ({same!r}); choose another {setting}")
     if not os.access(directory, os.W_OK):
         raise UserError(f"{setting} {path!r}: cannot write in {directory!r}; fix {setting} or the permissions")

@@ -8,6 +8,7 @@ swept value is one line naming the trial and the key, not a trial error after Ra
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Sequence
 
 from returnn_ray.errors import ConfigError, UserError
@@ -20,7 +21,7 @@ def check_trials(job: dict[str, Any], space: Sequence[Dimension]) -> int:
     Datasets are opened once per distinct data settings; nothing is written (the trials'
     directories are made when they start, in the checked sweep dir).
     """
-    from returnn_ray.config import get_global_config, load_config, set_global_config
+    from returnn_ray.config import USER_CONFIG_MODULE, get_global_config, load_config, set_global_config
     from returnn_ray.settings import load_settings
     from returnn_ray.sweep.trial import trial_args, trial_dir
     from returnn_ray.tasks.common import open_dataset
@@ -39,6 +40,9 @@ def check_trials(job: dict[str, Any], space: Sequence[Dimension]) -> int:
         base_config = get_global_config()
     except ConfigError:
         base_config = None
+    # Loading a Python config makes it the module returnn_ray._user_config (what pickled functions
+    # of the config name): the base config's, not the last trial's, must be that module afterwards.
+    base_module = sys.modules.get(USER_CONFIG_MODULE)
     try:
         for values in points:
             files, args = trial_args(job, values, trial_dir(job["sweep_dir"], values, "check"))
@@ -52,7 +56,21 @@ def check_trials(job: dict[str, Any], space: Sequence[Dimension]) -> int:
                 raise ConfigError(f"sweep trial {variant_name(values)}: {user_message(exc)}") from exc
     finally:
         set_global_config(base_config)
+        _restore_module(USER_CONFIG_MODULE, base_module)
     return len(points)
+
+
+def _restore_module(name: str, module) -> None:
+    """``sys.modules[name]`` and the parent package's attribute back to ``module`` (None: removed)."""
+    package, _, attr = name.rpartition(".")
+    if module is None:
+        sys.modules.pop(name, None)
+        if package in sys.modules and hasattr(sys.modules[package], attr):
+            delattr(sys.modules[package], attr)
+        return
+    sys.modules[name] = module
+    if package in sys.modules:
+        setattr(sys.modules[package], attr, module)
 
 
 def check_sweep_dir(sweep_dir: str, key: str) -> None:

@@ -28,23 +28,37 @@ STATE = ("tune", "trials", "results.txt", "best.config", "best.json")
 """What a sweep writes in its dir (and the plot, ``<metric>.png``)."""
 
 
-def definition(job: dict[str, Any], space: Sequence[Dimension], settings) -> dict[str, Any]:
-    """The parts that decide a sweep's trials, as JSON data (named as a user would name them)."""
-    args = list(job["args"])
-    overrides = [
-        [args[i], args[i + 1]] for i in range(0, len(args) - 1, 2)
-        if args[i].startswith("++") and args[i][2:] not in RUN_ONLY_KEYS and not args[i][2:].startswith("sweep")
-    ]
+def definition(job: dict[str, Any], space: Sequence[Dimension], settings, files: Sequence[str]) -> dict[str, Any]:
+    """The parts that decide a sweep's trials, as JSON data (named as a user would name them).
+
+    ``files``: every config file the base config loaded (``--config`` and ``include`` too)."""
     s = settings.sweep
     parts = {
-        "base config": [_file(path) for path in job["files"]],
-        "overrides": overrides,
+        "base config": [_file(path) for path in dict.fromkeys(files)],
+        "overrides": _overrides(job["args"]),
         "grid": [[d.key, d.kind, list(d.values)] for d in space if d.key != VARIANT_KEY],
         "variants": [_file(path) for d in space if d.key == VARIANT_KEY for path in d.values],
         "metric": [s.sweep_metric, s.sweep_mode],
         "scheduler": [s.sweep_scheduler, s.sweep_grace_period, s.sweep_num_samples],
     }
     return json.loads(json.dumps(parts, default=repr))
+
+
+def _overrides(args: Sequence[str]) -> list[list[str]]:
+    """The command line's arguments that decide the trials, as ``[token]`` or ``[++key, value]``:
+    all but ``++key value`` of a run-only or sweep key (``-n 3`` and ``--config=f`` stay)."""
+    out: list[list[str]] = []
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if token.startswith("++") and i + 1 < len(args):
+            if token[2:] not in RUN_ONLY_KEYS and not token[2:].startswith("sweep"):
+                out.append([token, args[i + 1]])
+            i += 2
+            continue
+        out.append([token])
+        i += 1
+    return out
 
 
 def _file(path: str) -> list[str]:
@@ -112,20 +126,24 @@ def _show(part: str, value: Any) -> str:
     elif part in ("base config", "variants"):
         text = " ".join(f"{os.path.basename(p)} (sha256 {h[:8]})" for p, h in value)
     elif part == "overrides":
-        text = " ".join(f"{k} {v}" for k, v in value)
+        text = " ".join(" ".join(arg) for arg in value)
     else:
         text = json.dumps(value)
     return text if len(text) <= 120 else text[:117] + "..."
 
 
 def has_results(sweep_dir: str) -> bool:
-    """Whether a trial of the sweep finished an epoch (its ``learning_rates`` holds one)."""
+    """Whether a trial of the sweep made progress: finished an epoch (its ``learning_rates`` holds
+    one) or saved a mid-epoch checkpoint."""
     from returnn_ray.training.lr_file import load_learning_rate_file
 
     trials = os.path.join(sweep_dir, "trials")
     if not os.path.isdir(trials):
         return False
     for name in os.listdir(trials):
+        trial = os.path.join(trials, name)
+        if os.path.isdir(trial) and any(f.endswith(".partial.pt") for f in os.listdir(trial)):
+            return True  # a mid-epoch checkpoint (save_interval_steps): progress a rerun continues
         lr_file = os.path.join(trials, name, "learning_rates")
         if os.path.exists(lr_file):
             try:

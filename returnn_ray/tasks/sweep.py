@@ -23,6 +23,7 @@ from returnn_ray.config import Config
 from returnn_ray.errors import ConfigError, UserError
 from returnn_ray.settings import KNOWN_KEYS, Settings
 from returnn_ray.sweep.space import parse_space, tune_param_space, warn_unknown_keys
+from returnn_ray.training.run_lock import ModelLock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +58,15 @@ def run(settings: Settings, config: Config, sweep_args: SweepArgs | None = None)
         "sweep_dir": sweep_dir,
         "metric": s.sweep_metric,
     }
-    resume = _prepare(settings, job, space, sweep_dir)
+    _check(job, space, sweep_dir)
+    # One sweep per dir at a time: a second one would clear or restore what the first still writes.
+    with ModelLock(sweep_dir, key=SWEEP_DIR_KEY, doing="used", path=os.path.join(sweep_dir, "sweep.lock")):
+        return _run(settings, config, job, space, sweep_dir, has_variants=bool(variants))
 
+
+def _run(settings: Settings, config: Config, job: dict, space, sweep_dir: str, *, has_variants: bool) -> int:
+    """The sweep of :func:`run`, after its checks, with the sweep dir locked."""
+    s = settings.sweep
     import ray
     from ray import tune
 
@@ -77,8 +85,9 @@ def run(settings: Settings, config: Config, sweep_args: SweepArgs | None = None)
     check_placeable(workers, use_gpu, settings.run.ray_placement_timeout, what="workers of a sweep trial")
     capacity = int(ray.cluster_resources().get("GPU" if use_gpu else "CPU", 0)) // workers
     concurrent = min(s.sweep_max_concurrent_trials or capacity, capacity)
+    resume = _prepare(settings, config, job, space, sweep_dir)  # changes the dir: after every check
 
-    shared = _shared_datasets(settings, has_variants=bool(variants))
+    shared = _shared_datasets(settings, has_variants=has_variants)
     if shared:
         job["data_fingerprint"] = data_fingerprint(settings)
     # A one-CPU-worker trial trains inside its Tune actor, which then holds that CPU: no Train
@@ -132,19 +141,27 @@ def _scheduler(settings: Settings):
     )
 
 
-def _prepare(settings: Settings, job: dict, space, sweep_dir: str) -> bool:
-    """Before Ray starts: every trial's config, then the sweep dir (writable; the same sweep to
-    resume, or none with results). Returns whether to resume."""
-    from returnn_ray.sweep import manifest
+def _check(job: dict, space, sweep_dir: str) -> None:
+    """Before Ray starts: every trial's config, and that the sweep dir is writable."""
     from returnn_ray.sweep.checks import check_sweep_dir, check_trials
 
     check_trials(job, space)
-    key = "sweep_dir (--dir)"
-    check_sweep_dir(sweep_dir, key)
-    outcome, differs = manifest.prepare(sweep_dir, manifest.definition(job, space, settings), key)
+    check_sweep_dir(sweep_dir, SWEEP_DIR_KEY)
+
+
+def _prepare(settings: Settings, config: Config, job: dict, space, sweep_dir: str) -> bool:
+    """The sweep dir holds this sweep: the same one to resume, or none with results (cleared).
+    Returns whether to resume."""
+    from returnn_ray.sweep import manifest
+
+    new = manifest.definition(job, space, settings, config.files)
+    outcome, differs = manifest.prepare(sweep_dir, new, SWEEP_DIR_KEY)
     if outcome == "anew":
         print(f"returnn-ray: {sweep_dir} held another sweep without trial results ({differs}); starting anew", flush=True)
     return outcome == "resume"
+
+
+SWEEP_DIR_KEY = "sweep_dir (--dir)"
 
 
 def _shared_datasets(settings: Settings, *, has_variants: bool) -> dict | None:

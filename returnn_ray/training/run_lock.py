@@ -63,9 +63,12 @@ class ModelLock:
     """``with ModelLock(model):`` holds ``<model>.lock``; released when the block ends, also by
     Ctrl-C/SIGTERM (they unwind the driver as a ``KeyboardInterrupt``)."""
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, *, key: str = "model", doing: str = "being trained", path: str | None = None):
         self.model = model
-        self.path = lock_path(model)
+        self.path = path or lock_path(model)
+        self.key, self.doing = key, doing
+        """The config key that names ``model``, and what the holder does with it (for messages);
+        ``path``: another lock file than ``<model>.lock`` (a sweep's is in its dir)."""
         self._held = False
 
     def __enter__(self) -> "ModelLock":
@@ -95,8 +98,8 @@ class ModelLock:
                 continue
             except OSError as exc:
                 raise UserError(
-                    f"cannot create the lock file {self.path!r} of model {self.model!r}: {exc.strerror or exc};"
-                    " fix `model`"
+                    f"cannot create the lock file {self.path!r} of {self.key} {self.model!r}: {exc.strerror or exc};"
+                    f" fix `{self.key}`"
                 ) from exc
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text + "\n")
@@ -156,13 +159,13 @@ class ModelLock:
         host, pid = holder.get("host"), holder.get("pid")
         if "unreadable" in holder or not host or not pid:
             return (
-                f"model {self.model!r} is locked by {self.path!r}, which does not say which run holds it;"
-                f" if no training of this model runs, delete {self.path!r}"
+                f"{self.key} {self.model!r} is locked by {self.path!r}, which does not say which run holds it;"
+                f" if no other run uses it, delete {self.path!r}"
             )
         here = host == socket.gethostname()
         where = "on this host" if here else f"on host {host!r} (cannot be checked from here)"
         return (
-            f"model {self.model!r} is being trained by another run: pid {pid} {where}, lock file {self.path!r};"
-            f" wait for it, stop it, or use another `model`"
+            f"{self.key} {self.model!r} is {self.doing} by another run: pid {pid} {where}, lock file {self.path!r};"
+            f" wait for it, stop it, or use another `{self.key}`"
             + ("" if here else f"; if that run is gone, delete {self.path!r}")
         )

@@ -384,13 +384,11 @@ def _write_data(path, seed: int, lens) -> None:
     write_hdf(str(path), seqs, [f"utt-{i}" for i in range(len(lens))], specs)
 
 
-def test_data_replaced_in_place_under_finished_parts_is_recomputed_never_mixed(ray_session, tmp_path):
-    """The HDF file is overwritten with other values (same tags, same lengths, its old mtime set
-    back, as `cp -p` would): the resumed run reruns the parts of the old data and writes exactly
-    what an uninterrupted run over the new data writes."""
-    import shutil
-
-    lens = np.random.RandomState(5).randint(3, 12, size=60)
+def _old_and_new_data(tmp_path, *, num_seqs: int, seed: int):
+    """``data.hdf`` and ``new.hdf``: the same tags and lengths, other values; a model checkpoint;
+    ``want.hdf``, forward over the new data. Returns the two files, the forward command (joined to
+    the shared Ray) and its ``++eval`` arguments for ``data.hdf``."""
+    lens = np.random.RandomState(seed).randint(3, 12, size=num_seqs)
     data, new = tmp_path / "data.hdf", tmp_path / "new.hdf"
     _write_data(data, 0, lens)
     _write_data(new, 1, lens)
@@ -400,8 +398,16 @@ def test_data_replaced_in_place_under_finished_parts_is_recomputed_never_mixed(r
     eval_new = ["++eval", f"{{'class': 'HDFDataset', 'files': [{str(new)!r}]}}"]
     want = subprocess.run(cmd + eval_new + ["++output_file", str(tmp_path / "want.hdf")], capture_output=True, text=True)
     assert want.returncode == 0, want.stderr
+    return data, new, cmd, ["++eval", f"{{'class': 'HDFDataset', 'files': [{str(data)!r}]}}"]
 
-    eval_data = ["++eval", f"{{'class': 'HDFDataset', 'files': [{str(data)!r}]}}"]
+
+def test_data_replaced_in_place_under_finished_parts_is_recomputed_never_mixed(ray_session, tmp_path):
+    """The HDF file is overwritten with other values (same tags, same lengths, its old mtime set
+    back, as `cp -p` would): the resumed run reruns the parts of the old data and writes exactly
+    what an uninterrupted run over the new data writes."""
+    import shutil
+
+    data, new, cmd, eval_data = _old_and_new_data(tmp_path, num_seqs=60, seed=5)
     (tmp_path / "slow").touch()
     proc = subprocess.Popen(cmd + eval_data, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     parts = tmp_path / "out.hdf.parts"
@@ -462,18 +468,7 @@ def test_data_replaced_during_the_run_stops_it_and_the_rerun_recomputes(ray_sess
     data; the rerun finds every finished part of the old data and writes the new data's output."""
     import shutil
 
-    lens = np.random.RandomState(6).randint(3, 12, size=45)
-    data, new = tmp_path / "data.hdf", tmp_path / "new.hdf"
-    _write_data(data, 0, lens)
-    _write_data(new, 1, lens)
-    config = torch_config(tmp_path)
-    _random_model_checkpoint(tmp_path / "model.001.pt")
-    cmd = [sys.executable, "-m", "returnn_ray", config, "++task", "forward", "++ray_address", ray_address()]
-    eval_new = ["++eval", f"{{'class': 'HDFDataset', 'files': [{str(new)!r}]}}"]
-    want = subprocess.run(cmd + eval_new + ["++output_file", str(tmp_path / "want.hdf")], capture_output=True, text=True)
-    assert want.returncode == 0, want.stderr
-
-    eval_data = ["++eval", f"{{'class': 'HDFDataset', 'files': [{str(data)!r}]}}"]
+    data, new, cmd, eval_data = _old_and_new_data(tmp_path, num_seqs=45, seed=6)
     (tmp_path / "slow").touch()
     proc = subprocess.Popen(cmd + eval_data, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     parts = tmp_path / "out.hdf.parts"

@@ -31,7 +31,7 @@ def sweep_args(tmp_path) -> list[str]:
 def trials_by_lr(sweep_dir) -> dict:
     out = {}
     for name in os.listdir(sweep_dir / "trials"):
-        lr = name.split("+")[0].split("=")[1].rsplit("-", 1)[0]
+        lr = name.rsplit("-", 1)[0].split("=", 1)[1]  # "learning_rate=1e+30-<trial id>": one swept key
         out[lr] = sweep_dir / "trials" / name
     return out
 
@@ -116,11 +116,28 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_sess
 
 
 def test_more_workers_per_trial_than_the_cluster_has_fails_before_any_trial(ray_session, tmp_path, capsys):
+    # the dir holds another sweep's failed start (no results): a refused sweep must leave it as it is
+    old_trial = tmp_path / "sweep" / "trials" / "learning_rate=0.5-abc"
+    old_trial.mkdir(parents=True)
+    (tmp_path / "sweep" / "sweep.json").write_text('{"grid": []}\n')
     args = sweep_args(tmp_path) + ["++ray_num_workers", "5"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "ray_num_workers 5 needs 5 CPUs but the Ray cluster has 2" in err, err
-    assert not (tmp_path / "sweep" / "trials").exists()
+    assert old_trial.is_dir() and (tmp_path / "sweep" / "sweep.json").read_text() == '{"grid": []}\n'
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["sweep.json", "trials"]
+
+
+def test_a_second_sweep_in_a_dir_in_use_is_one_line_and_changes_nothing(tmp_path, capsys):
+    from returnn_ray.training.run_lock import ModelLock
+
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    with ModelLock(str(sweep_dir), path=str(sweep_dir / "sweep.lock")):  # as a running sweep (alive: us)
+        assert main(sweep_args(tmp_path)) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"sweep_dir (--dir) {str(sweep_dir)!r} is used by another run: pid {os.getpid()}" in line, line
+    assert sorted(p.name for p in sweep_dir.iterdir()) == []
 
 
 def one_error_line(err: str) -> str:
@@ -175,7 +192,7 @@ def test_a_failed_sweep_reruns_and_a_corrected_grid_starts_anew(ray_session, tmp
 
     assert main(["sweep", config, "--grid", "learning_rate=0.02", "--dir", str(sweep_dir)]) == 0
     out = capsys.readouterr().out
-    assert "held another sweep without trial results (its grid: learning_rate=1e30; now: learning_rate=0.02)" in out
+    assert "held another sweep without trial results (its grid: learning_rate=1e+30; now: learning_rate=0.02)" in out
     rows = (sweep_dir / "results.txt").read_text().splitlines()[2:]
     assert len(rows) == 1 and rows[0].split()[1] == "0.02" and rows[0].endswith("done"), rows
     assert [p.name.split("-")[0] for p in (sweep_dir / "trials").iterdir()] == ["learning_rate=0.02"]
