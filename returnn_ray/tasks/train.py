@@ -9,6 +9,7 @@ on ``ray_num_workers`` workers and prints rank 0's log lines as RETURNN prints t
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import time
@@ -39,6 +40,10 @@ RAY_TRAIN_ENV = {
 def check_before_start(settings: Settings) -> None:
     """Fail fast, with one line, on everything that can be checked without Ray."""
     check_trainable(settings)
+    if not settings.run.model:  # RETURNN trains then too, saying each epoch that it saves nothing
+        logging.getLogger(__name__).warning(
+            "`model` is not set: this run trains but saves no checkpoint; set model (e.g. model = 'out/net') to keep it"
+        )
     if settings.run.model:
         checkpoints.check_model_dir_writable(settings.run.model)
     if settings.training.learning_rate_file:
@@ -145,7 +150,6 @@ def run_on_workers(
 
     local = use_local_mode(settings)
     if local:
-        import logging
         import queue as queue_module
 
         import torch
