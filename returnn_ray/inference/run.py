@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from returnn_ray.config import Config
+from returnn_ray.config import Config, Settings
 from returnn_ray.data import BatchingOptions, plan_epoch
 from returnn_ray.data.batching import filter_by_length
 from returnn_ray.data.base import Dataset, DataSpec
@@ -39,7 +39,6 @@ from returnn_ray.inference.model import (
 )
 from returnn_ray.inference.files import batch_digest, changed_file, check_output_file, data_files, file_identity
 from returnn_ray.inference.parts import DATA_FILES, PartStore, plan_digest, tags_digest
-from returnn_ray.settings import Settings
 from returnn_ray.tasks.common import batching_options, open_dataset
 from returnn_ray.training import checkpoints
 from returnn_ray.training.log import hms
@@ -228,7 +227,7 @@ class InferenceActor:
         import torch
         from ray import cloudpickle
 
-        from returnn_ray.config_workers import use_worker_config
+        from returnn_ray.config.workers import use_worker_config
         from returnn_ray.training.worker import data_specs
 
         use_worker_config(job["worker_env"])

@@ -8,7 +8,7 @@ from typing import Mapping
 from returnn_ray.data import BatchingOptions, Dataset, check_extern_data, extern_data_from_config, init_dataset
 from returnn_ray.data.epochs import check_epochs
 from returnn_ray.errors import ConfigError
-from returnn_ray.settings import Settings
+from returnn_ray.config import Settings
 
 logger = logging.getLogger(__name__)
 

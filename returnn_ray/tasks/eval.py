@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import time
 
-from returnn_ray.config import Config
+from returnn_ray.config import Config, Settings
 from returnn_ray.errors import ConfigError
-from returnn_ray.settings import Settings
 from returnn_ray.tasks.common import open_dataset
 from returnn_ray.tasks.train import RAY_TRAIN_ENV, run_on_workers, use_local_mode
 from returnn_ray.training import checkpoints

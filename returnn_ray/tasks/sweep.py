@@ -19,9 +19,8 @@ import os
 import re
 import time
 
-from returnn_ray.config import Config
+from returnn_ray.config import KNOWN_KEYS, Config, Settings
 from returnn_ray.errors import ConfigError, UserError
-from returnn_ray.settings import KNOWN_KEYS, Settings
 from returnn_ray.sweep.space import parse_space, tune_param_space, warn_unknown_keys
 from returnn_ray.training.run_lock import ModelLock
 

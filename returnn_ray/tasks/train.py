@@ -14,10 +14,9 @@ import shutil
 import time
 from typing import Any, Callable
 
-from returnn_ray.config import Config
+from returnn_ray.config import Config, Settings
 from returnn_ray.errors import ConfigError, UserError
 from returnn_ray.placement import check_placeable
-from returnn_ray.settings import Settings
 from returnn_ray.tasks.common import check_datasets_for_training, open_dataset
 from returnn_ray.training import checkpoints
 from returnn_ray.training.run_lock import ModelLock

@@ -35,7 +35,7 @@ from returnn_ray.data.base import Dataset, DataSpec
 from returnn_ray.data.epochs import check_epoch
 from returnn_ray.data.ray_data import READ_TASK_CONCURRENCY, Batch, rank_batches, read_task_concurrency
 from returnn_ray.errors import DataError, UserError
-from returnn_ray.settings import Settings
+from returnn_ray.config import Settings
 from returnn_ray.tasks.common import batching_options, open_dataset
 from returnn_ray.training import checkpoints
 from returnn_ray.training.log import WorkerLog, format_scores, hms
@@ -113,7 +113,7 @@ def start_worker(job: Mapping[str, Any]) -> tuple[Settings, WorkerContext, Worke
     """The settings (unpickled once this process knows which config to rebuild), rank and log."""
     from ray import cloudpickle
 
-    from returnn_ray.config_workers import use_worker_config
+    from returnn_ray.config.workers import use_worker_config
 
     use_worker_config(job["worker_env"])
     settings: Settings = cloudpickle.loads(job["settings"])
