@@ -170,8 +170,7 @@ def _shared_datasets(settings: Settings, *, has_variants: bool) -> dict | None:
         return None
     import ray
 
-    from returnn_ray.tasks.common import open_dataset
-    from returnn_ray.training.worker import eval_dataset_names
+    from returnn_ray.data.from_settings import eval_dataset_names, open_dataset
 
     return {name: ray.put(open_dataset(settings, name)) for name in ["train", *eval_dataset_names(settings)]}
 
@@ -208,10 +207,9 @@ def expected_score_keys(settings: Settings) -> list[str]:
     """The score keys each epoch of this config reports (``train_*`` and per evaluated dataset)."""
     import torch
 
-    from returnn_ray.tasks.common import open_dataset
+    from returnn_ray.data.from_settings import data_specs, eval_dataset_names, open_dataset
     from returnn_ray.training.scores import score_keys
     from returnn_ray.training.steps import dummy_batch, model_spec
-    from returnn_ray.training.worker import data_specs, eval_dataset_names
 
     specs = data_specs(settings, open_dataset(settings, "train"))
     spec = model_spec(settings, specs)

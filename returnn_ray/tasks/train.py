@@ -15,13 +15,12 @@ import time
 from typing import Any, Callable
 
 from returnn_ray.config import Config, Settings
+from returnn_ray.data.from_settings import check_datasets_for_training, data_specs, eval_dataset_names, open_dataset
 from returnn_ray.errors import ConfigError, UserError
 from returnn_ray.placement import check_placeable
-from returnn_ray.tasks.common import check_datasets_for_training, open_dataset
 from returnn_ray.training import checkpoints
 from returnn_ray.training.run_lock import ModelLock
 from returnn_ray.training.steps import model_spec
-from returnn_ray.training.worker import data_specs, eval_dataset_names
 
 RAY_TRAIN_ENV = {
     # Ray Train polls workers (and drains report()) at this interval; the default 2 s makes
