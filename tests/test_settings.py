@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from returnn_ray.config import Config, load_config
-from returnn_ray.errors import ConfigError
 from returnn_ray.config.reference import config_reference_markdown
 from returnn_ray.config.settings import (
     IGNORED_KEYS,
@@ -22,6 +21,7 @@ from returnn_ray.config.settings import (
     load_settings,
     warn_unread_keys,
 )
+from returnn_ray.errors import ConfigError
 from returnn_ray.training.lr_control import LR_CONTROL_CONFIG_KEYS, LR_CONTROL_KINDS, make_lr_control
 
 

@@ -179,7 +179,7 @@ def _check_base(settings: Settings, *, has_variants: bool) -> None:
     """The base config must train (unless variants complete it); a sweep_metric must be a score it reports."""
     if has_variants and settings.data.train is None:
         return  # each variant file brings its own data and model; checked with its trials' configs
-    from returnn_ray.tasks.train import check_trainable
+    from returnn_ray.training.checks import check_trainable
 
     check_trainable(settings)  # the trials' configs are checked next; this names the base config's faults as its own
     metric = settings.sweep.sweep_metric

@@ -29,6 +29,7 @@ import torch
 
 import numpy as np
 
+from returnn_ray.config import Settings
 from returnn_ray.data import plan_epoch
 from returnn_ray.data.batching import filter_by_length
 from returnn_ray.data.base import Dataset
@@ -36,7 +37,6 @@ from returnn_ray.data.epochs import check_epoch
 from returnn_ray.data.from_settings import batching_options, data_specs, eval_dataset_names, open_dataset
 from returnn_ray.data.ray_data import READ_TASK_CONCURRENCY, Batch, rank_batches, read_task_concurrency
 from returnn_ray.errors import DataError, UserError
-from returnn_ray.config import Settings
 from returnn_ray.training import checkpoints
 from returnn_ray.training.log import WorkerLog, format_scores, hms
 from returnn_ray.training.lr_control import make_lr_control
