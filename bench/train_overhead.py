@@ -76,15 +76,13 @@ def plain_loop(config_path: str, epochs: int) -> list[tuple[float, float, float]
     """(epoch seconds, of which reading+padding seconds, train loss) per epoch: the worker's loop without Ray."""
     import torch
 
-    from returnn_ray.config import load_config, set_global_config
+    from returnn_ray.config import load_config, load_settings, set_global_config
     from returnn_ray.data import plan_epoch
+    from returnn_ray.data.from_settings import batching_options, data_specs, open_dataset
     from returnn_ray.data.ray_data import Batch, pad_batch
-    from returnn_ray.settings import load_settings
-    from returnn_ray.tasks.common import batching_options, open_dataset
     from returnn_ray.training.optim import apply_update, build_optimizer
     from returnn_ray.training.scores import ScoreAccumulator, objective
     from returnn_ray.training.steps import model_spec
-    from returnn_ray.training.worker import data_specs
 
     torch.set_num_threads(1)  # a Ray worker gets OMP_NUM_THREADS=1 (one CPU)
     config = load_config([config_path])

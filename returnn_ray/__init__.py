@@ -8,9 +8,8 @@ commands as timed stages), ``returnn_ray.warm_start`` and ``returnn_ray.ray_head
 Ray head). Every other module is internal. Importing the package is cheap (no torch, no Ray).
 """
 
-from returnn_ray.config import Config, load_config
+from returnn_ray.config import Config, Settings, load_config, load_settings
 from returnn_ray.errors import ConfigError, DataError, UserError
-from returnn_ray.settings import Settings, load_settings
 
 __version__ = "0.1.0"
 

@@ -9,6 +9,6 @@ stays empty. Every name here starts with ``_``: the config's own globals live he
 
 import sys as _sys
 
-from returnn_ray.config_workers import populate_worker_module as _populate
+from returnn_ray.config.workers import populate_worker_module as _populate
 
 _populate(_sys.modules[__name__])

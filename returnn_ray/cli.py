@@ -26,10 +26,9 @@ import traceback
 from typing import Callable, Literal, Sequence
 
 from returnn_ray import __version__, interrupts
-from returnn_ray.cmdline import OPTION_KEYS, split_command_line
-from returnn_ray.config import Config, load_config, set_global_config
+from returnn_ray.config import Config, Settings, load_config, load_settings, set_global_config, warn_unread_keys
+from returnn_ray.config.command_line import OPTION_KEYS, split_command_line
 from returnn_ray.errors import UserError
-from returnn_ray.settings import Settings, load_settings, warn_unread_keys
 
 USAGE = """\
 usage: returnn-ray CONFIG [CONFIG2 ...] [++key value ...] [options]

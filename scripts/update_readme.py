@@ -8,7 +8,7 @@ from __future__ import annotations
 import pathlib
 import re
 
-from returnn_ray.settings import config_reference_markdown
+from returnn_ray.config.reference import config_reference_markdown
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- config-reference:start -->", "<!-- config-reference:end -->"

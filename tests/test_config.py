@@ -1,4 +1,4 @@
-"""Tests of returnn_ray.config: the three file formats, overrides, errors, cross-process pickling."""
+"""Tests of returnn_ray.config (files, command line, workers): the three file formats, overrides, errors, cross-process pickling."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from returnn_ray.cmdline import split_command_line
+from returnn_ray.config.command_line import split_command_line
 from returnn_ray.config import (
     USER_CONFIG_MODULE,
     WORKER_ENV_VAR,

@@ -1,4 +1,4 @@
-"""Tests of returnn_ray.settings: the typed boundary, validation, unread-key warnings, reference."""
+"""Tests of returnn_ray.config.settings and .reference: the typed boundary, validation, unread-key warnings, reference."""
 
 from __future__ import annotations
 
@@ -11,17 +11,17 @@ from pathlib import Path
 import pytest
 
 from returnn_ray.config import Config, load_config
-from returnn_ray.errors import ConfigError
-from returnn_ray.settings import (
+from returnn_ray.config.reference import config_reference_markdown
+from returnn_ray.config.settings import (
     IGNORED_KEYS,
     KNOWN_KEYS,
     SETTINGS_CLASSES,
     BatchingSettings,
     TrainingSettings,
-    config_reference_markdown,
     load_settings,
     warn_unread_keys,
 )
+from returnn_ray.errors import ConfigError
 from returnn_ray.training.lr_control import LR_CONTROL_CONFIG_KEYS, LR_CONTROL_KINDS, make_lr_control
 
 

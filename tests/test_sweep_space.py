@@ -9,9 +9,8 @@ import os
 import pytest
 
 from returnn_ray.cli import main, parse_argv
-from returnn_ray.config import load_config
+from returnn_ray.config import KNOWN_KEYS, load_config, load_settings
 from returnn_ray.errors import ConfigError
-from returnn_ray.settings import KNOWN_KEYS, load_settings
 from returnn_ray.sweep.results import TrialSummary, best_config_text, format_table, ranked, write_plot
 from returnn_ray.sweep.space import Dimension, override_args, parse_space, warn_unknown_keys
 from returnn_ray.sweep.trial import trial_args

@@ -16,10 +16,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from returnn_ray.config import Settings
 from returnn_ray.data.base import DataSpec
 from returnn_ray.data.ray_data import Batch
 from returnn_ray.errors import ConfigError, UserError
-from returnn_ray.settings import Settings
 
 Outputs = dict[str, tuple[np.ndarray, np.ndarray]]
 """Output name -> (padded values ``[B, T, ...]``, seq lengths ``[B]``)."""

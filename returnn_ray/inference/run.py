@@ -25,10 +25,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from returnn_ray.config import Config
+from returnn_ray.config import Config, Settings
 from returnn_ray.data import BatchingOptions, plan_epoch
 from returnn_ray.data.batching import filter_by_length
 from returnn_ray.data.base import Dataset, DataSpec
+from returnn_ray.data.from_settings import batching_options, data_specs, open_dataset
 from returnn_ray.errors import ConfigError, UserError
 from returnn_ray.inference.model import (
     build_model,
@@ -39,8 +40,6 @@ from returnn_ray.inference.model import (
 )
 from returnn_ray.inference.files import batch_digest, changed_file, check_output_file, data_files, file_identity
 from returnn_ray.inference.parts import DATA_FILES, PartStore, plan_digest, tags_digest
-from returnn_ray.settings import Settings
-from returnn_ray.tasks.common import batching_options, open_dataset
 from returnn_ray.training import checkpoints
 from returnn_ray.training.log import hms
 
@@ -71,8 +70,6 @@ def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
     order = dataset.seq_order_for_epoch(1)
     check_every_seq_kept(dataset, order, options, task=task)
     check_inference_model(settings, search=search)
-    from returnn_ray.training.worker import data_specs
-
     specs = data_specs(settings, dataset)
     which = checkpoints.checkpoint_to_load(settings.run.model, settings.run.load_epoch, load=settings.run.load)
     epoch = which.epoch or 1
@@ -228,8 +225,7 @@ class InferenceActor:
         import torch
         from ray import cloudpickle
 
-        from returnn_ray.config_workers import use_worker_config
-        from returnn_ray.training.worker import data_specs
+        from returnn_ray.config.workers import use_worker_config
 
         use_worker_config(job["worker_env"])
         self.settings: Settings = cloudpickle.loads(job["settings"])

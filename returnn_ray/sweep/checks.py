@@ -21,11 +21,10 @@ def check_trials(job: dict[str, Any], space: Sequence[Dimension]) -> int:
     Datasets are opened once per distinct data settings; nothing is written (the trials'
     directories are made when they start, in the checked sweep dir).
     """
-    from returnn_ray.config import USER_CONFIG_MODULE, get_global_config, load_config, set_global_config
-    from returnn_ray.settings import load_settings
+    from returnn_ray.config import USER_CONFIG_MODULE, get_global_config, load_config, load_settings, set_global_config
+    from returnn_ray.data.from_settings import open_dataset
     from returnn_ray.sweep.trial import trial_args, trial_dir
-    from returnn_ray.tasks.common import open_dataset
-    from returnn_ray.tasks.train import check_trainable
+    from returnn_ray.training.checks import check_trainable
 
     opened: dict[tuple[str, str], Any] = {}
 

@@ -47,8 +47,7 @@ def run_trial(trial_config: dict[str, Any], shared_datasets: dict[str, Any] | No
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from returnn_ray.config import load_config, set_global_config
-    from returnn_ray.settings import load_settings
+    from returnn_ray.config import load_config, load_settings, set_global_config
     from returnn_ray.tasks.train import check_before_start, run_on_workers
     from returnn_ray.training.worker import train_loop_per_worker
 

@@ -12,11 +12,10 @@ import json
 import sys
 from typing import TextIO
 
-from returnn_ray.config import Config
+from returnn_ray.config import Config, Settings
 from returnn_ray.data import plan_epoch
 from returnn_ray.data.epochs import check_epoch
-from returnn_ray.settings import Settings
-from returnn_ray.tasks.common import batching_options, open_dataset
+from returnn_ray.data.from_settings import batching_options, open_dataset
 
 
 def run(

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import time
 
-from returnn_ray.config import Config
+from returnn_ray.config import Config, Settings
+from returnn_ray.data.from_settings import data_specs, eval_dataset_names, open_dataset
 from returnn_ray.errors import ConfigError
-from returnn_ray.settings import Settings
-from returnn_ray.tasks.common import open_dataset
 from returnn_ray.tasks.train import RAY_TRAIN_ENV, run_on_workers, use_local_mode
 from returnn_ray.training import checkpoints
 from returnn_ray.training.steps import model_spec
-from returnn_ray.training.worker import data_specs, eval_dataset_names
 
 
 def run(settings: Settings, config: Config) -> int:

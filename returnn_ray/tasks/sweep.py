@@ -19,9 +19,8 @@ import os
 import re
 import time
 
-from returnn_ray.config import Config
+from returnn_ray.config import KNOWN_KEYS, Config, Settings
 from returnn_ray.errors import ConfigError, UserError
-from returnn_ray.settings import KNOWN_KEYS, Settings
 from returnn_ray.sweep.space import parse_space, tune_param_space, warn_unknown_keys
 from returnn_ray.training.run_lock import ModelLock
 
@@ -171,8 +170,7 @@ def _shared_datasets(settings: Settings, *, has_variants: bool) -> dict | None:
         return None
     import ray
 
-    from returnn_ray.tasks.common import open_dataset
-    from returnn_ray.training.worker import eval_dataset_names
+    from returnn_ray.data.from_settings import eval_dataset_names, open_dataset
 
     return {name: ray.put(open_dataset(settings, name)) for name in ["train", *eval_dataset_names(settings)]}
 
@@ -181,7 +179,7 @@ def _check_base(settings: Settings, *, has_variants: bool) -> None:
     """The base config must train (unless variants complete it); a sweep_metric must be a score it reports."""
     if has_variants and settings.data.train is None:
         return  # each variant file brings its own data and model; checked with its trials' configs
-    from returnn_ray.tasks.train import check_trainable
+    from returnn_ray.training.checks import check_trainable
 
     check_trainable(settings)  # the trials' configs are checked next; this names the base config's faults as its own
     metric = settings.sweep.sweep_metric
@@ -209,10 +207,9 @@ def expected_score_keys(settings: Settings) -> list[str]:
     """The score keys each epoch of this config reports (``train_*`` and per evaluated dataset)."""
     import torch
 
-    from returnn_ray.tasks.common import open_dataset
+    from returnn_ray.data.from_settings import data_specs, eval_dataset_names, open_dataset
     from returnn_ray.training.scores import score_keys
     from returnn_ray.training.steps import dummy_batch, model_spec
-    from returnn_ray.training.worker import data_specs, eval_dataset_names
 
     specs = data_specs(settings, open_dataset(settings, "train"))
     spec = model_spec(settings, specs)

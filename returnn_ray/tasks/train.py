@@ -13,17 +13,13 @@ import logging
 import os
 import shutil
 import time
-from typing import Any, Callable
 
-from returnn_ray.config import Config
-from returnn_ray.errors import ConfigError, UserError
+from returnn_ray.config import Config, Settings
+from returnn_ray.errors import UserError
 from returnn_ray.placement import check_placeable
-from returnn_ray.settings import Settings
-from returnn_ray.tasks.common import check_datasets_for_training, open_dataset
 from returnn_ray.training import checkpoints
+from returnn_ray.training.checks import check_trainable
 from returnn_ray.training.run_lock import ModelLock
-from returnn_ray.training.steps import model_spec
-from returnn_ray.training.worker import data_specs, eval_dataset_names
 
 RAY_TRAIN_ENV = {
     # Ray Train polls workers (and drains report()) at this interval; the default 2 s makes
@@ -48,39 +44,6 @@ def check_before_start(settings: Settings) -> None:
         checkpoints.check_model_dir_writable(settings.run.model)
     if settings.training.learning_rate_file:
         checkpoints.check_model_dir_writable(settings.training.learning_rate_file, key="learning_rate_file")
-
-
-def check_trainable(settings: Settings, opener: Callable[[Settings, str], Any] = open_dataset) -> None:
-    """The checks of :func:`check_before_start` that write nothing (datasets, model, optimizer,
-    tensorboard); a sweep checks each trial's config with them before its directory exists.
-    ``opener`` opens a dataset (a sweep's reuses what an earlier trial's check opened)."""
-    if settings.data.train is None:
-        raise ConfigError("task 'train' needs a `train` dataset in the config")
-    train = opener(settings, "train")
-    datasets = {"train": train, **{name: opener(settings, name) for name in eval_dataset_names(settings)}}
-    check_datasets_for_training(settings, datasets)
-    model_spec(settings, data_specs(settings, train))
-    check_training_settings(settings)
-    if settings.training.use_tensorboard:
-        from returnn_ray.training.tensorboard import check_tensorboard
-
-        check_tensorboard(settings.training.tensorboard_opts or {})
-
-
-def check_training_settings(settings: Settings) -> None:
-    """The optimizer and the learning-rate control (with an existing ``learning_rate_file``), which
-    the training loop builds first: a bad value is one line here, before Ray or a worker starts."""
-    from returnn_ray.training.lr_control import check_lr_control
-    from returnn_ray.training.optim import check_optimizer
-
-    t = settings.training
-    if t.network is not None or t.get_model is not None:  # no model: the train task says so
-        check_optimizer(
-            t.optimizer, adam=t.adam, nadam=t.nadam, learning_rate=t.learning_rate,
-            # as the training loop: RETURNN's torch engine wants an optimizer, network dicts follow its TF engine (SGD)
-            default="sgd" if t.network is not None else "error",
-        )
-    check_lr_control(t.learning_rate_control, t.lr_control_options(), t.learning_rate_file)
 
 
 def run(settings: Settings, config: Config) -> int:

@@ -11,12 +11,12 @@ import pprint
 from typing import Any, Mapping
 
 from returnn_ray.atomic import atomic_write
-from returnn_ray.tasks.common import open_dataset
+from returnn_ray.data.from_settings import data_specs, open_dataset
 from returnn_ray.training import checkpoints
 from returnn_ray.training.log import format_scores
 from returnn_ray.training.scores import score_keys
 from returnn_ray.training.steps import model_spec
-from returnn_ray.training.worker import data_specs, eval_epoch, start_worker
+from returnn_ray.training.worker import eval_epoch, start_worker
 
 
 def eval_loop_per_worker(job: Mapping[str, Any]) -> dict:

@@ -15,11 +15,11 @@ from typing import Callable, Mapping, Protocol
 
 import torch
 
+from returnn_ray.config import Settings
 from returnn_ray.data.base import DataSpec
 from returnn_ray.data.ray_data import Batch
 from returnn_ray.errors import ConfigError
 from returnn_ray.model.losses import LossValue
-from returnn_ray.settings import Settings
 
 
 class StepFn(Protocol):

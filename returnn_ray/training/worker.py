@@ -29,14 +29,14 @@ import torch
 
 import numpy as np
 
+from returnn_ray.config import Settings
 from returnn_ray.data import plan_epoch
 from returnn_ray.data.batching import filter_by_length
-from returnn_ray.data.base import Dataset, DataSpec
+from returnn_ray.data.base import Dataset
 from returnn_ray.data.epochs import check_epoch
+from returnn_ray.data.from_settings import batching_options, data_specs, eval_dataset_names, open_dataset
 from returnn_ray.data.ray_data import READ_TASK_CONCURRENCY, Batch, rank_batches, read_task_concurrency
 from returnn_ray.errors import DataError, UserError
-from returnn_ray.settings import Settings
-from returnn_ray.tasks.common import batching_options, open_dataset
 from returnn_ray.training import checkpoints
 from returnn_ray.training.log import WorkerLog, format_scores, hms
 from returnn_ray.training.lr_control import make_lr_control
@@ -94,26 +94,11 @@ def _local_context(use_gpu: bool) -> WorkerContext:
     return WorkerContext(0, 1, device, local=True)
 
 
-def eval_dataset_names(settings: Settings) -> list[str]:
-    """Datasets scored after each epoch: ``dev``, ``eval`` when set, and every ``eval_datasets`` entry."""
-    names = [n for n in ("dev", "eval") if getattr(settings.data, n) is not None]
-    return names + [n for n in (settings.data.eval_datasets or {}) if n not in names]
-
-
-def data_specs(settings: Settings, train: Dataset) -> dict[str, DataSpec]:
-    """The data keys the model sees: ``extern_data`` (or num_inputs/num_outputs), else the train data's."""
-    from returnn_ray.data import extern_data_from_config
-
-    d = settings.data
-    specs = extern_data_from_config(d.extern_data, d.num_inputs, d.num_outputs)
-    return {k: train.specs.get(k, s) for k, s in specs.items()} if specs else dict(train.specs)
-
-
 def start_worker(job: Mapping[str, Any]) -> tuple[Settings, WorkerContext, WorkerLog]:
     """The settings (unpickled once this process knows which config to rebuild), rank and log."""
     from ray import cloudpickle
 
-    from returnn_ray.config_workers import use_worker_config
+    from returnn_ray.config.workers import use_worker_config
 
     use_worker_config(job["worker_env"])
     settings: Settings = cloudpickle.loads(job["settings"])

@@ -13,8 +13,7 @@ import time
 from test_train import write_config  # tests/tasks is on sys.path (rootdir import)
 
 from returnn_ray.cli import main
-from returnn_ray.config import load_config
-from returnn_ray.settings import load_settings
+from returnn_ray.config import load_config, load_settings
 from returnn_ray.training.lr_file import load_learning_rate_file
 
 # Two good learning rates, one that diverges in its first epoch (a trial error: 1e30 is finite and

@@ -10,12 +10,11 @@ import json
 import pytest
 import torch
 
-from returnn_ray.config import load_config
+from returnn_ray.config import load_config, load_settings
+from returnn_ray.data.from_settings import data_specs, open_dataset
 from returnn_ray.errors import DataError
-from returnn_ray.settings import load_settings
-from returnn_ray.tasks.common import open_dataset
 from returnn_ray.training.steps import model_spec
-from returnn_ray.training.worker import WorkerContext, _epoch_batches, data_specs, eval_epoch
+from returnn_ray.training.worker import WorkerContext, _epoch_batches, eval_epoch
 
 CONFIG = {
     "task": "train",

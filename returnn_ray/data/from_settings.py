@@ -1,14 +1,18 @@
-"""Helpers the task modules share: opening the config's datasets and their batching options."""
+"""From typed settings to data: which datasets a run uses, opening them, their batching and keys.
+
+Every layer above reads the config's datasets through these (training, inference, sweep and
+the tasks), so this module sits in the data layer and imports only :mod:`returnn_ray.config`.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Mapping
 
-from returnn_ray.data import BatchingOptions, Dataset, check_extern_data, extern_data_from_config, init_dataset
+from returnn_ray.config import Settings
+from returnn_ray.data import BatchingOptions, DataSpec, Dataset, check_extern_data, extern_data_from_config, init_dataset
 from returnn_ray.data.epochs import check_epochs
 from returnn_ray.errors import ConfigError
-from returnn_ray.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +33,12 @@ def dataset_spec(settings: Settings, name: str):
     return spec
 
 
+def eval_dataset_names(settings: Settings) -> list[str]:
+    """Datasets scored after each epoch: ``dev``, ``eval`` when set, and every ``eval_datasets`` entry."""
+    names = [n for n in ("dev", "eval") if getattr(settings.data, n) is not None]
+    return names + [n for n in (settings.data.eval_datasets or {}) if n not in names]
+
+
 def open_dataset(settings: Settings, name: str) -> Dataset:
     """Build dataset ``name`` and check it against ``extern_data`` (or ``num_inputs``/``num_outputs``)."""
     dataset = init_dataset(dataset_spec(settings, name), name=name, batching=settings.data.batching)
@@ -46,6 +56,13 @@ def _is_input(key: str, data) -> bool:
     ``available_for_inference``."""
     opts = (data.extern_data or {}).get(key)
     return key == "data" and not (isinstance(opts, dict) and opts.get("available_for_inference") is False)
+
+
+def data_specs(settings: Settings, train: Dataset) -> dict[str, DataSpec]:
+    """The data keys the model sees: ``extern_data`` (or num_inputs/num_outputs), else the train data's."""
+    d = settings.data
+    specs = extern_data_from_config(d.extern_data, d.num_inputs, d.num_outputs)
+    return {k: train.specs.get(k, s) for k, s in specs.items()} if specs else dict(train.specs)
 
 
 def batching_options(settings: Settings, name: str) -> BatchingOptions:

@@ -1,11 +1,11 @@
 """How a config crosses to another process (Ray workers).
 
-A Python config runs as the module :data:`~returnn_ray.config.USER_CONFIG_MODULE`, so its
+A Python config runs as the module :data:`~returnn_ray.config.files.USER_CONFIG_MODULE`, so its
 functions and classes pickle *by reference* (``returnn_ray._user_config.get_model``), with
 the standard pickle and Ray's cloudpickle alike. To unpickle them, a fresh process imports
 that name: the file ``returnn_ray/_user_config.py`` calls :func:`populate_worker_module`,
 which replays the driver's config, recorded by :meth:`Config.worker_env` in
-:data:`~returnn_ray.config.WORKER_ENV_VAR` (JSON: the command-line options and files, with
+:data:`~returnn_ray.config.files.WORKER_ENV_VAR` (JSON: the command-line options and files, with
 the directory each was loaded from), into that very module. The worker thus re-executes the
 config files (their top-level code runs once per worker process) and gets the same namespace
 as the driver, overrides included.
@@ -13,14 +13,13 @@ as the driver, overrides included.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import sys
 import types
 from typing import Any, Mapping
 
-from returnn_ray.config import USER_CONFIG_MODULE, WORKER_ENV_VAR, Config, set_global_config
+from returnn_ray.config.files import USER_CONFIG_MODULE, WORKER_ENV_VAR, Config, set_global_config
 from returnn_ray.errors import ConfigError
 
 
@@ -87,15 +86,6 @@ def use_worker_config(env: Mapping[str, str]) -> None:
         os.environ[WORKER_ENV_VAR] = text
     else:
         os.environ.pop(WORKER_ENV_VAR, None)
-
-
-def import_user_config() -> Config:
-    """The config of :data:`USER_CONFIG_MODULE`; unpickling a :class:`Config` calls this."""
-    module = importlib.import_module(USER_CONFIG_MODULE)
-    config = module.__dict__.get("__returnn_ray_config__")
-    if not isinstance(config, Config):
-        raise ConfigError(f"no returnn-ray config in this process: ${WORKER_ENV_VAR} is not set")
-    return config
 
 
 class _EmptyUserConfigModule(types.ModuleType):

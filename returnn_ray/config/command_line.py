@@ -1,6 +1,6 @@
 """RETURNN's command-line grammar: config files first, then ``++key value`` and short options.
 
-Only the grammar lives here; :meth:`returnn_ray.config.Config.parse_cmd_args` applies the
+Only the grammar lives here; :meth:`returnn_ray.config.files.Config.parse_cmd_args` applies the
 options to a config, and :mod:`returnn_ray.cli` adds the options of its own.
 
 >>> split_command_line(["setup.config", "++learning_rate", "+-0.1", "-n", "3"])

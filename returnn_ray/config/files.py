@@ -19,10 +19,10 @@ Python configs run as a real module, :data:`USER_CONFIG_MODULE`, registered in
 cloudpickle alike. A worker process unpickles them by importing that module: the file
 ``returnn_ray/_user_config.py`` replays the driver's config (files and command line, recorded
 in the environment variable :data:`WORKER_ENV_VAR`, see :meth:`Config.worker_env`) into its
-own namespace (:mod:`returnn_ray.config_workers`). The values the driver set programmatically (:meth:`Config.set`) are not part
+own namespace (:mod:`returnn_ray.config.workers`). The values the driver set programmatically (:meth:`Config.set`) are not part
 of that record; pass them in the pickled task arguments instead.
 
-This is the only place that parses config text; :mod:`returnn_ray.settings` turns the
+This is the only place that parses config text; :mod:`returnn_ray.config.settings` turns the
 result into typed dataclasses once, and the rest of the package reads those.
 
 >>> c = Config({"learning_rate": 0.1})
@@ -42,7 +42,7 @@ import sys
 import types
 from typing import Any, Sequence, TypeVar
 
-from returnn_ray.cmdline import iter_cmd_options
+from returnn_ray.config.command_line import iter_cmd_options
 from returnn_ray.errors import ConfigError
 
 T = TypeVar("T")
@@ -457,7 +457,7 @@ class Config:
         ``os.environ.update(...)`` before Ray starts its workers). A worker that unpickles a
         function of the config imports :data:`USER_CONFIG_MODULE`, which replays the recorded
         steps: the command-line options and the files, in the original order and directory
-        (:mod:`returnn_ray.config_workers`).
+        (:mod:`returnn_ray.config.workers`).
         """
         record = {"version": 1, "steps": self._history, "snapshots": self.snapshots}
         return {WORKER_ENV_VAR: json.dumps(record)}
@@ -466,8 +466,6 @@ class Config:
         if self._module is None:  # plain data only (JSON, line-based, set())
             return (_new_config, (), self.__dict__.copy())
         if sys.modules.get(USER_CONFIG_MODULE) is self._module:
-            from returnn_ray.config_workers import import_user_config
-
             return (import_user_config, ())
         raise TypeError(
             "cannot pickle a Config whose Python namespace is not the current "
@@ -477,6 +475,19 @@ class Config:
 
 def _new_config() -> Config:
     return Config.__new__(Config)
+
+
+def import_user_config() -> Config:
+    """The config of :data:`USER_CONFIG_MODULE`; unpickling a :class:`Config` calls this.
+
+    Importing that module in a fresh process replays the driver's config
+    (:mod:`returnn_ray.config.workers`).
+    """
+    module = importlib.import_module(USER_CONFIG_MODULE)
+    config = module.__dict__.get("__returnn_ray_config__")
+    if not isinstance(config, Config):
+        raise ConfigError(f"no returnn-ray config in this process: ${WORKER_ENV_VAR} is not set")
+    return config
 
 
 _global_config: Config | None = None

@@ -1,0 +1,45 @@
+"""Checks of a training config that write nothing and need no Ray: run before the first worker starts.
+
+The train task runs them before Ray starts, and a sweep runs them on every trial's config before
+any trial directory exists, so a bad value is one line naming its key, not a worker's traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from returnn_ray.config import Settings
+from returnn_ray.data.from_settings import check_datasets_for_training, data_specs, eval_dataset_names, open_dataset
+from returnn_ray.errors import ConfigError
+from returnn_ray.training.lr_control import check_lr_control
+from returnn_ray.training.optim import check_optimizer
+from returnn_ray.training.steps import model_spec
+from returnn_ray.training.tensorboard import check_tensorboard
+
+
+def check_trainable(settings: Settings, opener: Callable[[Settings, str], Any] = open_dataset) -> None:
+    """The checks of :func:`returnn_ray.tasks.train.check_before_start` that write nothing (datasets, model, optimizer,
+    tensorboard); a sweep checks each trial's config with them before its directory exists.
+    ``opener`` opens a dataset (a sweep's reuses what an earlier trial's check opened)."""
+    if settings.data.train is None:
+        raise ConfigError("task 'train' needs a `train` dataset in the config")
+    train = opener(settings, "train")
+    datasets = {"train": train, **{name: opener(settings, name) for name in eval_dataset_names(settings)}}
+    check_datasets_for_training(settings, datasets)
+    model_spec(settings, data_specs(settings, train))
+    check_training_settings(settings)
+    if settings.training.use_tensorboard:
+        check_tensorboard(settings.training.tensorboard_opts or {})
+
+
+def check_training_settings(settings: Settings) -> None:
+    """The optimizer and the learning-rate control (with an existing ``learning_rate_file``), which
+    the training loop builds first: a bad value is one line here, before Ray or a worker starts."""
+    t = settings.training
+    if t.network is not None or t.get_model is not None:  # no model: the train task says so
+        check_optimizer(
+            t.optimizer, adam=t.adam, nadam=t.nadam, learning_rate=t.learning_rate,
+            # as the training loop: RETURNN's torch engine wants an optimizer, network dicts follow its TF engine (SGD)
+            default="sgd" if t.network is not None else "error",
+        )
+    check_lr_control(t.learning_rate_control, t.lr_control_options(), t.learning_rate_file)
