@@ -50,8 +50,8 @@ import time
 from typing import Sequence
 
 from returnn_ray import warm_start
-from returnn_ray.ray_head import start_head, stop_head, use_head
-from returnn_ray.ray_setup import usable_cpus
+from returnn_ray.cluster.head import start_head, stop_head, use_head
+from returnn_ray.cluster.start import usable_cpus
 from returnn_ray.stages import (
     CommandOutput, LogWatcher, Runner, StageFailed, StageResult, busy_seconds, inference_work, print_table, training_interval,
 )

@@ -25,7 +25,8 @@ import sys
 import traceback
 from typing import Callable, Literal, Sequence
 
-from returnn_ray import __version__, interrupts
+from returnn_ray import __version__
+from returnn_ray.cluster import interrupts
 from returnn_ray.cmdline import OPTION_KEYS, split_command_line
 from returnn_ray.config import Config, load_config, set_global_config
 from returnn_ray.errors import UserError

@@ -14,7 +14,7 @@ from raylet_guard import _no_ray_unless_marked_ray  # noqa: F401
 def ray_session():
     """One embedded local Ray (2 CPUs) shared by every test that needs Ray."""
     ray = pytest.importorskip("ray")
-    from returnn_ray.ray_setup import PRESTART_ENV, WORKER_SOFT_LIMIT_ENV, init_ray
+    from returnn_ray.cluster.start import PRESTART_ENV, WORKER_SOFT_LIMIT_ENV, init_ray
     from returnn_ray.tasks.train import RAY_TRAIN_ENV
 
     # Started as for a user who set none of these (tests/test_ray_setup.py checks what returnn-ray sets).

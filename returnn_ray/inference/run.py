@@ -341,8 +341,8 @@ def _run_batches(
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
-    from returnn_ray.ray_setup import init_ray
-    from returnn_ray.placement import check_placeable
+    from returnn_ray.cluster.placement import check_placeable
+    from returnn_ray.cluster.start import init_ray
 
     if not settings.run.debug:
         # Ray Data's start/finish notices, and Ray's warning (from C++) that its actor pool's

@@ -26,7 +26,7 @@ def run(settings: Settings, config: Config) -> int:
     if settings.forward.eval_output_file:
         checkpoints.check_model_dir_writable(settings.forward.eval_output_file, key="eval_output_file")
 
-    from returnn_ray.ray_setup import init_ray
+    from returnn_ray.cluster.start import init_ray
     from returnn_ray.training.eval_worker import eval_loop_per_worker
 
     start = time.monotonic()

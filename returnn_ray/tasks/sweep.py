@@ -70,9 +70,9 @@ def _run(settings: Settings, config: Config, job: dict, space, sweep_dir: str, *
     import ray
     from ray import tune
 
-    from returnn_ray.ray_setup import init_ray
+    from returnn_ray.cluster.placement import check_placeable
+    from returnn_ray.cluster.start import init_ray
     from returnn_ray.sweep.trial import data_fingerprint, run_trial
-    from returnn_ray.placement import check_placeable
     from returnn_ray.tasks.train import RAY_TRAIN_ENV, default_num_workers
 
     # RAY_TRAIN_ENV keeps trials in the command's working directory too (Tune would chdir).

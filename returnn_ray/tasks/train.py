@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from returnn_ray.config import Config
 from returnn_ray.errors import ConfigError, UserError
-from returnn_ray.placement import check_placeable
+from returnn_ray.cluster.placement import check_placeable
 from returnn_ray.settings import Settings
 from returnn_ray.tasks.common import check_datasets_for_training, open_dataset
 from returnn_ray.training import checkpoints
@@ -83,7 +83,7 @@ def run(settings: Settings, config: Config) -> int:
     for key, value in RAY_TRAIN_ENV.items():
         os.environ.setdefault(key, value)
 
-    from returnn_ray.ray_setup import init_ray
+    from returnn_ray.cluster.start import init_ray
 
     start = time.monotonic()
     # One training per model: a second run would write the same checkpoints (run_lock.py).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
-from returnn_ray import interrupts
+from returnn_ray.cluster import interrupts
 from returnn_ray.errors import UserError
 
 
@@ -58,7 +58,7 @@ def init_ray(
         ) from exc
     interrupts.install()  # ray.init replaced our SIGTERM handler with one that exits without a word
     if embedded:  # the Ray we just started must not outlive this process, even after kill -9
-        from returnn_ray.reaper import start_reaper
+        from returnn_ray.cluster.reaper import start_reaper
 
         start_reaper()
 

@@ -17,14 +17,14 @@ import sys
 import time
 from typing import MutableMapping
 
-from returnn_ray.ray_setup import AUTH_TOKEN_ENV, head_env, private_auth_env
+from returnn_ray.cluster.start import AUTH_TOKEN_ENV, head_env, private_auth_env
 
 
 def driver_env(temp_dir: str) -> dict[str, str]:
     """What a driver of the head in ``temp_dir`` needs in its environment; apply it with
     :func:`use_head` (before importing Ray, which reads it then).
 
-    Token auth with the head's own token (:func:`returnn_ray.ray_setup.private_auth_env`): a
+    Token auth with the head's own token (:func:`returnn_ray.cluster.start.private_auth_env`): a
     file in the head's private temp dir, made here if missing, never ``~/.ray/auth_token``.
     Usage stats: off, as for the head (``--disable-usage-stats``); else Ray Data starts a
     usage-collection actor for the driver.
