@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import time
 
+from returnn_ray.cluster import env
 from returnn_ray.config import Config
 from returnn_ray.errors import ConfigError
 from returnn_ray.settings import Settings
 from returnn_ray.tasks.common import open_dataset
-from returnn_ray.tasks.train import RAY_TRAIN_ENV, run_on_workers, use_local_mode
+from returnn_ray.tasks.train import run_on_workers, use_local_mode
 from returnn_ray.training import checkpoints
 from returnn_ray.training.steps import model_spec
 from returnn_ray.training.worker import data_specs, eval_dataset_names
@@ -31,7 +32,7 @@ def run(settings: Settings, config: Config) -> int:
 
     start = time.monotonic()
     if not use_local_mode(settings):
-        init_ray(settings.run.ray_address, env_vars=RAY_TRAIN_ENV)
+        init_ray(settings.run.ray_address, env_vars=env.TRAIN_ENV)
     run_on_workers(
         settings, config, eval_loop_per_worker, what="evaluating", run_name="returnn_ray_eval", extra={"datasets": names}
     )
