@@ -24,6 +24,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from returnn_ray.cluster import env
+from returnn_ray.cluster.data_context import configure_ray_data
 from returnn_ray.cluster.ray_internals import user_error_in
 from returnn_ray.config import Config
 from returnn_ray.data import BatchingOptions, plan_epoch
@@ -341,8 +343,6 @@ def _run_batches(
     import ray
     from ray.data import ActorPoolStrategy
 
-    from returnn_ray.cluster import env
-    from returnn_ray.cluster.data_context import configure_ray_data
     from returnn_ray.cluster.placement import check_placeable
     from returnn_ray.cluster.start import init_ray
 
