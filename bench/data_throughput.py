@@ -81,7 +81,7 @@ def main() -> None:
     batches = plan.for_rank(0)
     print(f"plan: {len(batches)} batches, {plan.num_seqs} seqs")
 
-    from returnn_ray.ray_setup import init_ray
+    from returnn_ray.cluster.start import init_ray
 
     start = time.perf_counter()
     init_ray()

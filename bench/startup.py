@@ -28,8 +28,8 @@ import subprocess
 import sys
 import time
 
-from returnn_ray.ray_head import start_head, stop_head, use_head
-from returnn_ray.ray_setup import private_auth_env
+from returnn_ray.cluster.head import start_head, stop_head, use_head
+from returnn_ray.cluster.start import private_auth_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -76,7 +76,7 @@ TINY_CONFIG = {
     "log_verbosity": 4,
 }
 
-# Token auth: the private head and its drivers share the head's own token (ray_head.use_head); the
+# Token auth: the private head and its drivers share the head's own token (cluster.head.use_head); the
 # bare embedded Ray gets one of its own in its environment, as returnn-ray's embedded Ray does.
 
 

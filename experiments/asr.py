@@ -50,8 +50,9 @@ import time
 from typing import Sequence
 
 from returnn_ray import warm_start
-from returnn_ray.ray_head import start_head, stop_head, use_head
-from returnn_ray.ray_setup import usable_cpus
+from returnn_ray.cluster import ray_internals
+from returnn_ray.cluster.head import start_head, stop_head, use_head
+from returnn_ray.cluster.start import usable_cpus
 from returnn_ray.stages import (
     CommandOutput, LogWatcher, Runner, StageFailed, StageResult, busy_seconds, inference_work, print_table, training_interval,
 )
@@ -124,11 +125,9 @@ class Plan:
 
 
 def cluster_resources(address: str) -> dict[str, float]:
-    import logging
-
     import ray
 
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    ray_internals.quiet_auth_notice()
     ray.init(address=address, log_to_driver=False, logging_level="WARNING")
     try:
         return dict(ray.cluster_resources())

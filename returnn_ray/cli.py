@@ -20,12 +20,13 @@ import dataclasses
 import importlib
 import logging
 import os
-import re
 import sys
 import traceback
 from typing import Callable, Literal, Sequence
 
-from returnn_ray import __version__, interrupts
+from returnn_ray import __version__
+from returnn_ray.cluster import env, interrupts
+from returnn_ray.cluster.ray_internals import user_error_in
 from returnn_ray.config import Config, Settings, load_config, load_settings, set_global_config, warn_unread_keys
 from returnn_ray.config.command_line import OPTION_KEYS, split_command_line
 from returnn_ray.errors import UserError
@@ -303,20 +304,12 @@ def user_message(exc: BaseException) -> str:
     """The one line a :class:`UserError` prints.
 
     A UserError raised in a Ray task reaches the driver as Ray's ``RayTaskError(UserError)``,
-    whose text is the remote traceback: its ``cause`` is the original error, else the traceback's
-    last ``returnn_ray.errors.<Class>: <message>`` line is the message. Any other line breaks are
-    joined, so the error stays one line.
+    whose text is the remote traceback: the message is that of the original error
+    (:func:`~returnn_ray.cluster.ray_internals.user_error_in`). Any other line breaks are joined,
+    so the error stays one line.
     """
-    seen = set()
-    while isinstance(getattr(exc, "cause", None), BaseException) and id(exc) not in seen:
-        seen.add(id(exc))
-        exc = exc.cause
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if len(lines) > 1 and any(c.__name__ == "RayTaskError" for c in type(exc).__mro__):
-        remote = [line for line in lines if re.match(r"returnn_ray\.errors\.\w+: ", line)]
-        if remote:
-            return remote[-1].split(": ", 1)[1]
-    return " ".join(lines)
+    exc = user_error_in(exc) or exc
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 def check_log_files(paths: Sequence[str]) -> None:
@@ -343,7 +336,7 @@ def check_local_gpu(settings: Settings) -> None:
     if run.device != "gpu" or run.task not in ("train", "eval") or run.ray_local_mode is False:
         return
     ray = sys.modules.get("ray")
-    joins_ray = run.ray_address or os.environ.get("RAY_ADDRESS") or (ray is not None and ray.is_initialized())
+    joins_ray = run.ray_address or os.environ.get(env.ADDRESS) or (ray is not None and ray.is_initialized())
     if run.ray_local_mode is None and (run.ray_num_workers is not None or joins_ray):
         return
     import torch

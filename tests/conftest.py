@@ -14,13 +14,13 @@ from raylet_guard import _no_ray_unless_marked_ray  # noqa: F401
 def ray_session():
     """One embedded local Ray (2 CPUs) shared by every test that needs Ray."""
     ray = pytest.importorskip("ray")
-    from returnn_ray.ray_setup import PRESTART_ENV, WORKER_SOFT_LIMIT_ENV, init_ray
-    from returnn_ray.tasks.train import RAY_TRAIN_ENV
+    from returnn_ray.cluster import env
+    from returnn_ray.cluster.start import init_ray
 
     # Started as for a user who set none of these (tests/test_ray_setup.py checks what returnn-ray sets).
-    for key in ("RAY_ADDRESS", PRESTART_ENV, WORKER_SOFT_LIMIT_ENV):
+    for key in (env.ADDRESS, env.PRESTART_WORKERS.name, env.WORKER_SOFT_LIMIT.name):
         os.environ.pop(key, None)
-    os.environ.update(RAY_TRAIN_ENV)  # what `returnn-ray` sets before it starts Ray
+    os.environ.update(env.TRAIN_ENV)  # what `returnn-ray` sets before it starts Ray
     init_ray(num_cpus=2)
     yield ray
     ray.shutdown()

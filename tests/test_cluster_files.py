@@ -95,7 +95,7 @@ def test_nodes_install_this_project_and_run_its_ray(name):
         assert len(starts) == 1, config[key]
         assert "~/returnn-ray/.venv/bin/ray start" in starts[0]
         assert "RAY_AUTH_MODE=token" in starts[0]
-        # idle Ray Data read-task processes survive between epochs (returnn_ray.ray_setup.worker_soft_limit)
+        # idle Ray Data read-task processes survive between epochs (returnn_ray.cluster.start.worker_soft_limit)
         assert "RAY_num_workers_soft_limit=$((4 * $(nproc) + 8))" in starts[0]
 
 

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from returnn_ray.ray_setup import private_auth_env
+from returnn_ray.cluster.start import private_auth_env
 
 pytestmark = pytest.mark.ray  # starts a Ray cluster of its own: `-m "not ray"` leaves it out
 

@@ -1,5 +1,5 @@
-"""The Ray that returnn-ray starts keeps its idle worker processes (ray_setup.worker_soft_limit) and
-prestarts none (ray_setup.PRESTART_ENV).
+"""The Ray that returnn-ray starts keeps its idle worker processes (cluster.start.worker_soft_limit) and
+prestarts none (cluster.env.PRESTART_WORKERS).
 
 Checked on the raylet the shared Ray runs (a child of this pytest process, found by psutil, not
 through returnn_ray): the environment it really runs with, and what it does with idle workers.
@@ -13,7 +13,10 @@ import time
 
 import pytest
 
-from returnn_ray.ray_setup import PRESTART_ENV, WORKER_SOFT_LIMIT_ENV
+from returnn_ray.cluster.env import PRESTART_WORKERS, WORKER_SOFT_LIMIT
+
+PRESTART_ENV = PRESTART_WORKERS.name
+WORKER_SOFT_LIMIT_ENV = WORKER_SOFT_LIMIT.name
 
 NUM_CPUS = 2  # the shared Ray's (tests/conftest.py)
 IDLE_KILL_S = 1.0  # Ray kills a worker idle this long once there are more than the soft limit

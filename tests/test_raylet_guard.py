@@ -76,7 +76,7 @@ def test_unmarked_uses_a_module_fixture_that_starts_a_raylet(raylet_for_the_modu
 REAL_RAY_TEST = """
 def test_unmarked_starts_a_real_ray():
     import ray
-    from returnn_ray.ray_setup import init_ray
+    from returnn_ray.cluster.start import init_ray
 
     init_ray(num_cpus=1)
     ray.shutdown()

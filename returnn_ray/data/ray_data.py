@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
+from returnn_ray.cluster.data_context import configure_ray_data
 from returnn_ray.data.base import Dataset
 
 if TYPE_CHECKING:
@@ -229,15 +230,8 @@ def rank_dataset(
     """
     import ray.data
 
-    ctx = ray.data.DataContext.get_current()
     # Row order = plan order, identical across runs; Ray's default may reorder blocks.
-    ctx.execution_options.preserve_order = True
-    ctx.enable_progress_bars = False
-    # Ray Data's per-operator reservation keeps half the CPUs back for other operators of
-    # the pipeline; ours has one (the read), which it then caps at half the node: on a
-    # 2-CPU node one read task at a time instead of two.
-    ctx.op_resource_reservation_enabled = False
-    ctx.print_on_execution_start = False
+    configure_ray_data(preserve_order=True, announce_start=False)
     source, num_tasks = _make_datasource(dataset, batches, read_task_bytes)
     # Read tasks reserve no CPU: the training workers hold the node's CPUs (on a 2-CPU node,
     # 2 workers hold all of them), and a read task waiting for a CPU would wait forever while

@@ -18,13 +18,15 @@ import io
 import json
 import logging
 import os
-import re
 import sys
 import time
 from typing import Any, Sequence
 
 import numpy as np
 
+from returnn_ray.cluster import env
+from returnn_ray.cluster.data_context import configure_ray_data
+from returnn_ray.cluster.ray_internals import user_error_in
 from returnn_ray.config import Config, Settings
 from returnn_ray.data import BatchingOptions, plan_epoch
 from returnn_ray.data.batching import filter_by_length
@@ -335,15 +337,15 @@ def _run_batches(
     """Run the batches ``todo`` on the actor pool, writing each result to ``store`` as it comes;
     returns how many batches ran on each node (by Ray node id)."""
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import ActorPoolStrategy
 
-    from returnn_ray.ray_setup import init_ray
-    from returnn_ray.placement import check_placeable
+    from returnn_ray.cluster.placement import check_placeable
+    from returnn_ray.cluster.start import init_ray
 
     if not settings.run.debug:
         # Ray Data's start/finish notices, and Ray's warning (from C++) that its actor pool's
         # constructor arguments live in the object store: nothing a returnn-ray user can act on.
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+        env.set_defaults(env.BACKEND_LOG_LEVEL.as_env())
         logging.getLogger("ray.data").setLevel(logging.ERROR)
     init_ray(settings.run.ray_address)
     use_gpu = settings.run.device == "gpu" or (settings.run.device is None and ray.cluster_resources().get("GPU", 0) > 0)
@@ -353,10 +355,7 @@ def _run_batches(
     actor = {"CPU": 1, "GPU": 1} if use_gpu else {"CPU": 1}
     task = "search" if search else "forward"
     check_placeable(num_actors, use_gpu, settings.run.ray_placement_timeout, bundle=actor, what=f"{task} actors")
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.execution_options.preserve_order = False  # results are keyed by batch id, not by arrival
-    ctx.op_resource_reservation_enabled = False
+    configure_ray_data(preserve_order=False)  # results are keyed by batch id, not by arrival
     from ray import cloudpickle
 
     job = {
@@ -392,7 +391,7 @@ def _run_batches(
             nodes[str(row["node"])] = nodes.get(str(row["node"]), 0) + 1
             progress.advance(len(plan[batch_id]))
     except Exception as exc:  # noqa: BLE001 - an actor's UserError (bad model output, ...) as one line
-        error = _user_error_in(exc)
+        error = user_error_in(exc)
         if error is None:
             raise
         raise UserError(f"{error} (in a {task} actor; the batches done so far are kept in {store.dir})") from exc
@@ -402,22 +401,6 @@ def _run_batches(
     if missing:
         raise UserError(f"{task}: {len(missing)} batches got no result (first: {missing[0]}); rerun to finish them")
     return nodes
-
-
-def _user_error_in(exc: BaseException) -> UserError | None:
-    """The UserError an actor raised, wherever Ray Data wrapped it (causes, ``RayTaskError.cause``)."""
-    seen, todo = set(), [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, UserError):
-            return e
-        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
-    # Ray Data's UserCodeException keeps the actor's exception only as traceback text.
-    found = re.findall(r"returnn_ray\.errors\.\w*Error: (.+)", str(exc))
-    return UserError(found[-1].strip()) if found else None
 
 
 class Progress:

@@ -19,6 +19,7 @@ import os
 import re
 import time
 
+from returnn_ray.cluster import env
 from returnn_ray.config import KNOWN_KEYS, Config, Settings
 from returnn_ray.errors import ConfigError, UserError
 from returnn_ray.sweep.space import parse_space, tune_param_space, warn_unknown_keys
@@ -69,15 +70,14 @@ def _run(settings: Settings, config: Config, job: dict, space, sweep_dir: str, *
     import ray
     from ray import tune
 
-    from returnn_ray.ray_setup import init_ray
+    from returnn_ray.cluster.placement import check_placeable
+    from returnn_ray.cluster.start import init_ray
     from returnn_ray.sweep.trial import data_fingerprint, run_trial
-    from returnn_ray.placement import check_placeable
-    from returnn_ray.tasks.train import RAY_TRAIN_ENV, default_num_workers
+    from returnn_ray.tasks.train import default_num_workers
 
-    # RAY_TRAIN_ENV keeps trials in the command's working directory too (Tune would chdir).
-    for key, value in RAY_TRAIN_ENV.items():
-        os.environ.setdefault(key, value)
-    init_ray(settings.run.ray_address, env_vars=RAY_TRAIN_ENV)
+    # env.TRAIN_ENV keeps trials in the command's working directory too (Tune would chdir).
+    env.set_defaults(env.TRAIN_ENV)
+    init_ray(settings.run.ray_address, env_vars=env.TRAIN_ENV)
     use_gpu = settings.run.device == "gpu" or (settings.run.device is None and ray.cluster_resources().get("GPU", 0) > 0)
     workers = settings.run.ray_num_workers or default_num_workers(use_gpu)
     # Every trial needs room for its workers (a one-CPU trial: its Tune actor), or Tune waits forever.
@@ -122,9 +122,7 @@ def _run(settings: Settings, config: Config, job: dict, space, sweep_dir: str, *
         f" {workers} worker(s) each -> {sweep_dir}",
         flush=True,
     )
-    # Tune's new console output prints its experiment box and paths in Ray's temp dir even at
-    # verbose=0; the legacy reporter is silent there. The sweep prints its own table at the end.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    env.set_defaults(env.AIR_NEW_OUTPUT.as_env())  # Tune's console box: ours instead
     grid = tuner.fit()
     return _summarize(settings, grid, sweep_dir, job, time.monotonic() - start)
 

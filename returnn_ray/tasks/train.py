@@ -14,24 +14,14 @@ import os
 import shutil
 import time
 
+from returnn_ray.cluster import env
+from returnn_ray.cluster.placement import check_placeable
+from returnn_ray.cluster.ray_internals import user_error_in
 from returnn_ray.config import Config, Settings
 from returnn_ray.errors import UserError
-from returnn_ray.placement import check_placeable
 from returnn_ray.training import checkpoints
 from returnn_ray.training.checks import check_trainable
 from returnn_ray.training.run_lock import ModelLock
-
-RAY_TRAIN_ENV = {
-    # Ray Train polls workers (and drains report()) at this interval; the default 2 s makes
-    # every epoch-end report wait up to 2 s (docs/ray.md).
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
-    # The preemption watcher is for cloud spot nodes; off by default locally it saves start-up.
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-    # Ray Train would run the workers in its own artifacts directory; relative paths in a config
-    # (model, HDF files) must mean what they mean for `returnn-ray CONFIG`, as with RETURNN.
-    "RAY_CHDIR_TO_TRIAL_DIR": "0",
-}
-
 
 def check_before_start(settings: Settings) -> None:
     """Fail fast, with one line, on everything that can be checked without Ray."""
@@ -48,16 +38,15 @@ def check_before_start(settings: Settings) -> None:
 
 def run(settings: Settings, config: Config) -> int:
     check_before_start(settings)
-    for key, value in RAY_TRAIN_ENV.items():
-        os.environ.setdefault(key, value)
+    env.set_defaults(env.TRAIN_ENV)
 
-    from returnn_ray.ray_setup import init_ray
+    from returnn_ray.cluster.start import init_ray
 
     start = time.monotonic()
     # One training per model: a second run would write the same checkpoints (run_lock.py).
     with ModelLock(settings.run.model) if settings.run.model else contextlib.nullcontext():
         if not use_local_mode(settings):
-            init_ray(settings.run.ray_address, env_vars=RAY_TRAIN_ENV)
+            init_ray(settings.run.ray_address, env_vars=env.TRAIN_ENV)
         return _fit(settings, config, start)
 
 
@@ -72,7 +61,7 @@ def use_local_mode(settings: Settings) -> bool:
 
     if settings.run.ray_local_mode is not None:
         return settings.run.ray_local_mode
-    if settings.run.ray_num_workers is not None or settings.run.ray_address or os.environ.get("RAY_ADDRESS"):
+    if settings.run.ray_num_workers is not None or settings.run.ray_address or os.environ.get(env.ADDRESS):
         return False
     if ray.is_initialized():  # e.g. a notebook or test that started Ray itself
         return False
@@ -209,13 +198,8 @@ def _worker_death(exc: BaseException, settings: Settings) -> UserError | None:
 def _user_error_from(exc: BaseException) -> UserError | None:
     """The worker's own UserError (bad data, non-finite loss, ...), so the driver prints one line."""
     failures = getattr(exc, "worker_failures", None) or {}
-    for rank, error in sorted(failures.items()):
-        cause = error
-        while cause is not None:
-            inner = getattr(cause, "cause", None)  # Ray's RayTaskError(UserError) of a Ray Data reader
-            if isinstance(inner, UserError):
-                cause = inner
-            if isinstance(cause, UserError):
-                return type(cause)(f"{cause} (worker rank {rank})")
-            cause = cause.__cause__
+    for rank, failure in sorted(failures.items()):
+        error = user_error_in(failure)
+        if error is not None:
+            return type(error)(f"{error} (worker rank {rank})")
     return None

@@ -1,7 +1,7 @@
 """The ``TorchTrainer`` returnn-ray runs: Ray Train's, with two changes for how we use it.
 
 - Ctrl-C and SIGTERM abort the run (Ray Train's own abort: the workers stop) and then raise in
-  the driver (:mod:`returnn_ray.interrupts`), instead of Ray's handler exiting without a word.
+  the driver (:mod:`returnn_ray.cluster.interrupts`), instead of Ray's handler exiting without a word.
 - No Ray Data hand-off when the trainer gets no ``datasets``: each worker builds its own Ray
   Dataset of its share of the batch plan (:mod:`returnn_ray.data.ray_data`), so Ray Train's
   ``DatasetsCallback`` would only start its ``DatasetManager`` actor for nothing, a whole Ray
@@ -14,7 +14,7 @@ from __future__ import annotations
 import ray
 from ray.train.torch import TorchTrainer
 
-from returnn_ray import interrupts
+from returnn_ray.cluster import interrupts
 
 
 class ReturnnTorchTrainer(TorchTrainer):

@@ -15,7 +15,7 @@ import pytest
 
 from test_train import write_config  # tests/tasks is on sys.path (rootdir import)
 
-from returnn_ray.ray_head import free_port, stop_head
+from returnn_ray.cluster.head import free_port, stop_head
 
 pytestmark = pytest.mark.ray  # starts a Ray of its own
 

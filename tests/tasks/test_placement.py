@@ -103,7 +103,7 @@ import threading, time
 import ray
 from ray.cluster_utils import Cluster
 from returnn_ray.errors import UserError
-from returnn_ray.placement import check_placeable
+from returnn_ray.cluster.placement import check_placeable
 
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
 try:

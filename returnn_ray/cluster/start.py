@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
-from returnn_ray import interrupts
+from returnn_ray.cluster import env, interrupts, ray_internals
 from returnn_ray.errors import UserError
 
 
@@ -18,15 +18,12 @@ def init_ray(
     rebuild a Python config, :meth:`returnn_ray.config.Config.worker_env`). A no-op if this
     process is already connected.
     """
-    import logging
-
     import ray
 
-    # Ray announces on every start that token auth is on; nothing for a returnn-ray user to act on.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    ray_internals.quiet_auth_notice()
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address = address or os.environ.get(env.ADDRESS) or None
     kwargs: dict = {"log_to_driver": False, "configure_logging": True, "logging_level": "WARNING"}
     if env_vars:
         kwargs["runtime_env"] = {"env_vars": dict(env_vars)}
@@ -41,7 +38,7 @@ def init_ray(
         auth = private_auth_env()
         if auth:
             os.environ.update(auth)
-            _reload_ray_auth_settings()
+            ray_internals.reload_auth_settings()
     else:
         _check_reachable(address)
     try:
@@ -58,7 +55,7 @@ def init_ray(
         ) from exc
     interrupts.install()  # ray.init replaced our SIGTERM handler with one that exits without a word
     if embedded:  # the Ray we just started must not outlive this process, even after kill -9
-        from returnn_ray.reaper import start_reaper
+        from returnn_ray.cluster.reaper import start_reaper
 
         start_reaper()
 
@@ -87,14 +84,9 @@ def _check_reachable(address: str) -> None:
             f"cannot reach the Ray cluster at {address} (ray_address / RAY_ADDRESS): {exc.strerror or exc};"
             " start it (`ray start --head`), fix the address, or leave it unset for a local Ray"
         ) from exc
-    if "RAY_AUTH_MODE" not in os.environ and os.path.exists(os.path.expanduser("~/.ray/auth_token")):
-        os.environ["RAY_AUTH_MODE"] = "token"
-        _reload_ray_auth_settings()  # Ray was imported before: it would still connect without a token
-
-
-AUTH_MODE_ENV = "RAY_AUTH_MODE"
-AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
-AUTH_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
+    if env.AUTH_MODE.name not in os.environ and os.path.exists(os.path.expanduser("~/.ray/auth_token")):
+        os.environ[env.AUTH_MODE.name] = env.AUTH_MODE.value
+        ray_internals.reload_auth_settings()  # Ray was imported before: it would still connect without a token
 
 
 def private_auth_env(token_path: str | None = None, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
@@ -108,52 +100,30 @@ def private_auth_env(token_path: str | None = None, environ: Mapping[str, str] =
     later can read it). Nothing goes to the user's home. ``RAY_AUTH_MODE=disabled`` in
     ``environ`` is respected: then no token at all (``RAY_AUTH_TOKEN`` stays unset).
 
-    >>> env = private_auth_env(environ={})
-    >>> env["RAY_AUTH_MODE"], len(env["RAY_AUTH_TOKEN"])
+    >>> auth = private_auth_env(environ={})
+    >>> auth["RAY_AUTH_MODE"], len(auth["RAY_AUTH_TOKEN"])
     ('token', 64)
     >>> private_auth_env(environ={"RAY_AUTH_MODE": "disabled"})
     {}
     """
     import secrets
 
-    if environ.get(AUTH_MODE_ENV, "token").lower() == "disabled":
+    mode = env.AUTH_MODE
+    if environ.get(mode.name, mode.value).lower() == "disabled":
         return {}
     if token_path is None:
-        return {AUTH_MODE_ENV: "token", AUTH_TOKEN_ENV: secrets.token_hex(32)}
+        return {mode.name: mode.value, env.AUTH_TOKEN.name: secrets.token_hex(32)}
     if not os.path.exists(token_path):
         fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
     # The file's token, not one a user's environment holds for another cluster (Ray reads the
     # variable first): callers remove RAY_AUTH_TOKEN where they apply this.
-    return {AUTH_MODE_ENV: "token", AUTH_TOKEN_PATH_ENV: token_path}
-
-
-def _reload_ray_auth_settings() -> None:
-    """Makes this process's Ray see the auth settings just put in ``os.environ``.
-
-    Ray 2.60 reads ``RAY_AUTH_MODE`` into its C++ config once, when imported, and caches the token
-    it loaded; ``ray.init`` reloads both only when it turns token auth on by itself
-    (``ray._private.authentication.authentication_token_setup._enable_token_auth``). The same two
-    private calls here; without them the driver of a Ray we start cannot talk to its own GCS.
-    """
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
+    return {mode.name: mode.value, env.AUTH_TOKEN_PATH.name: token_path}
 
 
 CONNECT_TIMEOUT_S = 5.0
 """How long a TCP connect to the cluster's GCS port may take."""
-
-
-WORKER_SOFT_LIMIT_ENV = "RAY_num_workers_soft_limit"
-PRESTART_ENV = "RAY_prestart_worker_first_driver"
-"""Off in a Ray we start: when the first driver connects, Ray starts one idle worker process per
-CPU for plain tasks. Nothing of a returnn-ray run can use them (Ray Train's actors and Ray Data's
-read tasks run with a runtime env of their own, so they need processes of their own), and on a
-small node their start takes CPU from the run's own start-up (2-core machine, DDP over 2
-workers: median 22.6 s -> 19.6 s to the first step over 3 runs each)."""
 
 
 def usable_cpus() -> int:
@@ -178,10 +148,13 @@ def worker_soft_limit(num_cpus: int) -> int:
 
 def head_env(num_cpus: int, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """Environment for a Ray node of ours with ``num_cpus`` CPUs (:func:`worker_soft_limit`,
-    :data:`PRESTART_ENV`), less what the user set in ``environ``.
+    :data:`~returnn_ray.cluster.env.PRESTART_WORKERS`), less what the user set in ``environ``.
 
     >>> head_env(2, environ={"RAY_prestart_worker_first_driver": "1"})
     {'RAY_num_workers_soft_limit': '16'}
     """
-    ours = {WORKER_SOFT_LIMIT_ENV: str(worker_soft_limit(num_cpus)), PRESTART_ENV: "0"}
+    ours = {
+        env.WORKER_SOFT_LIMIT.name: str(worker_soft_limit(num_cpus)),
+        env.PRESTART_WORKERS.name: env.PRESTART_WORKERS.value,
+    }
     return {key: value for key, value in ours.items() if key not in environ}

@@ -17,27 +17,29 @@ import sys
 import time
 from typing import MutableMapping
 
-from returnn_ray.ray_setup import AUTH_TOKEN_ENV, head_env, private_auth_env
+from returnn_ray.cluster import env
+from returnn_ray.cluster.start import head_env, private_auth_env
 
 
 def driver_env(temp_dir: str) -> dict[str, str]:
     """What a driver of the head in ``temp_dir`` needs in its environment; apply it with
     :func:`use_head` (before importing Ray, which reads it then).
 
-    Token auth with the head's own token (:func:`returnn_ray.ray_setup.private_auth_env`): a
+    Token auth with the head's own token (:func:`returnn_ray.cluster.start.private_auth_env`): a
     file in the head's private temp dir, made here if missing, never ``~/.ray/auth_token``.
     Usage stats: off, as for the head (``--disable-usage-stats``); else Ray Data starts a
     usage-collection actor for the driver.
     """
     os.makedirs(temp_dir, mode=0o700, exist_ok=True)
-    env = {"RAY_USAGE_STATS_ENABLED": os.environ.get("RAY_USAGE_STATS_ENABLED", "0")}
-    env.update(private_auth_env(os.path.join(temp_dir, "auth_token")))
-    return env
+    usage = env.USAGE_STATS
+    driver = {usage.name: os.environ.get(usage.name, usage.value)}
+    driver.update(private_auth_env(os.path.join(temp_dir, "auth_token")))
+    return driver
 
 
 def use_head(environ: MutableMapping[str, str], temp_dir: str) -> None:
     """Makes ``environ`` that of a driver of the head in ``temp_dir`` (:func:`driver_env`)."""
-    environ.pop(AUTH_TOKEN_ENV, None)  # a token for another cluster would win over the head's file
+    environ.pop(env.AUTH_TOKEN.name, None)  # a token for another cluster would win over the head's file
     environ.update(driver_env(temp_dir))
 
 
@@ -57,10 +59,10 @@ def start_head(temp_dir: str, num_cpus: int) -> tuple[subprocess.Popen, str]:
     cmd = [ray_bin, "start", "--head", "--num-cpus", str(num_cpus), "--disable-usage-stats",
            "--temp-dir", temp_dir, "--port", str(free_port()), "--dashboard-port", str(free_port()),
            "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port())]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    use_head(env, temp_dir)
-    env.update(head_env(num_cpus))
-    head = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    head_environ = {k: v for k, v in os.environ.items() if k != env.ADDRESS}
+    use_head(head_environ, temp_dir)
+    head_environ.update(head_env(num_cpus))
+    head = subprocess.Popen(cmd, env=head_environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     output = head.communicate()[0]
     if head.returncode != 0:

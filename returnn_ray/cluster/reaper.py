@@ -4,8 +4,8 @@ A driver that exits, even by Ctrl-C or SIGTERM, shuts its embedded Ray down. One
 ``kill -9`` (or by the OOM killer) cannot: Ray 2.60 then stops most of its processes itself, but
 its dashboard and runtime-env agents were seen to live on, orphaned, for good. So when
 ``returnn-ray`` starts a local Ray it also starts this small watcher (``python -m
-returnn_ray.reaper``, in its own session so that a signal to the driver's process group leaves it
-alone). It holds the read end of a pipe whose write end only the driver has: end of file means
+returnn_ray.cluster.reaper``, in its own session so that a signal to the driver's process group
+leaves it alone). It holds the read end of a pipe whose write end only the driver has: end of file means
 the driver is gone. Until then it notes, every second, the Ray processes below the driver; after,
 it gives a normal shutdown a few seconds and then stops those of them that still run (each
 checked by its start time, so a reused pid is never hit).
@@ -31,7 +31,7 @@ def start_reaper() -> subprocess.Popen | None:
         return None
     read_end, write_end = os.pipe()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "returnn_ray.reaper", str(os.getpid())],
+        [sys.executable, "-m", "returnn_ray.cluster.reaper", str(os.getpid())],
         stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True, close_fds=True,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+from returnn_ray.cluster import ray_internals
 from returnn_ray.errors import UserError
 
 
@@ -106,19 +107,12 @@ def _placeable_workers(bundle: dict[str, float]) -> int:
 
 def _cluster_can_grow() -> bool:
     """False for a Ray that ``ray.init`` started in this process (no other node can join it)."""
-    from ray._private import worker  # private, stable since Ray 2.0; unknown: assume it may grow
-
-    return not getattr(getattr(worker, "_global_node", None), "ray_init_cluster", False)
+    return not ray_internals.ray_started_here()
 
 
 def _autoscaler_max(kind: str) -> float | None:
     """The most of ``kind`` the cluster's autoscaler may bring up (None: no autoscaler config known)."""
-    try:
-        from ray._private.state import state
-
-        limits = state.get_max_resources_from_cluster_config()
-    except Exception:  # noqa: BLE001 - private API; without it the wait is all we do
-        return None
+    limits = ray_internals.autoscaler_max_resources()
     return float(limits.get(kind, 0)) if limits else None
 
 

@@ -1,0 +1,99 @@
+"""Every use of Ray's private APIs, and the user's error dug out of Ray's exceptions.
+
+Private parts of Ray change without notice between versions: each function here names the Ray
+version it was written against (the pin in ``pyproject.toml``) and what goes wrong without it;
+docs/ray.md lists them. Check them all when the pin moves. (Ray Train's private trainer hooks
+that :class:`returnn_ray.training.ray_trainer.ReturnnTorchTrainer` overrides are the one other
+place: an override has to sit in its subclass.)
+
+Importing this module imports no Ray: ``returnn-ray`` imports it on every start (the command
+line's one-line errors), so each function imports what it needs of Ray itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from returnn_ray import errors
+from returnn_ray.errors import UserError
+
+AUTH_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
+"""The private logger with which Ray 2.60 announces on every start that token auth is on."""
+
+
+def quiet_auth_notice() -> None:
+    """Ray's notice that token auth is on, on every start: nothing for a returnn-ray user to act on."""
+    logging.getLogger(AUTH_SETUP_LOGGER).setLevel(logging.ERROR)
+
+
+def reload_auth_settings() -> None:
+    """Makes this process's Ray see the auth settings just put in ``os.environ``.
+
+    Ray 2.60 reads ``RAY_AUTH_MODE`` into its C++ config once, when imported, and caches the token
+    it loaded; ``ray.init`` reloads both only when it turns token auth on by itself
+    (``ray._private.authentication.authentication_token_setup._enable_token_auth``). The same two
+    private calls here; without them the driver of a Ray we start cannot talk to its own GCS.
+    """
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def ray_started_here() -> bool:
+    """Whether the connected Ray is one that ``ray.init`` started in this process (no other node can
+    join it, so it never grows). ``ray._private.worker._global_node``, private but stable since Ray
+    2.0; where it is missing, False (assume a cluster that may grow)."""
+    from ray._private import worker
+
+    return bool(getattr(getattr(worker, "_global_node", None), "ray_init_cluster", False))
+
+
+def autoscaler_max_resources() -> dict | None:
+    """The most of each resource the cluster's autoscaler may bring up (None: no autoscaler config
+    known). ``ray._private.state.state.get_max_resources_from_cluster_config``, Ray 2.60."""
+    try:
+        from ray._private.state import state
+
+        return state.get_max_resources_from_cluster_config() or None
+    except Exception:  # noqa: BLE001 - private API; without it the wait is all we do
+        return None
+
+
+_REMOTE_ERROR_LINE = re.compile(r"(?<![\w.])returnn_ray\.errors\.(\w+): (.+)")
+
+
+def user_error_in(exc: BaseException) -> UserError | None:
+    """The :class:`UserError` (bad data, non-finite loss, ...) that a Ray task, actor or Train
+    worker raised, wherever Ray wrapped it; None when the failure is no user error.
+
+    Ray hands a remote error to the driver as ``RayTaskError(X)``, a subclass of both Ray's
+    ``RayTaskError`` and ``X`` whose text is the remote traceback and whose ``cause`` is the
+    original error; Ray Train and Ray Data wrap that again (``__cause__``, ``__context__``). So the
+    chain is searched, through ``cause`` first. Where only text is left (Ray Data's
+    ``UserCodeException``; a ``RayTaskError`` rebuilt from its text), the last
+    ``returnn_ray.errors.<Class>: <message>`` line of the traceback is the error. Errors seen on Ray 2.60.
+    """
+    seen: list[BaseException] = []
+    todo: list = [exc]
+    while todo:
+        e = todo.pop()
+        if not isinstance(e, BaseException) or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        if isinstance(e, UserError) and not _is_ray_wrapper(e):
+            return e
+        todo += [e.__context__, e.__cause__, getattr(e, "cause", None)]  # popped from the end: cause first
+    for e in seen:
+        found = _REMOTE_ERROR_LINE.findall(str(e))
+        if found:
+            name, message = found[-1]
+            cls = getattr(errors, name, UserError)
+            return (cls if isinstance(cls, type) and issubclass(cls, UserError) else UserError)(message.strip())
+    return None
+
+
+def _is_ray_wrapper(e: BaseException) -> bool:
+    """Ray's ``RayTaskError(X)``: an ``X`` in name only, its text the remote traceback."""
+    return any(c.__name__ == "RayTaskError" for c in type(e).__mro__) or isinstance(getattr(e, "cause", None), BaseException)
