@@ -30,8 +30,9 @@ its own process and Ray job, without 3-4 s of imports each; ``--cold`` starts th
 At the end a table gives each stage's wall time and how much of it was Ray start-up or
 scheduling rather than work, estimated from the events each stage writes to its metrics file
 (``<out>/logs/<stage>.metrics.jsonl``; a sweep trial's in its directory; :mod:`returnn_ray.metrics`,
-:func:`returnn_ray.stages.print_table`); the WER comes from the search's. Rerunning the same command reuses what is done (data, sweep trials,
-checkpoints). ``--scale`` multiplies the corpus sizes and the epochs (by its square root).
+:func:`returnn_ray.stages.print_table`); the WER comes from the search's. Rerunning the same
+command reuses what is done (data, sweep trials, checkpoints). ``--scale`` multiplies the corpus
+sizes and the epochs (by its square root).
 On a cluster of several nodes ``--out`` must be on storage every node reads (datasets, models);
 inside ``ray job submit`` RAY_ADDRESS is set already.
 """
@@ -380,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stages.append(exp.inference("forward")[0])
         stage, search = exp.inference("search")
         stages.append(stage)
-        wer = next((e["scores"] for e in reversed(search) if e["event"] == "inference_end" and "wer" in e["scores"]), None)
+        wer = next((e["scores"] for e in search if e["event"] == "inference_end" and "wer" in e["scores"]), None)
     except StageFailed as exc:
         print(f"asr.py: error: {exc}", file=sys.stderr)
         return exc.code

@@ -14,10 +14,13 @@ fields (README, "Metrics file"):
 
 - ``run_start``: ``workers``, ``since_start`` (seconds since the process started).
 - ``first_step``: the first training step of the run is done: ``epoch``, ``step``, ``since_start``.
+- (These two are written with the run's first result, the next event: a run that fails before
+  one, as bad input does, leaves no metrics file.)
 - ``epoch_end``: ``epoch``, ``step``, ``scores`` (the learning_rate_file's keys: ``train_score``,
   ``dev_score``, ...), ``learning_rate``, ``epoch_time`` (seconds of training, without evaluation).
 - ``run_end``: a training or evaluation finished: ``secs``.
 - ``eval_end``: ``epoch``, ``scores`` (as ``epoch_end``'s).
+- ``inference_progress``: every 10% of the seqs to run: ``seqs_done``, ``seqs_total``, ``secs``.
 - ``inference_end``: ``seqs``, ``run_now``, ``resumed``, ``nodes``, ``secs``, ``seqs_per_s_after_first``
   (seqs/s from the first result on: the actors were up; None if not measured), ``output``, ``scores``
   (search with references: ``ler``, ``label_edits``, ``labels``; with a vocabulary also ``wer``,
@@ -30,6 +33,7 @@ Where: ``metrics_file`` if set, else ``metrics.jsonl`` next to the run's main ou
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -41,6 +45,8 @@ from typing import Any
 from returnn_ray.errors import UserError
 
 FILE_NAME = "metrics.jsonl"
+HELD = ("run_start", "first_step")
+"""Start-up events, written with the run's first result (any other event) rather than at once."""
 
 
 def metrics_path(setting: str | None, next_to: str) -> str:
@@ -67,28 +73,39 @@ def since_process_start() -> float:
 class MetricsWriter:
     """Appends events to one metrics file, each line in one ``write``; all events get ``task`` and ``run``.
 
-    The file is opened per event (a few per epoch), so there is nothing to close. Creating the
-    writer checks that the file can be written (a one-line error, before the run starts).
+    The file is opened per event (a few per epoch), so there is nothing to close. The start-up
+    events (:data:`HELD`) wait for the run's first result and are written with it: a run that
+    fails before one (bad input) leaves no metrics file, as it leaves no other file behind.
+    Creating the writer checks that the file can be written (a one-line error, before the run starts).
     """
 
     def __init__(self, path: str, *, task: str) -> None:
         self.path, self.task = path, task
         self.run = uuid.uuid4().hex[:12]
+        self._held = b""
+        self._first_write = True
         self._warned = False
         try:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            if _ends_torn(path):
-                self._append(b"\n")  # a crashed run's torn line: the next event starts a line of its own
-            else:
-                self._append(b"")
+            directory = os.path.dirname(os.path.abspath(path))
+            os.makedirs(directory, exist_ok=True)
+            if not os.access(path if os.path.exists(path) else directory, os.W_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
         except OSError as exc:
             raise UserError(f"cannot write metrics file {path!r}: {exc.strerror or exc}; fix `metrics_file`") from exc
 
     def write(self, event: str, **fields: Any) -> None:
         """One event; ``time`` is now unless ``fields`` has it (an event stamped where it happened)."""
         record = {"event": event, "task": self.task, "run": self.run, "time": round(time.time(), 3), **fields}
+        line = (dumps(record) + "\n").encode("utf-8")
+        if event in HELD:
+            self._held += line
+            return
+        data, self._held = self._held + line, b""
         try:
-            self._append((dumps(record) + "\n").encode("utf-8"))
+            if self._first_write and _ends_torn(self.path):
+                data = b"\n" + data  # a crashed run's torn line: ours start on a line of their own
+            self._first_write = False
+            self._append(data)
         except OSError as exc:  # a full disk: the run goes on (its checkpoints fail if it matters)
             if not self._warned:
                 print(f"returnn-ray: warning: cannot write metrics file {self.path!r}: {exc.strerror or exc}",
@@ -103,7 +120,7 @@ class MetricsWriter:
     def _append(self, data: bytes) -> None:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            while data:  # one write for any line of sane size; a short write (a signal) goes on
+            while data:  # one write for any lines of sane size; a short write (a signal) goes on
                 data = data[os.write(fd, data) :]
         finally:
             os.close(fd)

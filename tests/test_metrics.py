@@ -49,6 +49,16 @@ def test_a_torn_last_line_is_ignored_and_the_next_run_starts_a_line_of_its_own(t
     assert [e["epoch"] for e in last_run(events)] == [2] and last_run(events)[0]["run"] == rerun.run
 
 
+def test_start_up_events_wait_for_the_first_result_so_a_run_that_fails_before_leaves_no_file(tmp_path):
+    path = tmp_path / "out" / "m.jsonl"
+    writer = MetricsWriter(str(path), task="train")
+    writer.write("run_start", workers=1)
+    writer.write("first_step", epoch=1, step=0)
+    assert not path.exists()  # bad input found in the first epoch: nothing left behind
+    writer.write("epoch_end", epoch=1)
+    assert [e["event"] for e in read_metrics(str(path))] == ["run_start", "first_step", "epoch_end"]
+
+
 def test_since_keeps_the_events_of_a_later_run(tmp_path):
     path = str(tmp_path / "m.jsonl")
     writer = MetricsWriter(path, task="search")

@@ -398,7 +398,8 @@ def _run_batches(
     )
     print(f"returnn-ray: {task} with {num_actors} actor(s) on Ray ({kind.lower()})", flush=True)
     metrics.write("run_start", workers=num_actors, since_start=since_process_start())
-    progress = Progress(task, total=sum(len(plan[i]) for i in todo), verbosity=settings.run.log_verbosity)
+    total = sum(len(plan[i]) for i in todo)
+    progress = Progress(task, total=total, verbosity=settings.run.log_verbosity, metrics=metrics)
     nodes: dict[str, int] = {}
     try:
         for row in results.iter_rows():
@@ -436,10 +437,12 @@ def _user_error_in(exc: BaseException) -> UserError | None:
 
 
 class Progress:
-    """Seqs done / total, seqs/s and time remaining: a live line on a terminal, else every 10%."""
+    """Seqs done / total, seqs/s and time remaining: a live line on a terminal, else every 10%
+    (and an ``inference_progress`` metrics event every 10%)."""
 
-    def __init__(self, task: str, *, total: int, verbosity: int, out=None) -> None:
-        self.task, self.total, self.verbosity = task, total, verbosity
+    def __init__(self, task: str, *, total: int, verbosity: int, out=None, metrics: MetricsWriter | None = None):
+        self.task, self.total, self.verbosity, self.metrics = task, total, verbosity, metrics
+        self._next_event = 0.1  # an inference_progress event every 10% of the seqs
         self.out = out or sys.stdout
         self.tty = self.out.isatty()
         self.done = 0
@@ -454,6 +457,11 @@ class Progress:
             self._first = (now, seqs)
         elif now - self._first[0] < 0.05:  # results of the first task arrive together
             self._first = (self._first[0], self._first[1] + seqs)
+        if self.metrics is not None and self.done >= self._next_event * self.total:
+            secs = now - self.start
+            self.metrics.write("inference_progress", seqs_done=self.done, seqs_total=self.total, secs=round(secs, 3))
+            while self._next_event * self.total <= self.done:
+                self._next_event += 0.1
         if self.verbosity < 3:
             return
         text = self.text()
