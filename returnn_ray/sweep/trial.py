@@ -4,8 +4,8 @@ Ray 2.60 combines Tune and Train through a Tune *function* trainable that builds
 ``TorchTrainer`` (``Tuner(trainer)`` fails); ``TuneReportCallback`` forwards each epoch's report
 (with ``objective``, :func:`returnn_ray.training.worker.report`) to Tune, whose scheduler may
 stop the trial. The trial trains in its own directory (``<sweep_dir>/trials/<variant>-<id>/``:
-checkpoints, ``learning_rates``, ``train.log``, ``metrics.jsonl``), so a restored sweep resumes an unfinished trial
-from its checkpoints, exactly as rerunning ``returnn-ray`` would.
+checkpoints, ``learning_rates``, ``train.log``, ``metrics.jsonl``), so a restored sweep resumes an
+unfinished trial from its checkpoints, exactly as rerunning ``returnn-ray`` would.
 """
 
 from __future__ import annotations
