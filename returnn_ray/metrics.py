@@ -4,13 +4,13 @@ Log lines are for people and may change; scripts (:mod:`returnn_ray.stages`, ``e
 read this file instead. The driver (the ``returnn-ray`` process; training events come from rank 0
 through its log queue) appends one line per event and writes each line whole, with one ``write``
 on the file opened for appending: no buffer to flush, no partly written line from a live run. A run
-that crashes mid-write may leave a torn last line; :func:`read_metrics` skips it (and a writer that
-opens such a file ends that line first, so the next run's first event stays whole).
+that crashes mid-write may leave a torn last line; :func:`read_metrics` skips it (and the next run
+ends that line before its first event, so its own events stay whole).
 
 Every event has ``event``, ``task`` (train, eval, forward, search, sweep), ``run`` (an id, the same
 for all events of one ``returnn-ray`` run: a rerun appends to the same file) and ``time`` (Unix
 seconds when it happened, by the clock of the process it happened in). The events and their other
-fields (README, "Metrics file"):
+fields (docs/metrics.md has them with an example):
 
 - ``run_start``: ``workers``, ``since_start`` (seconds since the process started).
 - ``first_step``: the first training step of the run is done: ``epoch``, ``step``, ``since_start``.
@@ -19,13 +19,14 @@ fields (README, "Metrics file"):
 - ``epoch_end``: ``epoch``, ``step``, ``scores`` (the learning_rate_file's keys: ``train_score``,
   ``dev_score``, ...), ``learning_rate``, ``epoch_time`` (seconds of training, without evaluation).
 - ``run_end``: a training or evaluation finished: ``secs``.
-- ``eval_end``: ``epoch``, ``scores`` (as ``epoch_end``'s).
+- ``eval_end``: ``epoch``, ``checkpoint``, ``scores`` (as ``epoch_end``'s).
 - ``inference_progress``: every 10% of the seqs to run: ``seqs_done``, ``seqs_total``, ``secs``.
 - ``inference_end``: ``seqs``, ``run_now``, ``resumed``, ``nodes``, ``secs``, ``seqs_per_s_after_first``
   (seqs/s from the first result on: the actors were up; None if not measured), ``output``, ``scores``
   (search with references: ``ler``, ``label_edits``, ``labels``; with a vocabulary also ``wer``,
   ``word_edits``, ``words``; rates in percent).
-- ``sweep_end``: ``trials``, ``failed``, ``best`` (the trial's name), ``values``, ``metric``, ``score``.
+- ``sweep_end``: ``trials``, ``failed``, ``best`` (the trial's name), ``directory``, ``values``, ``metric``,
+  ``score``, ``secs``.
 
 Where: ``metrics_file`` if set, else ``metrics.jsonl`` next to the run's main output
 (:func:`metrics_path`).
