@@ -28,9 +28,11 @@ user). While it starts, this script imports torch, Ray and returnn_ray once; on 
 returnn-ray command then runs in a fork of it (:mod:`returnn_ray.warm_start`: the same command,
 its own process and Ray job, without 3-4 s of imports each; ``--cold`` starts them afresh).
 At the end a table gives each stage's wall time and how much of it was Ray start-up or
-scheduling rather than work, estimated from what ``returnn-ray`` prints with ``++log_verbosity 4``
-(:func:`returnn_ray.stages.print_table`). Rerunning the same command reuses what is done (data, sweep trials,
-checkpoints). ``--scale`` multiplies the corpus sizes and the epochs (by its square root).
+scheduling rather than work, estimated from the events each stage writes to its metrics file
+(``<out>/logs/<stage>.metrics.jsonl``; a sweep trial's in its directory; :mod:`returnn_ray.metrics`,
+:func:`returnn_ray.stages.print_table`); the WER comes from the search's. Rerunning the same
+command reuses what is done (data, sweep trials, checkpoints). ``--scale`` multiplies the corpus
+sizes and the epochs (by its square root).
 On a cluster of several nodes ``--out`` must be on storage every node reads (datasets, models);
 inside ``ray job submit`` RAY_ADDRESS is set already.
 """
@@ -40,10 +42,10 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import glob
 import json
 import math
 import os
-import re
 import signal
 import sys
 import time
@@ -53,8 +55,9 @@ from returnn_ray import warm_start
 from returnn_ray.cluster import ray_internals
 from returnn_ray.cluster.head import start_head, stop_head, use_head
 from returnn_ray.cluster.start import usable_cpus
+from returnn_ray.metrics import FILE_NAME, read_metrics
 from returnn_ray.stages import (
-    CommandOutput, LogWatcher, Runner, StageFailed, StageResult, busy_seconds, inference_work, print_table, training_interval,
+    CommandOutput, Runner, StageFailed, StageResult, busy_seconds, inference_work, print_table, training_interval,
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -67,7 +70,6 @@ if not os.path.exists(CONFIG):
     CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(returnn_ray.__file__))), "experiments", "asr.config")
 DEFAULT_OUT = "out/asr"  # asr.config's default asr_dir
 BIN = os.path.dirname(sys.executable)
-_WER = re.compile(r"WER ([\d.]+)% \((\d+)/(\d+) words\)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,7 +238,7 @@ class Experiment:
             self.cli = [sys.executable, "-m", "returnn_ray"]
         relative = os.path.relpath(config)
         self.config = config if relative.startswith("..") else relative
-        self.base = ["++log_verbosity", "4"]  # 4: the timings the stage table is made of
+        self.base = ["++log_verbosity", "4"]  # 4: start-up timings for people (the table reads the metrics files)
         if os.path.normpath(out) != os.path.normpath(DEFAULT_OUT):
             self.base += ["++asr_dir", out]
         if (plan.lstm_units, plan.lstm_layers) != (96, 2):  # asr.config's defaults
@@ -245,6 +247,14 @@ class Experiment:
 
     def returnn_ray(self, stage: str, args: list[str]) -> CommandOutput:
         return self.runner.run(stage, self.cli + args, ["returnn-ray", *args], returnn_ray_args=args)
+
+    def metrics_file(self, stage: str) -> str:
+        """Where a stage's events go (``++metrics_file``): next to its log."""
+        return os.path.join(self.runner.log_dir, f"{stage}.metrics.jsonl")
+
+    def events(self, stage: str, result: CommandOutput) -> list[dict]:
+        """The events of this run of the stage (a rerun appends to the file)."""
+        return read_metrics(self.metrics_file(stage), since=result.start)
 
     def data(self) -> StageResult:
         start = time.monotonic()
@@ -266,42 +276,42 @@ class Experiment:
         variants = write_variants(grid_points(self.plan.grid), os.path.join(sweep_dir, "variants"))
         args = ["sweep", self.config, "--variants", *variants, "--dir", sweep_dir, *self.base,
                 "++num_epochs", str(self.plan.sweep_epochs), "++ray_num_workers", "1"]
-        watcher = LogWatcher(os.path.join(sweep_dir, "trials", "*", "train.log"))
-        watcher.start()
-        try:
-            result = self.returnn_ray("sweep", args)
-        finally:
-            trial_lines = watcher.finish()
+        result = self.returnn_ray("sweep", args)
         with open(os.path.join(sweep_dir, "best.json"), encoding="utf-8") as f:
             chosen = os.path.abspath(json.load(f)["values"]["variant"])
         best = next(values for path, values in variants.items() if os.path.abspath(path) == chosen)
         print(f"best: {', '.join(f'{k} {v}' for k, v in best.items())}", flush=True)
-        intervals = [iv for lines in trial_lines.values() if (iv := training_interval(lines))]
+        # each trial writes its metrics file in its own directory
+        trial_files = glob.glob(os.path.join(glob.escape(sweep_dir), "trials", "*", FILE_NAME))
+        intervals = [iv for path in trial_files if (iv := training_interval(read_metrics(path, since=result.start)))]
         work = busy_seconds(intervals)
-        how = f"time with a trial between its first step and last dev score ({len(intervals)} trials)"
+        how = f"time with a trial between its first step and last epoch's end ({len(intervals)} trials)"
         return best, StageResult("sweep", result.wall, result.wall - work, how)
 
     def train(self, values: dict) -> StageResult:
         """DDP over all workers; the swept batch_size is the frames of one update, split over them."""
-        args = [self.config, *self.base, "++num_epochs", str(self.plan.epochs), "++ray_num_workers", str(self.workers)]
+        args = [self.config, *self.base, "++num_epochs", str(self.plan.epochs), "++ray_num_workers", str(self.workers),
+                "++metrics_file", self.metrics_file("train")]
         for key, value in values.items():
             if key == "batch_size":
                 value = max(1, round(float(value) / self.workers))
             args += [f"++{key}", str(value)]
         result = self.returnn_ray("train", args)
-        interval = training_interval(result.lines)
+        interval = training_interval(self.events("train", result))
         work = interval[1] - interval[0] if interval else 0.0
-        return StageResult("train", result.wall, result.wall - work, "first training step .. last epoch's dev score")
+        return StageResult("train", result.wall, result.wall - work, "first training step .. last epoch's end")
 
-    def inference(self, task: str) -> tuple[StageResult, CommandOutput]:
-        """``forward`` or ``search`` of the eval set, one actor per worker over all nodes."""
-        args = [self.config, "++task", task, *self.base, "++ray_num_workers", str(self.workers)]
+    def inference(self, task: str) -> tuple[StageResult, list[dict]]:
+        """``forward`` or ``search`` of the eval set, one actor per worker over all nodes; with its events."""
+        args = [self.config, "++task", task, *self.base, "++ray_num_workers", str(self.workers),
+                "++metrics_file", self.metrics_file(task)]
         if task == "forward":
             args += ["++forward_override_hdf_output", "True"]  # a rerun writes it anew
         result = self.returnn_ray(task, args)
-        work = inference_work(result.lines)
+        events = self.events(task, result)
+        work = inference_work(events)
         overhead = None if work is None else max(0.0, result.wall - work)
-        return StageResult(task, result.wall, overhead, "seqs / (seqs/s after the first result)"), result
+        return StageResult(task, result.wall, overhead, "seqs / (seqs/s after the first result)"), events
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -370,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stages.append(exp.inference("forward")[0])
         stage, search = exp.inference("search")
         stages.append(stage)
-        wer = next((m for _, line in search.lines if (m := _WER.search(line))), None)
+        wer = next((e["scores"] for e in search if e["event"] == "inference_end" and "wer" in e["scores"]), None)
     except StageFailed as exc:
         print(f"asr.py: error: {exc}", file=sys.stderr)
         return exc.code
@@ -392,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if wer is None:
         print("WER: the search printed none (no reference transcriptions?)")
         return 1
-    print(f"WER {wer.group(1)}% ({wer.group(2)}/{wer.group(3)} words) on the eval set ({plan.eval_seqs} seqs); "
+    print(f"WER {wer['wer']:.2f}% ({wer['word_edits']}/{wer['words']} words) on the eval set ({plan.eval_seqs} seqs); "
           f"{plan.lstm_layers}x{plan.lstm_units} BLSTM-CTC, {plan.epochs} epoch(s), {exp.workers} worker(s), "
           + ", ".join(f"{k} {v}" for k, v in best.items()) + " (batch_size: frames per update)")
     return 0

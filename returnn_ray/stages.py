@@ -3,22 +3,20 @@
 ``experiments/asr.py`` is made of it; a script of your own can be too. :class:`Runner` runs each
 stage as the command a user would type (printed, its output shown and kept in ``<log_dir>/<stage>.log``;
 with ``warm=True`` returnn-ray commands run as forks of the script, :mod:`returnn_ray.warm_start`).
-From what ``returnn-ray`` prints at ``++log_verbosity 4`` the functions below tell a stage's
-work from its Ray start-up and scheduling, and :func:`print_table` shows both per stage.
+From the events of a stage's metrics file (:mod:`returnn_ray.metrics`; the log text is for people)
+the functions below tell a stage's work from its Ray start-up and scheduling, and
+:func:`print_table` shows both per stage.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import math
 import os
-import re
 import shlex
 import subprocess
-import threading
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 from returnn_ray import warm_start
 
@@ -42,6 +40,8 @@ class CommandOutput:
 
     lines: list[tuple[float, str]]
     wall: float
+    start: float = 0.0
+    """When the command started, in Unix seconds: its metrics file's older events are from earlier runs."""
 
 
 class Runner:
@@ -56,6 +56,7 @@ class Runner:
         """Runs ``cmd``; a returnn-ray command (``returnn_ray_args``) as a warm fork if ``warm``."""
         print(f"\n== {stage}\n$ {shlex.join(shown)}", flush=True)
         lines: list[tuple[float, str]] = []
+        started_at = time.time()
         start = time.monotonic()
         with open(os.path.join(self.log_dir, f"{stage}.log"), "a", encoding="utf-8") as log:
             log.write(f"$ {shlex.join(shown)}\n")
@@ -75,7 +76,7 @@ class Runner:
         wall = time.monotonic() - start
         if proc.returncode != 0:
             raise StageFailed(stage, proc.returncode, os.path.join(self.log_dir, f"{stage}.log"))
-        return CommandOutput(lines, wall)
+        return CommandOutput(lines, wall, started_at)
 
     def stop(self) -> None:
         """Ends the command that runs now, if any (Ctrl-C already reached it; SIGTERM did not)."""
@@ -93,57 +94,19 @@ class StageFailed(Exception):
         self.code = code
 
 
-class LogWatcher(threading.Thread):
-    """Timestamps the lines that files matching ``pattern`` get while it runs (sweep trials' logs,
-    which their trials write, not the sweep command)."""
-
-    def __init__(self, pattern: str):
-        super().__init__(daemon=True)
-        self.pattern = pattern
-        self.start_time = time.monotonic()
-        self.offsets = {path: os.path.getsize(path) for path in glob.glob(pattern)}  # older runs' lines
-        self.lines: dict[str, list[tuple[float, str]]] = {}
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.wait(0.25):
-            self.poll()
-
-    def poll(self) -> None:
-        for path in glob.glob(self.pattern):
-            offset = self.offsets.get(path, 0)
-            with open(path, encoding="utf-8", errors="replace") as f:
-                f.seek(offset)
-                text = f.read()
-            complete = text[: text.rfind("\n") + 1]
-            self.offsets[path] = offset + len(complete.encode("utf-8"))
-            now = time.monotonic() - self.start_time
-            self.lines.setdefault(path, []).extend((now, line) for line in complete.splitlines())
-
-    def finish(self) -> dict[str, list[tuple[float, str]]]:
-        self._stop_event.set()
-        self.join()
-        self.poll()
-        return self.lines
+# -- what the metrics file says about start-up and work ------------------------------------------
 
 
-# -- what the output says about start-up and work ------------------------------------------------
+def training_interval(events: Sequence[dict[str, Any]]) -> tuple[float, float] | None:
+    """From the first training step to the last epoch's end (scored and saved): the training's work,
+    in the events' Unix seconds.
 
-_FIRST_STEP = re.compile(r"time to first training step: ")
-_EPOCH_END = re.compile(r"^Epoch \d+(: Total train loss| evaluation):")
-_RATE = re.compile(r"([\d.]+) seqs/s after the first result")
-_DONE = re.compile(r"done: (\d+) seqs \((\d+) run now")
-
-
-def training_interval(lines: Sequence[tuple[float, str]]) -> tuple[float, float] | None:
-    """From the first training step to the last epoch's end (its dev scores): the training's work.
-
-    >>> training_interval([(3.0, "time to first training step: 2.9 s since returnn-ray started"),
-    ...                    (9.0, "Epoch 1: Total train loss: ..."), (10.0, "Epoch 1 evaluation: dev: ...")])
-    (3.0, 10.0)
+    >>> training_interval([{"event": "run_start", "time": 100.0}, {"event": "first_step", "time": 103.0},
+    ...                    {"event": "epoch_end", "time": 109.0}, {"event": "epoch_end", "time": 110.0}])
+    (103.0, 110.0)
     """
-    first = next((t for t, line in lines if _FIRST_STEP.search(line)), None)
-    ends = [t for t, line in lines if _EPOCH_END.search(line)]
+    first = next((e["time"] for e in events if e["event"] == "first_step"), None)
+    ends = [e["time"] for e in events if e["event"] == "epoch_end"]
     return (first, ends[-1]) if first is not None and ends and ends[-1] >= first else None
 
 
@@ -161,25 +124,26 @@ def busy_seconds(intervals: Sequence[tuple[float, float]]) -> float:
     return total
 
 
-def inference_work(lines: Sequence[tuple[float, str]]) -> float | None:
-    """Seconds the seqs run now take at the rate after the first result (actors up); None if not printed.
+def inference_work(events: Sequence[dict[str, Any]]) -> float | None:
+    """Seconds the seqs run now take at the rate after the first result (actors up); None if not known.
 
-    >>> inference_work([(1, "forward: 50.00 seqs/s after the first result (actors started)"),
-    ...                 (2, "returnn-ray: forward done: 100 seqs (100 run now on 1 node(s), 0 resumed) in 9.0 s")])
+    >>> inference_work([{"event": "inference_end", "run_now": 100, "seqs_per_s_after_first": 50.0}])
     2.0
     """
-    rate = next((float(m.group(1)) for _, line in lines if (m := _RATE.search(line))), None)
-    ran = next((int(m.group(2)) for _, line in lines if (m := _DONE.search(line))), None)
-    if ran == 0:
+    end = next((e for e in reversed(events) if e["event"] == "inference_end"), None)
+    if end is None:
+        return None
+    if end["run_now"] == 0:
         return 0.0
-    return ran / rate if rate and ran is not None else None
+    rate = end.get("seqs_per_s_after_first")
+    return end["run_now"] / rate if rate else None
 
 
 def print_table(stages: Sequence[StageResult]) -> None:
     """Each stage's wall time and the part that is Ray start-up or scheduling.
 
-    The work part: for training, from the first training step to the last epoch's dev scores (so
-    Ray Data's per-epoch pipeline start counts as work); for a sweep, the time in which at least
+    The work part: for training, from the first training step to the last epoch's end (so Ray
+    Data's per-epoch pipeline start counts as work); for a sweep, the time in which at least
     one trial was between those two points; for forward/search, the seqs over the seqs/s after
     the first result. The rest (process and Ray start, Ray Train's worker group, actors loading
     the model, the end) is start-up or scheduling. The data stage uses no Ray.

@@ -53,8 +53,9 @@ def test_train_and_forward_write_only_their_configured_outputs(tmp_path):
 
     assert files_under(cwd) == set()
     assert files_under(configs) == {"train.json"}
-    assert files_under(out) == {
-        "m/", "m/model.001.pt", "m/model.001.opt.pt", "m/lr", "m/train.log", "f/", "f/eval.hdf",
+    assert files_under(out) == {  # each run's metrics file (returnn_ray.metrics) next to its main output
+        "m/", "m/model.001.pt", "m/model.001.opt.pt", "m/lr", "m/train.log", "m/metrics.jsonl",
+        "f/", "f/eval.hdf", "f/metrics.jsonl",
     }
     # Ray 2.60's ray.init would keep an auth token in ~/.ray; ours has one of its own
     assert files_under(home) == set()

@@ -80,6 +80,7 @@ class RunSettings(_Checked):
     task: Task = setting("train", "What to do: train, forward, search, eval, dump-dataset, sweep.", read="str")
     log_verbosity: int = setting(3, "3: epoch summaries; 4: more; 5: one line per step.", read="int_first")
     log: tuple[str, ...] = setting((), "Log files (a comma list on the command line), besides stdout.", read="str_list")
+    metrics_file: str | None = setting(None, "Events as JSON lines (README: Metrics file); unset: metrics.jsonl by the output.", read="str")
     debug: bool = setting(False, "Show tracebacks for user errors.", read="bool")
     device: Device | None = setting(None, "cpu or gpu (also cuda); unset: gpu when available.", read="str")
     model: str | None = setting(None, "Checkpoint path prefix: epoch e is `<model>.%03d.pt`.", read="str")

@@ -8,7 +8,8 @@ object store, so nodes need no shared disk for it), reads its batches' seqs itse
 the results; the driver writes each batch's result as it arrives to ``<output>.parts/``
 (:mod:`returnn_ray.inference.parts`). Ray Data restarts a dead actor and reruns its batch; a
 rerun of the command after an interruption skips the batches already written. At the end the
-output file is assembled from the parts in plan order, atomically.
+output file is assembled from the parts in plan order, atomically. The run's events (start, end
+with seqs/s and, for search, LER/WER) go to its metrics file (:mod:`returnn_ray.metrics`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from returnn_ray.data.batching import filter_by_length
 from returnn_ray.data.base import Dataset, DataSpec
 from returnn_ray.data.from_settings import batching_options, data_specs, open_dataset
 from returnn_ray.errors import ConfigError, UserError
+from returnn_ray.metrics import MetricsWriter, metrics_path, since_process_start
 from returnn_ray.inference.model import (
     build_model,
     check_ctc_output,
@@ -78,6 +80,7 @@ def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
     files = data_files(dataset)
     out_path = _output_path(settings, search=search, epoch=epoch, inputs=[*(files or []), which.path])
     state = _checked_state(settings, specs, which.path, epoch=epoch, search=search)
+    metrics = MetricsWriter(metrics_path(settings.run.metrics_file, out_path), task=task)
 
     plan = plan_epoch(order, dataset.seq_lens, options, 1).for_rank(0)
     plan = [np.asarray(b, dtype=np.int64) for b in plan if len(b)]
@@ -103,8 +106,13 @@ def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
     if done:
         print(f"returnn-ray: {task}: resuming, {resumed} of {num_seqs} seqs already done ({store.dir})", flush=True)
     nodes: dict[str, int] = {}
+    rate = None
     if todo:
-        nodes = _run_batches(settings, config, state, plan, todo, store, dataset, name, search=search, epoch=epoch)
+        nodes, rate = _run_batches(
+            settings, config, state, plan, todo, store, dataset, name, search=search, epoch=epoch, metrics=metrics
+        )
+    else:
+        metrics.write("run_start", workers=0, since_start=since_process_start())
     why = changed_file(identity, file_identity(files)) if identity is not None else None
     if why:
         raise UserError(
@@ -112,9 +120,9 @@ def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
             " the finished batches are checked against the data then, and those of other data run again"
         )
     if search:
-        summary = _assemble_search(settings, dataset, specs, plan, store, out_path)
+        scores = _assemble_search(settings, dataset, specs, plan, store, out_path)
     else:
-        summary = _assemble_hdf(settings, dataset, plan, store, out_path)
+        scores = _assemble_hdf(settings, dataset, plan, store, out_path)
     store.remove()
     secs = time.monotonic() - start
     ran = num_seqs - resumed
@@ -124,9 +132,11 @@ def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
         print(f"returnn-ray: {task}: batches per node: {per_node}", flush=True)
     print(
         f"returnn-ray: {task} done: {num_seqs} seqs ({ran} run now{where}, {resumed} resumed) in {secs:.1f} s,"
-        f" {ran / max(secs, 1e-9):.1f} seqs/s -> {out_path}{summary}",
+        f" {ran / max(secs, 1e-9):.1f} seqs/s -> {out_path}{_rates_text(scores)}",
         flush=True,
     )
+    metrics.write("inference_end", seqs=num_seqs, run_now=ran, resumed=resumed, nodes=len(nodes), secs=round(secs, 3),
+                  seqs_per_s_after_first=rate, output=os.path.abspath(out_path), scores=scores)
     return 0
 
 
@@ -332,10 +342,10 @@ def _words(labels: Sequence[int], vocab: Sequence[str]) -> list[str]:
 
 
 def _run_batches(
-    settings, config, state, plan, todo, store: PartStore, dataset, name, *, search: bool, epoch: int
-) -> dict[str, int]:
+    settings, config, state, plan, todo, store: PartStore, dataset, name, *, search: bool, epoch: int, metrics: MetricsWriter
+) -> tuple[dict[str, int], float | None]:
     """Run the batches ``todo`` on the actor pool, writing each result to ``store`` as it comes;
-    returns how many batches ran on each node (by Ray node id)."""
+    returns how many batches ran on each node (by Ray node id), and the seqs/s after the first result."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -382,7 +392,9 @@ def _run_batches(
         zero_copy_batch=True,
     )
     print(f"returnn-ray: {task} with {num_actors} actor(s) on Ray ({kind.lower()})", flush=True)
-    progress = Progress(task, total=sum(len(plan[i]) for i in todo), verbosity=settings.run.log_verbosity)
+    metrics.write("run_start", workers=num_actors, since_start=since_process_start())
+    total = sum(len(plan[i]) for i in todo)
+    progress = Progress(task, total=total, verbosity=settings.run.log_verbosity, metrics=metrics)
     nodes: dict[str, int] = {}
     try:
         for row in results.iter_rows():
@@ -400,14 +412,16 @@ def _run_batches(
     missing = [i for i in todo if i not in store.done()]
     if missing:
         raise UserError(f"{task}: {len(missing)} batches got no result (first: {missing[0]}); rerun to finish them")
-    return nodes
+    return nodes, progress.rate_after_first()
 
 
 class Progress:
-    """Seqs done / total, seqs/s and time remaining: a live line on a terminal, else every 10%."""
+    """Seqs done / total, seqs/s and time remaining: a live line on a terminal, else every 10%
+    (and an ``inference_progress`` metrics event every 10%)."""
 
-    def __init__(self, task: str, *, total: int, verbosity: int, out=None) -> None:
-        self.task, self.total, self.verbosity = task, total, verbosity
+    def __init__(self, task: str, *, total: int, verbosity: int, out=None, metrics: MetricsWriter | None = None):
+        self.task, self.total, self.verbosity, self.metrics = task, total, verbosity, metrics
+        self._next_event = 0.1  # an inference_progress event every 10% of the seqs
         self.out = out or sys.stdout
         self.tty = self.out.isatty()
         self.done = 0
@@ -422,6 +436,11 @@ class Progress:
             self._first = (now, seqs)
         elif now - self._first[0] < 0.05:  # results of the first task arrive together
             self._first = (self._first[0], self._first[1] + seqs)
+        if self.metrics is not None and self.done >= self._next_event * self.total:
+            secs = now - self.start
+            self.metrics.write("inference_progress", seqs_done=self.done, seqs_total=self.total, secs=round(secs, 3))
+            while self._next_event * self.total <= self.done:
+                self._next_event += 0.1
         if self.verbosity < 3:
             return
         text = self.text()
@@ -439,13 +458,19 @@ class Progress:
         eta = (self.total - self.done) / rate if rate > 0 else 0.0
         return f"{self.task}: {self.done}/{self.total} seqs, {rate:.1f} seqs/s, remaining {hms(eta)}"
 
+    def rate_after_first(self) -> float | None:
+        """Seqs/s from the first result on (the actors were up); None before a second result."""
+        if self._first is None or self.done <= self._first[1]:
+            return None
+        secs = time.monotonic() - self._first[0]
+        return (self.done - self._first[1]) / secs if secs > 0 else float("inf")
+
     def close(self) -> None:
         if self.tty and self.verbosity >= 3:
             self.out.write("\r\033[K")
             self.out.flush()
-        if self.verbosity >= 4 and self._first is not None and self.done > self._first[1]:
-            secs = time.monotonic() - self._first[0]
-            rate = (self.done - self._first[1]) / secs if secs > 0 else float("inf")
+        rate = self.rate_after_first()
+        if self.verbosity >= 4 and rate is not None:
             print(f"{self.task}: {rate:.2f} seqs/s after the first result (actors started)", file=self.out, flush=True)
 
 
@@ -466,7 +491,7 @@ def _load_npz(payload: bytes) -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
-def _assemble_hdf(settings: Settings, dataset: Dataset, plan, store: PartStore, out_path: str) -> str:
+def _assemble_hdf(settings: Settings, dataset: Dataset, plan, store: PartStore, out_path: str) -> dict:
     """The forward outputs in RETURNN's HDF layout: ``output`` as ``inputs``, others as targets."""
     from returnn_ray.data.hdf import HDFWriter
 
@@ -481,7 +506,7 @@ def _assemble_hdf(settings: Settings, dataset: Dataset, plan, store: PartStore, 
                     v = part[f"{n}:values"][offsets[n][b] : offsets[n][b + 1]]
                     values[keys[n]] = v.reshape(len(v), -1) if not spec.sparse else v
                 writer.add_seq(dataset.seq_tags[int(seq)], values)
-    return ""
+    return {}
 
 
 def _output_specs(settings: Settings, parts) -> dict[str, DataSpec]:
@@ -508,8 +533,9 @@ def _output_specs(settings: Settings, parts) -> dict[str, DataSpec]:
     return specs
 
 
-def _assemble_search(settings: Settings, dataset: Dataset, specs, plan, store: PartStore, out_path: str) -> str:
-    """RETURNN's search output file, seqs in corpus order; returns the LER/WER text if there were references."""
+def _assemble_search(settings: Settings, dataset: Dataset, specs, plan, store: PartStore, out_path: str) -> dict:
+    """RETURNN's search output file, seqs in corpus order; returns the LER/WER (:func:`_rates_text`) if there
+    were references."""
     from returnn_ray.search import labels_to_string, write_search_output
 
     vocab_key = "classes" if "classes" in dataset.labels else next(iter(dataset.labels), None)
@@ -532,8 +558,20 @@ def _assemble_search(settings: Settings, dataset: Dataset, specs, plan, store: P
     entries = [(dataset.seq_tags[i], by_seq[i]) for i in sorted(by_seq)]
     write_search_output(out_path, entries, fmt=f.search_output_file_format, beam=f.search_output_beam)
     if not have_refs:
-        return ""
-    text = f", LER {100.0 * edits / max(refs, 1):.2f}% ({edits}/{refs} labels)"
+        return {}
+    rates = {"ler": 100.0 * edits / max(refs, 1), "label_edits": edits, "labels": refs}
     if have_words:
-        text += f", WER {100.0 * word_edits / max(words, 1):.2f}% ({word_edits}/{words} words)"
+        rates.update(wer=100.0 * word_edits / max(words, 1), word_edits=word_edits, words=words)
+    return rates
+
+
+def _rates_text(rates: dict) -> str:
+    """The end of the done line: LER and WER in percent, with their counts.
+
+    >>> _rates_text({"ler": 12.5, "label_edits": 5, "labels": 40, "wer": 50.0, "word_edits": 2, "words": 4})
+    ', LER 12.50% (5/40 labels), WER 50.00% (2/4 words)'
+    """
+    text = f", LER {rates['ler']:.2f}% ({rates['label_edits']}/{rates['labels']} labels)" if "ler" in rates else ""
+    if "wer" in rates:
+        text += f", WER {rates['wer']:.2f}% ({rates['word_edits']}/{rates['words']} words)"
     return text

@@ -24,7 +24,7 @@ MANIFEST = "sweep.json"
 RUN_ONLY_KEYS = ("ray_address", "ray_placement_timeout", "sweep_max_concurrent_trials", "sweep_dir", "debug")
 """``++`` keys that change how a sweep runs, not its trials: a resume may change them."""
 
-STATE = ("tune", "trials", "results.txt", "best.config", "best.json")
+STATE = ("tune", "trials", "results.txt", "best.config", "best.json", "metrics.jsonl")
 """What a sweep writes in its dir (and the plot, ``<metric>.png``)."""
 
 

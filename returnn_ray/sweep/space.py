@@ -67,7 +67,7 @@ def parse_space(sweep: Mapping[str, Any] | None, grid_args: Sequence[str] = (), 
     return list(dims.values())
 
 
-PER_TRIAL_KEYS = ("task", "model", "learning_rate_file", "log", "ray_local_mode")
+PER_TRIAL_KEYS = ("task", "model", "learning_rate_file", "log", "metrics_file", "ray_local_mode")
 """Keys each trial sets itself (it trains, in its own directory): sweeping them would change nothing."""
 
 

@@ -4,8 +4,8 @@ Ray 2.60 combines Tune and Train through a Tune *function* trainable that builds
 ``TorchTrainer`` (``Tuner(trainer)`` fails); ``TuneReportCallback`` forwards each epoch's report
 (with ``objective``, :func:`returnn_ray.training.worker.report`) to Tune, whose scheduler may
 stop the trial. The trial trains in its own directory (``<sweep_dir>/trials/<variant>-<id>/``:
-checkpoints, ``learning_rates``, ``train.log``), so a restored sweep resumes an unfinished trial
-from its checkpoints, exactly as rerunning ``returnn-ray`` would.
+checkpoints, ``learning_rates``, ``train.log``, ``metrics.jsonl``), so a restored sweep resumes an
+unfinished trial from its checkpoints, exactly as rerunning ``returnn-ray`` would.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from returnn_ray.atomic import atomic_write
+from returnn_ray.metrics import FILE_NAME
 from returnn_ray.sweep.space import VARIANT_KEY, override_args, variant_name
 
 
@@ -34,6 +35,7 @@ def trial_args(job: dict[str, Any], values: dict[str, Any], directory: str) -> t
         "++model", os.path.join(directory, model_name),
         "++learning_rate_file", os.path.join(directory, "learning_rates"),
         "++log", os.path.join(directory, "train.log"),
+        "++metrics_file", os.path.join(directory, FILE_NAME),  # its own, also if the sweep's args name one
     ]
     return files, args
 

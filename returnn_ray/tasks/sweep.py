@@ -9,7 +9,8 @@ queued. ``sweep_scheduler asha`` stops weak trials early. Rerunning the same com
 interrupted sweep: finished trials are kept, unfinished ones resume from their checkpoints, failed
 ones are tried again; another sweep in the same dir is refused or, without results, replaces it
 (:mod:`returnn_ray.sweep.manifest`). At
-the end: a table of trials, ``best.config`` and ``<metric>.png`` in ``sweep_dir``.
+the end: a table of trials, ``best.config``, ``<metric>.png`` and a ``sweep_end`` event in the sweep's
+metrics file (``metrics.jsonl``) in ``sweep_dir``; each trial writes its own in its directory.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from returnn_ray.cluster import env
 from returnn_ray.config import KNOWN_KEYS, Config, Settings
 from returnn_ray.errors import ConfigError, UserError
+from returnn_ray.metrics import FILE_NAME, MetricsWriter, metrics_path, since_process_start
 from returnn_ray.sweep.space import parse_space, tune_param_space, warn_unknown_keys
 from returnn_ray.training.run_lock import ModelLock
 
@@ -123,8 +125,10 @@ def _run(settings: Settings, config: Config, job: dict, space, sweep_dir: str, *
         flush=True,
     )
     env.set_defaults(env.AIR_NEW_OUTPUT.as_env())  # Tune's console box: ours instead
+    metrics = MetricsWriter(metrics_path(settings.run.metrics_file, os.path.join(sweep_dir, FILE_NAME)), task="sweep")
+    metrics.write("run_start", workers=workers, concurrent_trials=concurrent, since_start=since_process_start())
     grid = tuner.fit()
-    return _summarize(settings, grid, sweep_dir, job, time.monotonic() - start)
+    return _summarize(settings, grid, sweep_dir, job, time.monotonic() - start, metrics)
 
 
 def _scheduler(settings: Settings):
@@ -219,11 +223,13 @@ def expected_score_keys(settings: Settings) -> list[str]:
     return sorted(keys)
 
 
-def _summarize(settings: Settings, grid, sweep_dir: str, job: dict, secs: float) -> int:
+def _summarize(settings: Settings, grid, sweep_dir: str, job: dict, secs: float, metrics: MetricsWriter) -> int:
     import json
 
     from returnn_ray.atomic import atomic_write
-    from returnn_ray.sweep.results import TrialSummary, best_config_text, format_table, metric_per_epoch, ranked, write_plot
+    from returnn_ray.sweep.results import (
+        TrialSummary, best_config_text, best_epoch, format_table, metric_per_epoch, ranked, write_plot,
+    )
     from returnn_ray.sweep.trial import trial_args, trial_dir
 
     trials = []
@@ -257,6 +263,9 @@ def _summarize(settings: Settings, grid, sweep_dir: str, job: dict, secs: float)
     plot = os.path.join(sweep_dir, f"{best.metric or 'score'}.png")
     plotted = write_plot(plot, trials)
     failed = sum(t.status.startswith("error") for t in trials)
+    score = best_epoch(best, mode)
+    metrics.write("sweep_end", trials=len(trials), failed=failed, best=best.name, directory=best.directory,
+                  values=best.values, metric=best.metric, score=score[1] if score else None, secs=round(secs, 3))
     print(
         f"returnn-ray: sweep done in {secs:.1f} s: {len(trials)} trials ({failed} failed); best {best.name};"
         f" config {os.path.join(sweep_dir, 'best.config')}"

@@ -19,9 +19,14 @@ from returnn_ray.cluster.placement import check_placeable
 from returnn_ray.cluster.ray_internals import user_error_in
 from returnn_ray.config import Config, Settings
 from returnn_ray.errors import UserError
+from returnn_ray.metrics import MetricsWriter, metrics_path, process_started_at, since_process_start
 from returnn_ray.training import checkpoints
 from returnn_ray.training.checks import check_trainable
 from returnn_ray.training.run_lock import ModelLock
+
+DEFAULT_MODEL = "returnn_ray_out/model"
+"""Where the model dir is taken to be when ``model`` is unset (Ray Train's run state, the metrics file)."""
+
 
 def check_before_start(settings: Settings) -> None:
     """Fail fast, with one line, on everything that can be checked without Ray."""
@@ -89,9 +94,9 @@ def run_on_workers(
     callbacks: list | None = None,
 ):
     """Run ``loop`` (a ``train_loop_per_worker``) on ``ray_num_workers`` DDP workers of a
-    ``TorchTrainer``, printing rank 0's log lines; a worker's UserError becomes the driver's."""
+    ``TorchTrainer``, printing rank 0's log lines and writing the metrics file (:mod:`returnn_ray.metrics`);
+    a worker's UserError becomes the driver's."""
     import ray
-    import ray.train
     from ray import cloudpickle
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
@@ -118,8 +123,10 @@ def run_on_workers(
         num_workers = settings.run.ray_num_workers or default_num_workers(use_gpu)
         check_placeable(num_workers, use_gpu, settings.run.ray_placement_timeout)
         queue = Queue(actor_options={"num_cpus": 0})
-    log = DriverLog(queue, log_files=settings.run.log).start()
-    model_dir = os.path.dirname(os.path.abspath(settings.run.model or "returnn_ray_out/model"))
+    metrics_file = metrics_path(settings.run.metrics_file, settings.run.model or DEFAULT_MODEL)
+    metrics = MetricsWriter(metrics_file, task=settings.run.task)
+    log = DriverLog(queue, log_files=settings.run.log, metrics=metrics).start()
+    model_dir = os.path.dirname(os.path.abspath(settings.run.model or DEFAULT_MODEL))
     # Ray Train keeps its run state (the epoch markers its failure handling restarts from) here;
     # every node must see it, as the model dir. Nothing in it is needed once fit() returns: the
     # checkpoints are the model files. So it goes, unless it was there before (not ours to delete).
@@ -132,7 +139,7 @@ def run_on_workers(
             "worker_env": config.worker_env(),
             "log_queue": queue,
             "use_gpu": use_gpu,
-            "process_start": _process_start_time(),
+            "process_start": process_started_at(),
             "local": local,
             **(extra or {}),
         },
@@ -147,21 +154,28 @@ def run_on_workers(
     )
     where = "in this process (Ray Train local mode)" if local else "on Ray"
     log.print(f"returnn-ray: {what} with {num_workers} worker(s) {where} ({'gpu' if use_gpu else 'cpu'})")
+    metrics.write("run_start", workers=num_workers, since_start=since_process_start())
     try:
-        return trainer.fit()
-    except ray.train.TrainingFailedError as exc:
-        raise _user_error_from(exc) or _worker_death(exc, settings) or exc
+        return _fit_logged(trainer, settings, log, metrics)
     finally:
-        log.close()
         if storage_is_ours:
             shutil.rmtree(storage, ignore_errors=True)
 
 
-def _process_start_time() -> float:
-    """When this `returnn-ray` process started (wall clock), for the time-to-first-step figure."""
-    import psutil  # ships with ray[default]
+def _fit_logged(trainer, settings: Settings, log, metrics: MetricsWriter):
+    """``trainer.fit()``, then rank 0's last lines and events and the ``run_end`` event; a worker's
+    error as one line."""
+    import ray.train
 
-    return psutil.Process().create_time()
+    start = time.monotonic()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise _user_error_from(exc) or _worker_death(exc, settings) or exc
+    finally:
+        log.close()  # its last drain writes rank 0's last events
+    metrics.write("run_end", secs=round(time.monotonic() - start, 3))
+    return result
 
 
 def default_num_workers(use_gpu: bool) -> int:

@@ -2,7 +2,7 @@
 
 Each rank scores its shard of every dataset (the same batch plan as after a training epoch);
 the sums are all-reduced, so the scores equal a one-worker evaluation. Rank 0 prints them and
-writes ``eval_output_file`` (atomically).
+writes ``eval_output_file`` (atomically); the driver writes its ``eval_end`` metrics event.
 """
 
 from __future__ import annotations
@@ -40,5 +40,7 @@ def eval_loop_per_worker(job: Mapping[str, Any]) -> dict:
         atomic_write(settings.forward.eval_output_file, pprint.pformat(results, sort_dicts=True) + "\n")
     import ray.train
 
-    ray.train.report({k: v for scores in results.values() for k, v in scores.items()})
+    flat = {k: v for scores in results.values() for k, v in scores.items()}
+    log.event("eval_end", epoch=which.epoch, checkpoint=which.path, scores=flat)
+    ray.train.report(flat)
     return results

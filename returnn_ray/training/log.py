@@ -1,4 +1,5 @@
-"""Training log lines as RETURNN's torch engine prints them, carried from rank 0 to the driver.
+"""Training log lines as RETURNN's torch engine prints them, carried from rank 0 to the driver
+(with the metrics-file events of :mod:`returnn_ray.metrics`, which the driver writes).
 
 The training loop runs in Ray worker processes whose stdout Ray would prefix with
 ``(RayTrainWorker pid=...)``; instead rank 0 sends its lines through a small Ray queue and the
@@ -55,6 +56,17 @@ class WorkerLog:
         if self.enabled and level <= self.verbosity:
             self._queue.put(("line", text))
 
+    def event(self, name: str, **fields: Any) -> None:
+        """A metrics-file event (:mod:`returnn_ray.metrics`), stamped now; the driver writes it."""
+        if self._queue is not None and self.enabled:
+            self._queue.put(("metrics", {"event": name, "time": round(time.time(), 3), **fields}))
+
+    def first_step(self, since_start: float, *, epoch: int, step: int) -> None:
+        """The run's first training step is done: the start-up figure (a line at level 4 on a fresh run) and event."""
+        if step == 0:
+            self.line(f"time to first training step: {since_start:.1f} s since returnn-ray started", level=4)
+        self.event("first_step", epoch=epoch, step=step, since_start=round(since_start, 3))
+
     def progress_due(self, step: int, num_steps: int) -> bool:
         """Whether a progress update for ``step`` would be sent (at most ~4 a second, and the last step)."""
         return self.enabled and (time.monotonic() - self._last_progress >= 0.25 or step + 1 >= num_steps)
@@ -87,8 +99,9 @@ class WorkerLog:
 class DriverLog:
     """The driver's side: prints what rank 0 sends, to stdout (and log files)."""
 
-    def __init__(self, queue, *, log_files: tuple[str, ...] = (), out: TextIO | None = None) -> None:
+    def __init__(self, queue, *, log_files: tuple[str, ...] = (), out: TextIO | None = None, metrics=None) -> None:
         self._queue = queue
+        self._metrics = metrics  # a MetricsWriter for rank 0's events, or None
         self._out = out = out or sys.stdout
         self._files = []
         for path in log_files:
@@ -136,6 +149,8 @@ class DriverLog:
             timeout = None
             if kind == "line":
                 self.print(payload)
+            elif kind == "metrics" and self._metrics is not None:
+                self._metrics.write_event(payload)
             elif kind == "progress" and self._tty:
                 self._show_progress(*payload)
 

@@ -197,7 +197,8 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
         start = time.monotonic()
         batches = first if epoch == start_epoch else _epoch_batches(settings, ctx, train, epoch, None)
         train_scores, step = _train_epoch(
-            settings, ctx, spec, train_model, optimizer, grad_scaler, train, specs, batches, step, log, job.get("process_start"), tb,
+            settings, ctx, spec, train_model, optimizer, grad_scaler, train, specs, batches, step, log,
+            job.get("process_start") if epoch == start_epoch else None, tb,
             seed=job.get("seed", 42), mid=mid if epoch == start_epoch else None,
         )
         train_secs = time.monotonic() - start
@@ -218,6 +219,7 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
         lr_control.set_epoch_meta(epoch, {"epoch_train_time_secs": round(train_secs), "global_train_step_end": step})
         if ctx.is_chief:
             _save_epoch(settings, lr_control, model, optimizer, epoch, step, lr)
+        log.event("epoch_end", epoch=epoch, step=step, scores=scores, learning_rate=lr, epoch_time=round(train_secs, 3))
         report(ctx, epoch, step, scores, lr, sweep_metric=job.get("sweep_metric", False), to_tune=job.get("report_to_tune", False))
     if tb is not None:
         tb.close()
@@ -432,8 +434,8 @@ def _train_epoch(
                 gradient_clip_global_norm=settings.training.gradient_clip_global_norm,
             )
             optimizer.zero_grad(set_to_none=True)
-        if step == 0 and job_start is not None:
-            log.line(f"time to first training step: {time.time() - job_start:.1f} s since returnn-ray started", level=4)
+        if i == 0 and job_start is not None:  # the caller passes job_start for the run's first epoch only
+            log.first_step(time.time() - job_start, epoch=epoch, step=step)
         acc.add(losses, weight=weight)
         step += 1
         if save_every and (i + 1) % save_every == 0 and i + 1 < len(my_batches) and should_step(i, accum):

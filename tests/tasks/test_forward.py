@@ -206,7 +206,19 @@ def test_ctc_search_writes_returnn_search_output_and_matches_beam_search_on_the_
     torch.save({"model": net.state_dict(), "epoch": 1, "step": 0}, tmp_path / "model.001.pt")
     assert main([config, "++task", "search", "++ray_num_workers", "2"]) == 0
     summary = capsys.readouterr().out
-    assert re.search(r"LER \d+\.\d\d% \(\d+/\d+ labels\), WER \d+\.\d\d% \(\d+/\d+ words\)", summary), summary
+    shown = re.search(r"LER (\d+\.\d\d)% \((\d+)/(\d+) labels\), WER (\d+\.\d\d)% \((\d+)/(\d+) words\)", summary)
+    assert shown, summary
+    # the same figures, for programs, in the metrics file next to the search output
+    from returnn_ray.metrics import read_metrics
+
+    events = read_metrics(str(tmp_path / "metrics.jsonl"))
+    assert events[0]["event"] == "run_start" and events[0]["workers"] == 2 and events[-1]["event"] == "inference_end"
+    assert events[-2]["event"] == "inference_progress" and events[-2]["seqs_done"] == 7
+    r = events[-1]["scores"]
+    assert (f"{r['ler']:.2f}", r["label_edits"], r["labels"], f"{r['wer']:.2f}", r["word_edits"], r["words"]) == (
+        shown.group(1), int(shown.group(2)), int(shown.group(3)), shown.group(4), int(shown.group(5)), int(shown.group(6))
+    )
+    assert events[-1]["seqs"] == events[-1]["run_now"] == 7 and events[-1]["task"] == "search"
     results = ast.literal_eval((tmp_path / "search.py").read_text())
     dataset = Task12AXDataset(num_seqs=7, fixed_random_seed=3)
     assert list(results) == dataset.seq_tags  # corpus order

@@ -167,6 +167,36 @@ def test_eval_task_scores_a_checkpoint_like_training_did(ray_session, tmp_path):
     assert set(written) == {"dev"}
     for key, value in written["dev"].items():
         assert value == pytest.approx(trained[key], rel=1e-5), key
+    from returnn_ray.metrics import read_metrics
+
+    end = read_metrics(str(tmp_path / "metrics.jsonl"), event="eval_end")
+    assert len(end) == 1 and end[0]["task"] == "eval" and end[0]["epoch"] == 1 and end[0]["scores"] == written["dev"]
+
+
+def test_the_metrics_file_holds_an_epoch_end_per_epoch_with_the_learning_rate_files_scores(ray_session, tmp_path):
+    from returnn_ray.metrics import last_run, read_metrics
+
+    assert main([write_config(tmp_path), "++ray_num_workers", "2"]) == 0
+    path = str(tmp_path / "metrics.jsonl")  # default: next to the model
+    events = read_metrics(path)
+    assert [e["event"] for e in events] == ["run_start", "first_step", "epoch_end", "epoch_end", "run_end"]
+    assert {e["task"] for e in events} == {"train"} and len({e["run"] for e in events}) == 1
+    assert events[0]["workers"] == 2 and events[1]["step"] == 0 and events[1]["since_start"] > 0
+    lr_file = load_learning_rate_file(str(tmp_path / "learning_rates"))
+    ends = [e for e in events if e["event"] == "epoch_end"]
+    assert [e["epoch"] for e in ends] == [1, 2]
+    for end in ends:
+        assert end["scores"] == pytest.approx(scores(tmp_path)[end["epoch"]], rel=1e-12)
+        assert end["learning_rate"] == pytest.approx(lr_file[end["epoch"]].learning_rate, rel=1e-12)
+        assert end["epoch_time"] > 0 and end["step"] == 5 * end["epoch"]  # 10 batches over 2 ranks
+    assert events[1]["time"] <= ends[0]["time"] <= ends[1]["time"]
+    # a rerun with more epochs appends its own run, from its first step (of epoch 3) on
+    assert main([write_config(tmp_path), "++ray_num_workers", "2", "++num_epochs", "3"]) == 0
+    rerun = last_run(read_metrics(path))
+    assert [(e["event"], e.get("epoch")) for e in rerun] == [
+        ("run_start", None), ("first_step", 3), ("epoch_end", 3), ("run_end", None)
+    ]
+    assert rerun[1]["step"] == 10 and rerun[2]["scores"] == pytest.approx(scores(tmp_path)[3], rel=1e-12)
 
 
 def test_eval_without_checkpoint_is_a_clear_error(tmp_path, capsys):

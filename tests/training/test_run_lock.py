@@ -70,7 +70,8 @@ def test_a_second_training_of_the_same_model_is_refused_and_a_killed_ones_lock_d
     assert os.path.exists(lock_path(model))  # kill -9: left behind, stale
     done = _train(tmp_path, model)
     assert done.returncode == 0, done.stderr
-    assert sorted(os.listdir(tmp_path / "out")) == ["net.001.opt.pt", "net.001.pt", "net.lr"]  # and released
+    # and released (metrics.jsonl: the run's metrics file, next to the model)
+    assert sorted(os.listdir(tmp_path / "out")) == ["metrics.jsonl", "net.001.opt.pt", "net.001.pt", "net.lr"]
 
 
 def test_a_lock_is_released_on_ctrl_c(tmp_path):
