@@ -50,14 +50,18 @@ HELD = ("run_start", "first_step")
 """Start-up events, written with the run's first result (any other event) rather than at once."""
 
 
-def metrics_path(setting: str | None, next_to: str) -> str:
+def metrics_path(setting: str | None, next_to: str | None) -> str | None:
     """``metrics_file`` if set, else :data:`FILE_NAME` in the directory of ``next_to``, the run's main
     output: the model prefix (train, eval), the output file (forward, search), a file in the sweep dir.
+    None (no metrics file) for a run without either, e.g. a training without ``model``, which keeps
+    nothing (and must not leave a directory in the working directory).
 
-    >>> metrics_path(None, "/runs/a/model"), metrics_path("m.jsonl", "/runs/a/model")
-    ('/runs/a/metrics.jsonl', 'm.jsonl')
+    >>> metrics_path(None, "/runs/a/model"), metrics_path("m.jsonl", "/runs/a/model"), metrics_path(None, "")
+    ('/runs/a/metrics.jsonl', 'm.jsonl', None)
     """
-    return setting or os.path.join(os.path.dirname(os.path.abspath(next_to)), FILE_NAME)
+    if setting or not next_to:
+        return setting or None
+    return os.path.join(os.path.dirname(os.path.abspath(next_to)), FILE_NAME)
 
 
 def process_started_at() -> float:
@@ -80,12 +84,15 @@ class MetricsWriter:
     Creating the writer checks that the file can be written (a one-line error, before the run starts).
     """
 
-    def __init__(self, path: str, *, task: str) -> None:
+    def __init__(self, path: str | None, *, task: str) -> None:
         self.path, self.task = path, task
+        """``path`` None: no metrics file, every event is dropped (:func:`metrics_path`)."""
         self.run = uuid.uuid4().hex[:12]
         self._held = b""
         self._first_write = True
         self._warned = False
+        if path is None:
+            return
         try:
             directory = os.path.dirname(os.path.abspath(path))
             os.makedirs(directory, exist_ok=True)
@@ -96,6 +103,8 @@ class MetricsWriter:
 
     def write(self, event: str, **fields: Any) -> None:
         """One event; ``time`` is now unless ``fields`` has it (an event stamped where it happened)."""
+        if self.path is None:
+            return
         record = {"event": event, "task": self.task, "run": self.run, "time": round(time.time(), 3), **fields}
         line = (dumps(record) + "\n").encode("utf-8")
         if event in HELD:

@@ -123,7 +123,7 @@ def run_on_workers(
         num_workers = settings.run.ray_num_workers or default_num_workers(use_gpu)
         check_placeable(num_workers, use_gpu, settings.run.ray_placement_timeout)
         queue = Queue(actor_options={"num_cpus": 0})
-    metrics_file = metrics_path(settings.run.metrics_file, settings.run.model or DEFAULT_MODEL)
+    metrics_file = metrics_path(settings.run.metrics_file, settings.run.model)
     metrics = MetricsWriter(metrics_file, task=settings.run.task)
     log = DriverLog(queue, log_files=settings.run.log, metrics=metrics).start()
     model_dir = os.path.dirname(os.path.abspath(settings.run.model or DEFAULT_MODEL))
