@@ -181,6 +181,28 @@ def _layer_class(name: str, opts) -> type[Layer]:
     return layer_cls
 
 
+def _make_layer(cls, name: str, opts: dict, in_specs: list, n_out: int | None) -> "Layer":
+    """The layer's module; torch's "can't allocate memory" (beyond :func:`_check_size`'s estimate)
+    as one line naming the layer."""
+    try:
+        return cls(name, opts, in_specs, n_out)
+    except (RuntimeError, MemoryError) as exc:
+        if "alloc" not in str(exc).lower() and not isinstance(exc, MemoryError):
+            raise
+        raise layer_error(name, f"cannot allocate its parameters (n_out {n_out}): {str(exc).splitlines()[0]}")
+
+
+def _l2_and_flags(name: str, opts: dict) -> float:
+    """The layer's ``L2`` scale (0: none), after checking it and ``is_output_layer``/``trainable``."""
+    l2_scale = opts.get("L2") or 0
+    if isinstance(l2_scale, bool) or not isinstance(l2_scale, (int, float)) or l2_scale < 0:
+        raise layer_error(name, f"'L2' must be a number >= 0, got {l2_scale!r}")
+    for key in ("is_output_layer", "trainable"):
+        if key in opts and not isinstance(opts[key], bool):
+            raise layer_error(name, f"{key!r} must be True or False, got {opts[key]!r}")
+    return float(l2_scale)
+
+
 def build_network(network: Mapping[str, dict], extern_data: Mapping[str, DataSpec]) -> Network:
     """Check the network dict against ``extern_data`` and build it as a :class:`Network`.
 
@@ -223,12 +245,7 @@ def build_network(network: Mapping[str, dict], extern_data: Mapping[str, DataSpe
             if n_out is None and classes[name].own_n_out:
                 n_out = want
         params += _check_size(name, classes[name], opts, sum(specs[s].dim for s in sources[name]), n_out, params)
-        try:
-            module = classes[name](name, opts, [specs[s] for s in sources[name]], n_out)
-        except (RuntimeError, MemoryError) as exc:  # torch's "can't allocate memory", beyond the estimate
-            if "alloc" not in str(exc).lower() and not isinstance(exc, MemoryError):
-                raise
-            raise layer_error(name, f"cannot allocate its parameters (n_out {n_out}): {str(exc).splitlines()[0]}")
+        module = _make_layer(classes[name], name, opts, [specs[s] for s in sources[name]], n_out)
         out = module.out
         if loss is not None:
             if out.sparse:
@@ -242,14 +259,9 @@ def build_network(network: Mapping[str, dict], extern_data: Mapping[str, DataSpe
                     + (f"; set n_out {want}" if opts.get("n_out") is not None else ""),
                 )
             losses[name] = loss
-        l2_scale = opts.get("L2")
+        l2_scale = _l2_and_flags(name, opts)
         if l2_scale:
-            if isinstance(l2_scale, bool) or not isinstance(l2_scale, (int, float)) or l2_scale < 0:
-                raise layer_error(name, f"'L2' must be a number >= 0, got {l2_scale!r}")
-            l2[name] = float(l2_scale)
-        for key in ("is_output_layer", "trainable"):
-            if key in opts and not isinstance(opts[key], bool):
-                raise layer_error(name, f"{key!r} must be True or False, got {opts[key]!r}")
+            l2[name] = l2_scale
         if opts.get("trainable", True) is False:
             module.requires_grad_(False)
         specs[name] = out
