@@ -259,9 +259,7 @@ def build_network(network: Mapping[str, dict], extern_data: Mapping[str, DataSpe
                     + (f"; set n_out {want}" if opts.get("n_out") is not None else ""),
                 )
             losses[name] = loss
-        l2_scale = _l2_and_flags(name, opts)
-        if l2_scale:
-            l2[name] = l2_scale
+        l2[name] = _l2_and_flags(name, opts)  # 0: none (left out of the Network below)
         if opts.get("trainable", True) is False:
             module.requires_grad_(False)
         specs[name] = out
@@ -281,7 +279,7 @@ def build_network(network: Mapping[str, dict], extern_data: Mapping[str, DataSpe
         {n: sources[n] for n in order},
         {n: specs[n] for n in order},
         {n: losses[n] for n in sorted(losses) if n in needed},
-        {n: l2[n] for n in l2 if n in needed},
+        {n: l2[n] for n in l2 if n in needed and l2[n]},
         dict(extern_data),
     )
 
