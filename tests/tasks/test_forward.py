@@ -165,9 +165,7 @@ def test_an_interrupted_forward_resumes_and_equals_an_uninterrupted_one(ray_sess
     (tmp_path / "slow").touch()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     parts = tmp_path / "out.hdf.parts"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len([p for p in os.listdir(parts) if p.endswith(".part")] if parts.exists() else []) < 3:
-        time.sleep(0.2)
+    _wait_for_parts(parts, 3)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole command, as a lost terminal or node would
     proc.wait()
     written = {p for p in os.listdir(parts) if p.endswith(".part")}
@@ -396,6 +394,14 @@ def _write_data(path, seed: int, lens) -> None:
     write_hdf(str(path), seqs, [f"utt-{i}" for i in range(len(lens))], specs)
 
 
+def _wait_for_parts(parts, count: int, timeout: float = 120.0) -> None:
+    """Until the running forward has written ``count`` finished parts to ``parts``."""
+    deadline = time.monotonic() + timeout
+    while len([p for p in os.listdir(parts) if p.endswith(".part")] if parts.exists() else []) < count:
+        assert time.monotonic() < deadline, f"forward wrote fewer than {count} parts in {timeout:.0f} s"
+        time.sleep(0.1)
+
+
 def _old_and_new_data(tmp_path, *, num_seqs: int, seed: int):
     """``data.hdf`` and ``new.hdf``: the same tags and lengths, other values; a model checkpoint;
     ``want.hdf``, forward over the new data. Returns the two files, the forward command (joined to
@@ -423,9 +429,7 @@ def test_data_replaced_in_place_under_finished_parts_is_recomputed_never_mixed(r
     (tmp_path / "slow").touch()
     proc = subprocess.Popen(cmd + eval_data, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     parts = tmp_path / "out.hdf.parts"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len([p for p in os.listdir(parts) if p.endswith(".part")] if parts.exists() else []) < 3:
-        time.sleep(0.2)
+    _wait_for_parts(parts, 3)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     written = len([p for p in os.listdir(parts) if p.endswith(".part")])
@@ -484,9 +488,7 @@ def test_data_replaced_during_the_run_stops_it_and_the_rerun_recomputes(ray_sess
     (tmp_path / "slow").touch()
     proc = subprocess.Popen(cmd + eval_data, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     parts = tmp_path / "out.hdf.parts"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len([p for p in os.listdir(parts) if p.endswith(".part")] if parts.exists() else []) < 2:
-        time.sleep(0.1)
+    _wait_for_parts(parts, 2)
     shutil.copyfile(new, tmp_path / "next.hdf")
     os.replace(tmp_path / "next.hdf", data)
     (tmp_path / "slow").unlink()

@@ -9,26 +9,19 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from test_bad_input import BASE  # tests/ is on sys.path (its conftest.py)
 
 from returnn_ray.errors import UserError
 from returnn_ray.training.run_lock import ModelLock, lock_path, process_start_time
 
 REPO = Path(__file__).resolve().parents[2]
 
-CONFIG = {
-    "task": "train",
-    "train": {"class": "Task12AXDataset", "num_seqs": 5},
-    "num_inputs": 9,
-    "num_outputs": 2,
-    "network": {"output": {"class": "softmax", "loss": "ce"}},
-    "batch_size": 400,
-    "num_epochs": 1,
-    "learning_rate": 0.01,
-}
+# the bad-input table's valid training config, without its output paths (each test sets them)
+CONFIG = {k: v for k, v in BASE.items() if k not in ("model", "learning_rate_file")}
 
 HOLDER = "import sys, time\nfrom returnn_ray.training.run_lock import ModelLock\n" \
          "with ModelLock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n"
