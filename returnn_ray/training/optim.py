@@ -94,6 +94,12 @@ def _init_kwargs(cls: type) -> set[str] | None:
     return {n for n in params if n not in ("self", "params")}
 
 
+def _default_of(cls: type, name: str) -> Any:
+    """The default of the constructor argument ``name``; None if it has none."""
+    param = inspect.signature(cls.__init__).parameters.get(name)
+    return None if param is None or param.default is inspect.Parameter.empty else param.default
+
+
 def _resolve_module_types(mods: Any) -> tuple[type, ...]:
     """``weight_decay_modules_blacklist``: module types or ``"torch.nn.LayerNorm"``-style names."""
     if not isinstance(mods, (list, tuple)):
@@ -122,6 +128,9 @@ def _param_groups(
 ):
     """RETURNN's weight decay split: biases and blacklisted modules' params get none.
 
+    ``include_check`` gets ``full_param_name`` as RETURNN's torch updater gives it: the param's
+    name within its module (``"bias"``, not ``"encoder.0.bias"``).
+
     Two groups, each sorted by param name (RETURNN's order); a param shared by modules counts once.
     """
     with_wd, without_wd = set(), set()
@@ -134,7 +143,8 @@ def _param_groups(
             full_name = f"{module_name}.{param_name}" if module_name else param_name
             include = None
             if include_check is not None:
-                include = include_check(module=module, rf_module=None, full_param_name=full_name, param=param)
+                # RETURNN's updater passes the name within the module ("bias") as full_param_name
+                include = include_check(module=module, rf_module=None, full_param_name=param_name, param=param)
                 if include is not None and not isinstance(include, bool):
                     raise ConfigError(
                         f"optimizer 'weight_decay_custom_include_check' returned {include!r}, not True/False/None"
@@ -177,6 +187,10 @@ def check_optimizer(
         )
 
 
+_TF_EPSILON = 1e-16
+"""RETURNN TF engine's default ``optimizer_epsilon`` (``returnn/tf/updater.py``)."""
+
+
 def build_optimizer(
     params_or_model: torch.nn.Module | Iterable[Any],
     *,
@@ -184,27 +198,33 @@ def build_optimizer(
     adam: bool = False,
     nadam: bool = False,
     learning_rate: float,
-    optimizer_epsilon: float = 1e-16,
+    optimizer_epsilon: float | None = None,
     default: Literal["sgd", "error"] = "sgd",
 ) -> torch.optim.Optimizer:
     """The optimizer a config asks for, with the learning rate ``learning_rate``.
 
-    - ``optimizer = {"class": <name>, **kwargs}`` (RETURNN's torch engine): any torch.optim
-      class by lower-case name, a dotted path, a class, or a callable returning the class (a bare
-      name or callable instead of the dict also works). The kwargs go to the class;
-      ``epsilon`` is renamed ``eps``. ``learning_rate``/``lr`` must not be in the dict: the
-      learning rate is ``learning_rate`` (and then set per epoch by :func:`set_learning_rate`).
-    - Weight decay, as RETURNN's updater: with a model and a non-zero ``weight_decay``, the
+    ``default`` says whose rules apply: ``"error"`` RETURNN's torch engine (torch-style configs),
+    ``"sgd"`` its TF engine (network dicts, rebuilt in PyTorch).
+
+    - ``optimizer = {"class": <name>, **kwargs}``: any torch.optim class by lower-case name, a
+      dotted path, a class, or a callable returning the class (a bare name or callable instead of
+      the dict also works). The kwargs go to the class; ``epsilon`` is renamed ``eps``.
+      ``learning_rate``/``lr`` must not be in the dict: the learning rate is ``learning_rate``
+      (and then set per epoch by :func:`set_learning_rate`). The epsilon nobody gave is torch's
+      default (1e-8) under the torch engine, and ``optimizer_epsilon`` (1e-16) under the TF engine,
+      as each of RETURNN's engines does it.
+    - Weight decay, as RETURNN's torch updater: with a model and a non-zero ``weight_decay``, the
       params split into two groups: biases and params of ``weight_decay_modules_blacklist``
       modules (default ``torch.nn.LayerNorm``, ``torch.nn.Embedding``) get none;
       ``weight_decay_custom_include_check(module=, rf_module=None, full_param_name=, param=)``
       may decide per param (True/False, None: the default rule). ``param_groups_custom(model=,
       rf_model=None, optimizer_class=, optimizer_opts=)`` returns the groups itself; a group
       may carry ``learning_rate_multiplier``. With plain params, weight decay is uniform.
-    - ``adam = True`` / ``nadam = True`` (RETURNN's TF flags): Adam / NAdam with
-      ``eps = optimizer_epsilon`` (RETURNN TF's default 1e-16). The dict wins over the flags.
-    - Nothing set: RETURNN TF's plain SGD (``default="sgd"``, network dicts); RETURNN's torch
-      engine refuses instead (``default="error"``, for torch-style configs).
+    - ``adam = True`` / ``nadam = True`` (RETURNN's TF flags, TF engine only): Adam / NAdam with
+      ``eps = optimizer_epsilon`` (default 1e-16). The dict wins over the flags. RETURNN's torch
+      engine does not read the flags and wants the dict: an error here.
+    - Nothing set: RETURNN TF's plain SGD (``default="sgd"``); RETURNN's torch engine refuses
+      instead (``default="error"``).
 
     >>> build_optimizer(torch.nn.Linear(2, 2), optimizer={"class": "adam", "lr": 0.1}, learning_rate=1.0)
     Traceback (most recent call last):
@@ -214,23 +234,51 @@ def build_optimizer(
     params = list(params_or_model.parameters() if model is not None else params_or_model)
     if not params:
         raise ConfigError("optimizer: the model has no parameters")
-
+    tf_epsilon = None if default == "error" else (_TF_EPSILON if optimizer_epsilon is None else optimizer_epsilon)
     if optimizer is None:
-        if adam and nadam:
-            raise ConfigError("both adam = True and nadam = True are set; set one, or optimizer = {'class': ...}")
+        opt = _optimizer_from_flags(params, adam=adam, nadam=nadam, learning_rate=learning_rate, epsilon=tf_epsilon)
+    else:
         if adam or nadam:
-            cls = torch.optim.Adam if adam else torch.optim.NAdam
-            opt = cls(params, lr=learning_rate, eps=optimizer_epsilon)
-            set_learning_rate(opt, learning_rate)
-            return opt
-        if default == "error":
-            raise ConfigError(
-                "no optimizer set; set e.g. optimizer = {'class': 'adam'} (RETURNN's torch engine requires one)"
-            )
-        return torch.optim.SGD(params, lr=learning_rate)
-    if adam or nadam:
-        warnings.warn("config sets both 'optimizer' and the adam/nadam flag; the 'optimizer' dict is used")
+            warnings.warn("config sets both 'optimizer' and the adam/nadam flag; the 'optimizer' dict is used")
+        cls, kwargs, ours = _class_and_kwargs(optimizer, tf_epsilon)
+        groups = _param_groups_for(model, params, cls, kwargs, ours)
+        try:
+            opt = cls(groups, lr=learning_rate, **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"optimizer {cls.__name__}({kwargs}): {exc}") from None
+    set_learning_rate(opt, learning_rate)
+    return opt
 
+
+def _optimizer_from_flags(
+    params: list, *, adam: bool, nadam: bool, learning_rate: float, epsilon: float | None
+) -> torch.optim.Optimizer:
+    """No ``optimizer`` dict: the TF engine's flags or its SGD; ``epsilon`` None: the torch engine, which refuses."""
+    if epsilon is None:
+        flag = "adam = True" if adam else "nadam = True" if nadam else None
+        if flag is not None:
+            raise ConfigError(
+                f"{flag} is not read by RETURNN's torch engine, which needs an optimizer dict; set e.g. "
+                f"optimizer = {{'class': {'adam' if adam else 'nadam'!r}, 'epsilon': 1e-16}} (the flag's epsilon)"
+            )
+        raise ConfigError(
+            "no optimizer set; set e.g. optimizer = {'class': 'adam'} (RETURNN's torch engine requires one)"
+        )
+    if adam and nadam:
+        raise ConfigError("both adam = True and nadam = True are set; set one, or optimizer = {'class': ...}")
+    if adam or nadam:
+        cls = torch.optim.Adam if adam else torch.optim.NAdam
+        return cls(params, lr=learning_rate, eps=epsilon)
+    return torch.optim.SGD(params, lr=learning_rate)
+
+
+def _class_and_kwargs(
+    optimizer: Mapping[str, Any] | str | Callable, tf_epsilon: float | None
+) -> tuple[type, dict[str, Any], dict[str, Any]]:
+    """The optimizer class, its checked keyword arguments, and RETURNN's own keys of the dict (:data:`_OUR_KEYS`).
+
+    ``tf_epsilon``: the TF engine's default ``eps`` (``optimizer_epsilon``), None under the torch engine.
+    """
     if isinstance(optimizer, Mapping):
         if "class" not in optimizer:
             raise ConfigError(f"optimizer dict has no 'class' (e.g. {{'class': 'adam'}}): {dict(optimizer)!r}")
@@ -240,13 +288,14 @@ def build_optimizer(
         kwargs, cls = {}, optimizer_class(optimizer)
     else:
         raise ConfigError(f"optimizer must be a dict like {{'class': 'adam'}}, got {type(optimizer).__name__}")
-
     for key in ("learning_rate", "lr"):
         if key in kwargs:
             raise ConfigError(f"optimizer: found {key!r} in the 'optimizer' dict; set learning_rate = ... instead")
     accepted = _init_kwargs(cls)
     if "epsilon" in kwargs and accepted is not None and "eps" in accepted:
         kwargs["eps"] = kwargs.pop("epsilon")
+    if tf_epsilon is not None and isinstance(_default_of(cls, "eps"), float):
+        kwargs.setdefault("eps", tf_epsilon)  # RETURNN TF: optimizer_opts.setdefault("epsilon", optimizer_epsilon)
     ours = {k: kwargs.pop(k) for k in _OUR_KEYS if k in kwargs}
     if accepted is not None:
         unknown = sorted(set(kwargs) - accepted)
@@ -258,10 +307,16 @@ def build_optimizer(
                 f"optimizer {cls.__name__}: unknown option {unknown[0]!r}{hint}"
                 f"it accepts: {', '.join(sorted(accepted - {'lr'}))}"
             )
+    return cls, kwargs, ours
 
-    groups: list[Any] = params
-    if ours.get("param_groups_custom") is not None:
-        custom = ours["param_groups_custom"]
+
+def _param_groups_for(
+    model: torch.nn.Module | None, params: list, cls: type, kwargs: dict[str, Any], ours: Mapping[str, Any]
+) -> list[Any]:
+    """The params as the optimizer gets them: ``param_groups_custom``'s groups, RETURNN's weight
+    decay split (with a model and a non-zero ``weight_decay``), or the plain list."""
+    custom = ours.get("param_groups_custom")
+    if custom is not None:
         if model is None or not callable(custom):
             raise ConfigError("optimizer 'param_groups_custom' must be a callable and needs the model")
         groups = list(custom(model=model, rf_model=None, optimizer_class=cls, optimizer_opts=kwargs))
@@ -269,23 +324,15 @@ def build_optimizer(
             raise ConfigError(
                 f"optimizer 'param_groups_custom' must return a list of param-group dicts, got {groups!r}"
             )
-        groups = [dict(g) for g in groups]
-    elif kwargs.get("weight_decay"):
-        if model is not None:
-            blacklist = ours.get("weight_decay_modules_blacklist")
-            blacklist = (
-                (torch.nn.LayerNorm, torch.nn.Embedding) if blacklist is None else _resolve_module_types(blacklist)
-            )
-            check = ours.get("weight_decay_custom_include_check")
-            if check is not None and not callable(check):
-                raise ConfigError(f"optimizer 'weight_decay_custom_include_check' must be callable, got {check!r}")
-            groups = _param_groups(model, kwargs["weight_decay"], blacklist, check)
-    try:
-        opt = cls(groups, lr=learning_rate, **kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"optimizer {cls.__name__}({kwargs}): {exc}") from None
-    set_learning_rate(opt, learning_rate)
-    return opt
+        return [dict(g) for g in groups]
+    if not kwargs.get("weight_decay") or model is None:
+        return params
+    blacklist = ours.get("weight_decay_modules_blacklist")
+    blacklist = (torch.nn.LayerNorm, torch.nn.Embedding) if blacklist is None else _resolve_module_types(blacklist)
+    check = ours.get("weight_decay_custom_include_check")
+    if check is not None and not callable(check):
+        raise ConfigError(f"optimizer 'weight_decay_custom_include_check' must be callable, got {check!r}")
+    return _param_groups(model, kwargs["weight_decay"], blacklist, check)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, learning_rate: float) -> None:

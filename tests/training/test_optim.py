@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import pathlib
 import warnings
 
 import pytest
@@ -73,7 +75,23 @@ def test_optimizer_config_errors(optimizer, message):
         build_optimizer(_model(), optimizer=optimizer, learning_rate=0.1)
 
 
+def _returnn_tf_epsilon_default() -> float:
+    """RETURNN TF updater's default ``optimizer_epsilon``, read from its source (TensorFlow is not installed)."""
+    returnn = pytest.importorskip("returnn")
+    tree = ast.parse((pathlib.Path(returnn.__file__).parent / "tf" / "updater.py").read_text())
+    defaults = {
+        call.args[1].value
+        for call in ast.walk(tree)
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "float"
+        and len(call.args) == 2 and isinstance(call.args[0], ast.Constant) and call.args[0].value == "optimizer_epsilon"
+    }
+    assert len(defaults) == 1, defaults
+    return defaults.pop()
+
+
 def test_defaults_and_old_flags():
+    """Network dicts follow RETURNN's TF engine: adam/nadam flags and the dict's default epsilon are
+    ``optimizer_epsilon`` (RETURNN's default read from its source), an explicit ``epsilon`` wins."""
     model = _model()
     sgd = build_optimizer(model, learning_rate=0.5)
     assert type(sgd) is torch.optim.SGD and sgd.param_groups[0]["lr"] == 0.5  # RETURNN TF's default
@@ -82,7 +100,16 @@ def test_defaults_and_old_flags():
     adam = build_optimizer(model, adam=True, learning_rate=0.1)
     nadam = build_optimizer(model, nadam=True, learning_rate=0.1)
     assert type(adam) is torch.optim.Adam and type(nadam) is torch.optim.NAdam
-    assert adam.param_groups[0]["eps"] == 1e-16  # RETURNN TF's optimizer_epsilon default
+    tf_eps = _returnn_tf_epsilon_default()
+    assert adam.param_groups[0]["eps"] == nadam.param_groups[0]["eps"] == tf_eps
+    assert build_optimizer(model, optimizer={"class": "adam"}, learning_rate=0.1).param_groups[0]["eps"] == tf_eps
+    for form in ({"adam": True}, {"optimizer": {"class": "adam"}}, {"optimizer": {"class": "adamw"}}):
+        opt = build_optimizer(model, **form, optimizer_epsilon=1e-5, learning_rate=0.1)
+        assert [g["eps"] for g in opt.param_groups] == [1e-5], form
+    explicit = build_optimizer(model, optimizer={"class": "adam", "epsilon": 1e-3}, optimizer_epsilon=1e-5, learning_rate=0.1)
+    assert explicit.param_groups[0]["eps"] == 1e-3
+    # Adafactor's eps is a pair, not TF's epsilon: left at its default
+    assert build_optimizer(model, optimizer={"class": "adafactor"}, learning_rate=0.1).param_groups[0]["eps"] == (None, 1e-3)
     with pytest.raises(ConfigError, match="both adam = True and nadam = True"):
         build_optimizer(model, adam=True, nadam=True, learning_rate=0.1)
     with pytest.warns(UserWarning, match="the 'optimizer' dict is used"):
@@ -111,18 +138,6 @@ def test_weight_decay_groups():
         (["0.weight", "2.weight"], 0.1),
         (["1.bias", "1.weight", "2.bias", "3.weight"], 0.0),
     ]
-    opt = build_optimizer(
-        model,
-        optimizer={
-            "class": "adamw",
-            "weight_decay": 0.1,
-            "weight_decay_custom_include_check": lambda *, full_param_name, **_: (
-                True if full_param_name == "1.bias" else None
-            ),
-        },
-        learning_rate=0.1,
-    )
-    assert _group_names(model, opt)[0] == (["1.bias", "1.weight", "3.weight"], 0.1)
     with pytest.raises(ConfigError, match="cannot import 'torch.nn.NoSuchNorm'"):
         build_optimizer(
             model,
@@ -135,33 +150,62 @@ def test_weight_decay_groups():
         )
 
 
+def _not_linear_weights(*, module, full_param_name, **_):
+    """A weight_decay_custom_include_check: no decay for Linear weights; 'bias': decided by the name it gets."""
+    if isinstance(module, torch.nn.Linear) and full_param_name == "weight":
+        return False
+    return True if full_param_name == "bias" else None
+
+
 @pytest.mark.parametrize(
-    "optimizer",
+    "optimizer, extra",
     [
-        {"class": "adamw", "weight_decay": 0.1, "epsilon": 1e-5},
-        {"class": "adam", "weight_decay": 0.01, "weight_decay_modules_blacklist": ["torch.nn.Linear"]},
-        {"class": "sgd", "momentum": 0.9},
+        ({"class": "adamw", "weight_decay": 0.1, "epsilon": 1e-5}, {}),
+        ({"class": "adam", "weight_decay": 0.01, "weight_decay_modules_blacklist": ["torch.nn.Linear"]}, {}),
+        ({"class": "sgd", "momentum": 0.9}, {}),
+        ({"class": "adam"}, {}),  # torch's epsilon (1e-8), not the TF engine's 1e-16
+        ({"class": "adam"}, {"optimizer_epsilon": 1e-5}),  # RETURNN's torch engine ignores optimizer_epsilon
+        ({"class": "adam", "amsgrad": True, "betas": (0.8, 0.99)}, {}),
+        ({"class": "nadam", "weight_decay": 0.1, "decoupled_weight_decay": True}, {}),
+        ({"class": "adamw", "weight_decay": 0.1, "weight_decay_custom_include_check": _not_linear_weights}, {}),
     ],
 )
-def test_optimizer_like_returnn(optimizer):
-    """Differential: same class, param groups (members, order, options) as RETURNN's torch Updater."""
+def test_optimizer_like_returnn(optimizer, extra):
+    """Differential, torch-style configs: same class, param groups (members, order, every
+    hyperparameter) as RETURNN's torch Updater from the same config."""
     returnn_config = pytest.importorskip("returnn.config")
     returnn_updater = pytest.importorskip("returnn.torch.updater")
     model = _model()
     updater = returnn_updater.Updater(
-        config=returnn_config.Config({"optimizer": dict(optimizer)}),
+        config=returnn_config.Config({"optimizer": dict(optimizer), **extra}),
         network=model,
         device="cpu",
         initial_learning_rate=0.3,
     )
     updater.create_optimizer()
     theirs = updater.optimizer
-    ours = build_optimizer(model, optimizer=optimizer, learning_rate=0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optimizer_epsilon: warned as ignored
+        ours = build_optimizer(model, optimizer=optimizer, learning_rate=0.3, default="error", **extra)
     assert type(ours) is type(theirs)
     assert len(ours.param_groups) == len(theirs.param_groups)
     for o, t in zip(ours.param_groups, theirs.param_groups):
         assert [id(p) for p in o["params"]] == [id(p) for p in t["params"]]
         assert {k: v for k, v in o.items() if k != "params"} == {k: v for k, v in t.items() if k != "params"}
+
+
+@pytest.mark.parametrize("flag", ["adam", "nadam"])
+def test_old_flags_refused_for_torch_style_configs_like_returnn(flag):
+    """RETURNN's torch engine does not read adam/nadam and refuses to run without an optimizer dict."""
+    returnn_config = pytest.importorskip("returnn.config")
+    returnn_updater = pytest.importorskip("returnn.torch.updater")
+    updater = returnn_updater.Updater(
+        config=returnn_config.Config({flag: True}), network=_model(), device="cpu", initial_learning_rate=0.3
+    )
+    with pytest.raises(ValueError, match="'optimizer' needs to be set"):
+        updater.create_optimizer()
+    with pytest.raises(ConfigError, match=rf"{flag} = True is not read by RETURNN's torch engine.*'class': '{flag}', 'epsilon': 1e-16"):
+        build_optimizer(_model(), **{flag: True}, learning_rate=0.3, default="error")
 
 
 def test_param_groups_custom_and_lr_multiplier():
