@@ -205,6 +205,13 @@ class TrainingSettings(_Checked):
     optimizer: dict | None = setting(None, "{'class': 'adam', ...}: a torch.optim class by lower-case name, no lr.")
     adam: bool = setting(False, "Old style: optimizer Adam.", read="bool")
     nadam: bool = setting(False, "Old style: optimizer NAdam.", read="bool")
+    optimizer_epsilon: float | None = setting(
+        None, "Network dicts (RETURNN's TF engine): eps of adam/nadam and the optimizer dict's default (1e-16).",
+        read="float",
+    )
+    dynamic_learning_rate: Callable | None = setting(
+        None, "`f(*, global_train_step, epoch, epoch_continuous, learning_rate, **kwargs)`: the lr of each step."
+    )
     gradient_clip: float = setting(0.0, "Clip each gradient value to +-this; 0: off.", read="float")
     gradient_clip_global_norm: float = setting(0.0, "Clip the global gradient norm to this; 0: off.", read="float")
     accum_grad_multiple_step: int = setting(1, "Accumulate gradients over this many steps.", read="int")

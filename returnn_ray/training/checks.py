@@ -6,15 +6,19 @@ any trial directory exists, so a bad value is one line naming its key, not a wor
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 from returnn_ray.config import Settings
 from returnn_ray.data.from_settings import check_datasets_for_training, data_specs, eval_dataset_names, open_dataset
 from returnn_ray.errors import ConfigError
+from returnn_ray.training.dynamic_lr import check_dynamic_learning_rate
 from returnn_ray.training.lr_control import check_lr_control
 from returnn_ray.training.optim import check_optimizer
 from returnn_ray.training.steps import model_spec
 from returnn_ray.training.tensorboard import check_tensorboard
+
+logger = logging.getLogger(__name__)
 
 
 def check_trainable(settings: Settings, opener: Callable[[Settings, str], Any] = open_dataset) -> None:
@@ -38,8 +42,14 @@ def check_training_settings(settings: Settings) -> None:
     t = settings.training
     if t.network is not None or t.get_model is not None:  # no model: the train task says so
         check_optimizer(
-            t.optimizer, adam=t.adam, nadam=t.nadam, learning_rate=t.learning_rate,
+            t.optimizer, adam=t.adam, nadam=t.nadam, learning_rate=t.learning_rate, optimizer_epsilon=t.optimizer_epsilon,
             # as the training loop: RETURNN's torch engine wants an optimizer, network dicts follow its TF engine (SGD)
             default="sgd" if t.network is not None else "error",
         )
+    if t.network is None and t.optimizer_epsilon is not None:
+        logger.warning(
+            "optimizer_epsilon is ignored for torch-style configs, as by RETURNN's torch engine; "
+            "set 'epsilon' in the optimizer dict"
+        )
+    check_dynamic_learning_rate(t.dynamic_learning_rate)
     check_lr_control(t.learning_rate_control, t.lr_control_options(), t.learning_rate_file)

@@ -165,6 +165,7 @@ def check_optimizer(
     adam: bool = False,
     nadam: bool = False,
     learning_rate: float = 1.0,
+    optimizer_epsilon: float | None = None,
     default: Literal["sgd", "error"] = "sgd",
 ) -> None:
     """Before training starts: the optimizer settings build an optimizer (class, options, weight
@@ -183,7 +184,7 @@ def check_optimizer(
         warnings.simplefilter("ignore")  # "both 'optimizer' and adam set" is warned when training builds it
         build_optimizer(
             torch.nn.Linear(1, 1), optimizer=optimizer, adam=adam, nadam=nadam, learning_rate=learning_rate,
-            default=default,
+            optimizer_epsilon=optimizer_epsilon, default=default,
         )
 
 

@@ -38,6 +38,7 @@ from returnn_ray.data.from_settings import batching_options, data_specs, eval_da
 from returnn_ray.data.ray_data import READ_TASK_CONCURRENCY, Batch, rank_batches, read_task_concurrency
 from returnn_ray.errors import DataError, UserError
 from returnn_ray.training import checkpoints
+from returnn_ray.training.dynamic_lr import StepLearningRate
 from returnn_ray.training.log import WorkerLog, format_scores, hms
 from returnn_ray.training.lr_control import make_lr_control
 from returnn_ray.training.optim import amp_context, apply_update, build_optimizer, make_grad_scaler, set_learning_rate, should_step
@@ -157,6 +158,7 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
         adam=settings.training.adam,
         nadam=settings.training.nadam,
         learning_rate=settings.training.learning_rate,
+        optimizer_epsilon=settings.training.optimizer_epsilon,
         # RETURNN's torch engine wants an explicit optimizer; network dicts follow its TF engine (SGD)
         default="sgd" if settings.training.network is not None else "error",
     )
@@ -199,7 +201,7 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
         train_scores, step = _train_epoch(
             settings, ctx, spec, train_model, optimizer, grad_scaler, train, specs, batches, step, log,
             job.get("process_start") if epoch == start_epoch else None, tb,
-            seed=job.get("seed", 42), mid=mid if epoch == start_epoch else None,
+            seed=job.get("seed", 42), mid=mid if epoch == start_epoch else None, lr=lr,
         )
         train_secs = time.monotonic() - start
         scores = score_keys("train", train_scores)
@@ -392,7 +394,7 @@ class StartedReader:
 
 def _train_epoch(
     settings, ctx, spec: ModelSpec, model, optimizer, grad_scaler, train: Dataset, specs, batches: EpochBatches, step, log,
-    job_start, tb, *, seed: int = 42, mid: Mapping[str, Any] | None = None,
+    job_start, tb, *, seed: int = 42, mid: Mapping[str, Any] | None = None, lr: float = 1.0,
 ):
     model.train()
     epoch, plan, skip, my_batches = batches.epoch, batches.plan, batches.skip, batches.mine
@@ -412,7 +414,10 @@ def _train_epoch(
     start = time.monotonic()
     last = start
     optimizer.zero_grad(set_to_none=True)
+    step_lr = StepLearningRate.for_epoch(settings.training.dynamic_learning_rate, learning_rate=lr, epoch=epoch, plan=plan, skip_seqs=skip)
     for i, batch in enumerate(batches.reader):
+        if step_lr is not None:  # RETURNN's dynamic_learning_rate: the lr of this step
+            set_learning_rate(optimizer, step_lr(i, global_train_step=step))
         is_padding = batch.num_seqs == 0
         batch = padding if is_padding else _to_device(batch, ctx.device)
         weight = 0.0 if is_padding else 1.0
