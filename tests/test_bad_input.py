@@ -49,6 +49,9 @@ BASE = {
     "learning_rate_file": "{tmp}/out/learning_rates",
 }
 
+#: BASE as a Python config.
+PY_BASE = "#!rnn.py\n" + "".join(f"{k} = {v!r}\n" for k, v in BASE.items())
+
 #: The same as BASE reading ``{tmp}/data.hdf`` (3-dim features, 4 classes): the HDF rows write it.
 HDF_BASE = {
     **BASE,
@@ -322,6 +325,13 @@ TABLE = [
         {"bad.json": changed(BASE, optimizer={"class": "adam", "epsilonn": 1e-8})}, id="optimizer-option-typo"),
     row(["bad.json"], ("optimizer", "'os.system'", "not a torch.optim.Optimizer"),
         {"bad.json": changed(BASE, optimizer={"class": "os.system"})}, id="optimizer-class-is-a-function"),
+    row(["bad.config"], ("epoch_start", "function RETURNN calls"),
+        {"bad.config": PY_BASE + "def epoch_start(**kwargs):\n    pass\n"}, id="returnn-function-not-implemented"),
+    row(["bad.config"], ("dynamic_learning_rate", "**kwargs"),
+        {"bad.config": PY_BASE + "def dynamic_learning_rate(global_train_step, learning_rate):\n    return learning_rate\n"},
+        id="dynamic-learning-rate-without-kwargs"),
+    row(["bad.json"], ("gradient_noise", "not supported"),
+        {"bad.json": changed(BASE, gradient_noise=0.1)}, id="updater-option-not-implemented"),
     row(["bad.json"], ("learning_rate_control", "'newbobb'"),
         {"bad.json": changed(BASE, learning_rate_control="newbobb")}, id="unknown-learning-rate-control"),
     row(["bad.json"], ("learning_rates", "epoch 2", "-1"),

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Union
 
 from returnn_ray.config.files import Config
+from returnn_ray.config.returnn_keys import check_returnn_keys
 from returnn_ray.errors import ConfigError
 from returnn_ray.training.checkpoints import check_cleanup_old_models
 from returnn_ray.training.lr_control import LR_CONTROL_CONFIG_KEYS, MAX_LEARNING_RATE, LrControlKind
@@ -421,6 +422,7 @@ def load_settings(config: Config) -> Settings:
     ...
     returnn_ray.errors.ConfigError: max_seqs must be > 0 (or -1: no limit), got 0
     """
+    check_returnn_keys(config, known=KNOWN_KEYS)
     return Settings(
         run=_read_class(RunSettings, config),
         data=_read_class(DataSettings, config),
