@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -120,3 +124,25 @@ def test_bad_return_value_names_the_step(value):
     steps = StepLearningRate.for_epoch(lambda **_: value, learning_rate=1.0, epoch=2, plan=BatchPlan((np.arange(3),), 1))
     with pytest.raises(ConfigError, match=r"dynamic_learning_rate returned .* at global_train_step 5 \(epoch 2\)"):
         steps(0, global_train_step=5)
+
+
+def test_training_run_calls_it_per_step(tmp_path):
+    """The training loop applies it: a real (local-mode) run, 12 seqs of at most 4 a step, 2 epochs."""
+    (tmp_path / "t.config").write_text(
+        "#!rnn.py\n"
+        "task = 'train'\ntrain = {'class': 'Task12AXDataset', 'num_seqs': 12}\nnum_inputs = 9\nnum_outputs = 2\n"
+        "network = {'output': {'class': 'softmax', 'loss': 'ce'}}\nbatch_size = 2000\nmax_seqs = 4\nnum_epochs = 2\n"
+        "learning_rate = 0.01\nmodel = 'out/model'\n"
+        "def dynamic_learning_rate(*, global_train_step, epoch, epoch_continuous, learning_rate, **kwargs):\n"
+        "    with open('calls.txt', 'a') as f:\n"
+        "        f.write(f'{global_train_step} {epoch} {epoch_continuous} {learning_rate}\\n')\n"
+        "    return learning_rate / 2\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    result = subprocess.run([sys.executable, "-m", "returnn_ray", "t.config"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    calls = [line.split() for line in (tmp_path / "calls.txt").read_text().splitlines()]
+    assert [(int(g), int(e)) for g, e, _, _ in calls] == [(0, 1), (1, 1), (2, 1), (3, 2), (4, 2), (5, 2)]
+    assert [float(c) for _, _, c, _ in calls] == pytest.approx([0, 1 / 3, 2 / 3, 1, 4 / 3, 5 / 3], rel=1e-6)
+    assert {float(lr) for *_, lr in calls} == {0.01}
