@@ -169,6 +169,16 @@ class BatchingSettings(_Checked):
     max_seqs: int = setting(-1, "Max seqs per batch; -1: no limit (-z).", read="int")
     max_seq_length: int | dict | None = setting(None, "Drop seqs longer than this (0/unset: keep all).", read="int_or_dict")
     min_seq_length: int | dict | None = setting(None, "Drop seqs shorter than this (0/unset: keep all).", read="int_or_dict")
+    chunking: str | int | tuple | list | dict | Callable | None = setting(
+        None,
+        "Train on chunks of the seqs, as RETURNN: `\"size:step\"`, or {key: size} / ({key: size}, {key: step});"
+        " each chunk is a seq of its own in the batches (README: Chunking). 0/unset: whole seqs (-c).",
+    )
+    min_chunk_size: int | dict = setting(0, "With chunking: drop (end) chunks shorter than this, per RETURNN's rule.", read="int_or_dict")
+    chunking_variance: float = setting(
+        0.0, "Random chunk sizes: not supported with a network dict (an error); ignored by torch configs, as RETURNN's torch engine.",
+        read="float",
+    )
 
     def _validate(self) -> None:
         for name in ("batch_size", "batch_size_train", "batch_size_dev"):
@@ -391,8 +401,6 @@ IGNORED_KEYS: dict[str, str] = {
     "update_on_device": "always",
     "truncation": "no truncated BPTT",
     "window": "no input windowing",
-    "chunking": "not supported yet: whole sequences are used",
-    "min_chunk_size": "not supported yet: whole sequences are used",
     "stop_on_nonfinite_train_score": "not supported yet",
     "start_epoch": "training resumes from the newest complete checkpoint",
     "torch_distributed": "DDP is set up by Ray Train (ray_num_workers)",

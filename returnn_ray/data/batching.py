@@ -18,9 +18,10 @@ from typing import Mapping, Sequence, Union
 
 import numpy as np
 
+from returnn_ray.data.chunking import Chunking, chunk_rows, row_lens
 from returnn_ray.errors import ConfigError
 
-__all__ = ["BatchingOptions", "BatchPlan", "deal_to_ranks", "filter_by_length", "plan_batches", "plan_epoch"]
+__all__ = ["BatchingOptions", "BatchPlan", "batch_lens", "deal_to_ranks", "filter_by_length", "plan_batches", "plan_epoch"]
 
 LengthLimit = Union[int, float, Mapping[str, Union[int, float]]]
 """A length limit: one number for every data key, or ``data key -> number`` for some keys."""
@@ -57,6 +58,10 @@ class BatchingOptions:
     None or 0 = no limit (RETURNN reads ``max_seq_length = 0`` as unset)."""
     min_seq_length: LengthLimit | None = None
     """Drop seqs shorter than this for any data key (a dict checks only the keys it names)."""
+    chunking: Chunking | None = None
+    """Cut the seqs into chunks (RETURNN's ``chunking``, :mod:`returnn_ray.data.chunking`); the
+    plan's batches are then chunk rows, and the limits above count chunk lengths (its ``"tf"``
+    rule) or, for the length filter, whole seqs (its ``"torch"`` rule)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "batch_size", _check_limit("batch_size", self.batch_size))
@@ -93,11 +98,15 @@ def _as_order(order: np.ndarray) -> np.ndarray:
 def filter_by_length(order: np.ndarray, seq_lens: Mapping[str, np.ndarray], options: BatchingOptions) -> np.ndarray:
     """The seqs of ``order`` within ``min_seq_length`` .. ``max_seq_length`` (inclusive), in order.
 
+    With RETURNN's ``"tf"`` chunking rule the limits apply to the chunks, not here: every seq is kept.
+
     >>> opts = BatchingOptions(batch_size=100, max_seq_length=5, min_seq_length=2)
     >>> filter_by_length(np.array([0, 1, 2, 3]), {"data": np.array([1, 2, 5, 6])}, opts)
     array([1, 2])
     """
     order = _as_order(order)
+    if options.chunking is not None and options.chunking.rule == "tf":
+        return order
     keep = np.ones(len(order), dtype=bool)
     keys = list(seq_lens)
     if options.max_seq_length is not None:
@@ -180,19 +189,40 @@ def plan_batches(
     >>> plan_batches(np.arange(6), lens, BatchingOptions(batch_size=10))
     [array([0, 1]), array([2]), array([3]), array([4, 5])]
     """
-    order = filter_by_length(order, seq_lens, options)
-    return _split(order, _plan_starts(order, seq_lens, options))
+    items, item_lens, _ = planned_items(order, seq_lens, options)
+    return _split(items, _plan_starts(item_lens, options))
 
 
-def _plan_starts(order: np.ndarray, seq_lens: Mapping[str, np.ndarray], options: BatchingOptions) -> list[int]:
-    if not seq_lens:
-        raise ValueError("seq_lens needs at least one data key")
-    if len(order) == 0:
-        return []
+def planned_items(
+    order: np.ndarray, seq_lens: Mapping[str, np.ndarray], options: BatchingOptions
+) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
+    """What the batches are made of: the length-filtered seqs of ``order`` (corpus indices), or
+    with ``chunking`` their chunk rows (:func:`~returnn_ray.data.chunking.chunk_rows`); the lengths
+    of each item per data key; and how many seqs (or, ``"tf"`` rule, chunks) the filter dropped."""
+    filtered = filter_by_length(order, seq_lens, options)
+    dropped = len(order) - len(filtered)
+    if options.chunking is None:
+        return filtered, {k: np.asarray(v)[filtered] for k, v in seq_lens.items()}, dropped
+    rows = chunk_rows(filtered, seq_lens, options.chunking)
     keys = list(seq_lens)
+    lens = {k: row_lens(rows, keys, k) for k in keys}
+    if options.chunking.rule == "tf":  # the length filter applies to the chunks
+        keep = filter_by_length(np.arange(len(rows)), lens, dataclasses.replace(options, chunking=None))
+        dropped += len(rows) - len(keep)
+        rows, lens = rows[keep], {k: v[keep] for k, v in lens.items()}
+    return rows, lens, dropped
+
+
+def _plan_starts(item_lens: Mapping[str, np.ndarray], options: BatchingOptions) -> list[int]:
+    if not item_lens:
+        raise ValueError("seq_lens needs at least one data key")
+    num_items = len(next(iter(item_lens.values())))
+    if num_items == 0:
+        return []
+    keys = list(item_lens)
     limits = _limits_per_key("batch_size", options.batch_size, keys)
-    lens = [np.asarray(seq_lens[key])[order].tolist() for key in limits]
-    max_seqs = len(order) + 1 if options.max_seqs == -1 else options.max_seqs
+    lens = [np.asarray(item_lens[key]).tolist() for key in limits]
+    max_seqs = num_items + 1 if options.max_seqs == -1 else options.max_seqs
     return _batch_starts(lens, list(limits.values()), max_seqs)
 
 
@@ -212,11 +242,14 @@ class BatchPlan:
     """
 
     batches: tuple[np.ndarray, ...]
-    """All batches (int64 corpus indices) in global order; ``len`` is a multiple of ``num_ranks``."""
+    """All batches in global order, each int64 corpus indices ``[n]`` or, with chunking, chunk rows
+    ``[n, 1 + 2 * num_keys]``; ``len`` is a multiple of ``num_ranks``. With chunking, every "seq"
+    below (``num_seqs``, ``seqs_in_steps``, ``plan_epoch``'s ``skip_seqs``) is a chunk."""
     num_ranks: int
     """Number of DDP ranks (W)."""
     num_dropped: int = 0
-    """Seqs of the order dropped by ``min_seq_length`` / ``max_seq_length``."""
+    """Seqs of the order (chunks, with RETURNN's ``"tf"`` chunking rule) dropped by
+    ``min_seq_length`` / ``max_seq_length``."""
 
     def __post_init__(self) -> None:
         if self.num_ranks < 1:
@@ -255,15 +288,25 @@ class BatchPlan:
 
     def padded_frames(self, seq_lens: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """data key -> padded frames (longest seq × number of seqs) of every batch; 0 if empty."""
-        return {key: _padded_frames(self.batches, np.asarray(lens)) for key, lens in seq_lens.items()}
+        return {key: _padded_frames(self.batches, seq_lens, key) for key in seq_lens}
 
 
-def _padded_frames(batches: Sequence[np.ndarray], lens: np.ndarray) -> np.ndarray:
+def batch_lens(seq_lens: Mapping[str, np.ndarray], batch: np.ndarray, key: str) -> np.ndarray:
+    """The lengths of ``key`` in one planned batch: of its seqs, or of its chunk rows (cut over
+    the keys of ``seq_lens``, in that order)."""
+    batch = np.asarray(batch)
+    if batch.ndim == 2:
+        return row_lens(batch, list(seq_lens), key)
+    return np.asarray(seq_lens[key])[batch]
+
+
+def _padded_frames(batches: Sequence[np.ndarray], seq_lens: Mapping[str, np.ndarray], key: str) -> np.ndarray:
+    lens = np.asarray(seq_lens[key])
     sizes = np.array([len(b) for b in batches], dtype=np.int64)
     out = np.zeros(len(batches), dtype=lens.dtype if lens.dtype.kind == "f" else np.int64)
     nonempty = sizes > 0
     if nonempty.any():
-        flat = lens[np.concatenate([b for b in batches if len(b)])]
+        flat = np.concatenate([batch_lens(seq_lens, b, key) for b in batches if len(b)])
         offsets = np.cumsum(sizes[nonempty]) - sizes[nonempty]
         out[nonempty] = np.maximum.reduceat(flat, offsets) * sizes[nonempty]
     return out
@@ -325,7 +368,7 @@ def deal_to_ranks(
         weights = [float(max(per_key[j] for per_key in frames.values())) for j in range(len(tail))]
     counts = _pieces_per_batch(weights, sizes, num_ranks)
     pieces = [piece for batch, count in zip(tail, counts) for piece in np.array_split(batch, count)]
-    empty = np.zeros((0,), dtype=np.int64)
+    empty = np.zeros((0, *batches[0].shape[1:]), dtype=np.int64)  # (0, columns) for chunk rows
     empty.flags.writeable = False
     pieces += [empty] * (num_ranks - len(pieces))  # fewer seqs than ranks
     return BatchPlan(tuple(batches[:num_full] + pieces), num_ranks)
@@ -355,11 +398,10 @@ def plan_epoch(
     >>> plan_epoch(np.arange(6), lens, BatchingOptions(batch_size=10), skip_seqs=2).batches
     (array([2]), array([3]), array([4, 5]))
     """
-    filtered = filter_by_length(order, seq_lens, options)
-    if not 0 <= skip_seqs <= len(filtered):
-        raise ValueError(f"skip_seqs {skip_seqs} out of range for an epoch of {len(filtered)} seqs")
-    num_dropped = len(order) - len(filtered)
-    filtered = filtered[skip_seqs:]
-    batches = _split(filtered, _plan_starts(filtered, seq_lens, options))
+    items, item_lens, num_dropped = planned_items(order, seq_lens, options)
+    if not 0 <= skip_seqs <= len(items):
+        raise ValueError(f"skip_seqs {skip_seqs} out of range for an epoch of {len(items)} seqs")
+    items, item_lens = items[skip_seqs:], {k: v[skip_seqs:] for k, v in item_lens.items()}
+    batches = _split(items, _plan_starts(item_lens, options))
     plan = deal_to_ranks(batches, num_ranks, seq_lens)
     return dataclasses.replace(plan, num_dropped=num_dropped)

@@ -11,7 +11,8 @@ RETURNN cannot train either (it asserts ``num_seqs > 0`` and has no data for suc
 - ``default_every_n:n`` with fewer than ``n`` seqs (it uses ``N // n * n`` of them);
 - ``max_seq_length`` / ``min_seq_length`` that drop every seq of the epoch;
 - seqs that all have 0 frames of the input (``data``, the dataset's first key);
-- ``seq_list_filter_file`` listing none of the epoch's seqs.
+- ``seq_list_filter_file`` listing none of the epoch's seqs;
+- ``chunking`` whose ``min_chunk_size`` (or, for a network dict, length limits) leaves no chunk.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from returnn_ray.data.base import Dataset
-from returnn_ray.data.batching import BatchingOptions, _limits_per_key, filter_by_length
+from returnn_ray.data.batching import BatchingOptions, _limits_per_key, filter_by_length, planned_items
 from returnn_ray.errors import DataError
 
 __all__ = ["check_epoch", "check_epochs", "empty_epoch_reason"]
@@ -98,6 +99,12 @@ def empty_epoch_reason(dataset: Dataset, order: np.ndarray, options: BatchingOpt
         return (
             f"{_where(dataset, epoch)} has no frames: all {len(kept)} of its seqs have length 0 for {key!r}; "
             f"fix the data"
+        )
+    if options.chunking is not None and not len(planned_items(kept, dataset.seq_lens, options)[0]):
+        return (
+            f"{_where(dataset, epoch)} has no chunks: {options.chunking} (min_chunk_size "
+            f"{options.chunking.min_chunk_size}) with max_seq_length / min_seq_length leaves none of its "
+            f"{len(kept)} seqs; change them"
         )
     return None
 

@@ -11,6 +11,7 @@ from typing import Mapping
 
 from returnn_ray.config import Settings
 from returnn_ray.data import BatchingOptions, DataSpec, Dataset, check_extern_data, extern_data_from_config, init_dataset
+from returnn_ray.data.chunking import Chunking, parse_chunking
 from returnn_ray.data.epochs import check_epochs
 from returnn_ray.errors import ConfigError
 
@@ -66,14 +67,34 @@ def data_specs(settings: Settings, train: Dataset) -> dict[str, DataSpec]:
 
 
 def batching_options(settings: Settings, name: str) -> BatchingOptions:
-    """The batching rule for dataset ``name`` (``batch_size_train`` for train, ``batch_size_dev`` else)."""
+    """The batching rule for dataset ``name`` (``batch_size_train`` for train, ``batch_size_dev`` else;
+    ``chunking`` for train only)."""
     b = settings.batching
     return BatchingOptions(
         batch_size=b.batch_size_for(train=name in TRAIN_PHASE_DATASETS),
         max_seqs=b.max_seqs,
         max_seq_length=b.max_seq_length,
         min_seq_length=b.min_seq_length,
+        chunking=chunking(settings) if name in TRAIN_PHASE_DATASETS else None,
     )
+
+
+def chunking(settings: Settings) -> Chunking | None:
+    """The config's ``chunking`` of the training data, cut by the rule of the RETURNN engine that
+    runs such a config: a network dict RETURNN's TF engine (``Dataset.iterate_seqs``), any other
+    config its torch engine (``ChunkingIterDataPipe``).
+
+    Only the train dataset is chunked: RETURNN's TF engine gives dev/eval ``chunking="0"``, and
+    here forward/search/eval need whole seqs (RETURNN's torch engine would chunk those too).
+    """
+    b = settings.batching
+    rule = "tf" if settings.training.network is not None else "torch"
+    result = parse_chunking(b.chunking, b.min_chunk_size, rule=rule)
+    if result is not None and rule == "tf" and b.chunking_variance:
+        raise ConfigError(
+            f"chunking_variance {b.chunking_variance}: random chunk sizes are not supported; remove it (or set 0)"
+        )
+    return result
 
 
 def check_datasets_for_training(settings: Settings, datasets: Mapping[str, Dataset]) -> None:

@@ -30,6 +30,7 @@ import numpy as np
 
 from returnn_ray.cluster.data_context import configure_ray_data
 from returnn_ray.data.base import Dataset
+from returnn_ray.data.batching import batch_lens
 
 if TYPE_CHECKING:
     import ray.data
@@ -52,25 +53,45 @@ PREFETCH_BATCHES = 4
 
 
 def pad_batch(dataset: Dataset, indices: np.ndarray) -> dict[str, np.ndarray]:
-    """Read the seqs ``indices`` and pad them into batch arrays.
+    """Read the seqs ``indices`` (or chunk rows, :mod:`returnn_ray.data.chunking`) and pad them into batch arrays.
 
     Returns the columns of one batch row: per data key ``key`` the zero-padded array
     ``[B, T_max, ...]`` and ``key + ":lens"`` (int32 ``[B]``), plus ``seq_idx`` (int64 corpus
-    indices ``[B]``). An empty ``indices`` gives empty arrays (a rank's padding step).
+    indices ``[B]``). An empty ``indices`` gives empty arrays (a rank's padding step). A chunk
+    is a seq of its own: its frames ``start .. end`` of each key, from position 0.
     """
     indices = np.asarray(indices, dtype=np.int64)
-    seqs = dataset.get_seqs(indices.tolist()) if len(indices) else []
-    cols: dict[str, np.ndarray] = {"seq_idx": indices}
+    rows = indices if indices.ndim == 2 else None
+    seq_idx = rows[:, 0] if rows is not None else indices
+    seqs = _read_seqs(dataset, seq_idx)
+    keys = list(dataset.seq_lens)
+    cols: dict[str, np.ndarray] = {"seq_idx": seq_idx}
     for key, spec in dataset.specs.items():
-        lens = np.array([seq[key].shape[0] for seq in seqs], dtype=np.int32)
+        if rows is not None:
+            i = keys.index(key)
+            seqs_key = [seq[key][row[1 + 2 * i] : row[2 + 2 * i]] for seq, row in zip(seqs, rows)]
+        else:
+            seqs_key = [seq[key] for seq in seqs]
+        lens = np.array([x.shape[0] for x in seqs_key], dtype=np.int32)
         feature_shape = () if spec.sparse else (spec.dim,)
-        dtype = seqs[0][key].dtype if seqs else np.dtype(spec.dtype)
-        out = np.zeros((len(seqs), int(lens.max(initial=0)), *feature_shape), dtype=dtype)
-        for i, seq in enumerate(seqs):
-            out[i, : lens[i]] = seq[key]
+        dtype = seqs_key[0].dtype if seqs_key else np.dtype(spec.dtype)
+        out = np.zeros((len(seqs_key), int(lens.max(initial=0)), *feature_shape), dtype=dtype)
+        for j, x in enumerate(seqs_key):
+            out[j, : lens[j]] = x
         cols[key] = out
         cols[key + ":lens"] = lens
     return cols
+
+
+def _read_seqs(dataset: Dataset, seq_idx: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """The seqs ``seq_idx`` in order, each read once (the chunks of one seq share it)."""
+    if not len(seq_idx):
+        return []
+    unique, where = np.unique(seq_idx, return_inverse=True)
+    if len(unique) == len(seq_idx):
+        return dataset.get_seqs(seq_idx.tolist())
+    read = dataset.get_seqs(unique.tolist())
+    return [read[j] for j in where.ravel().tolist()]
 
 
 @dataclasses.dataclass
@@ -148,7 +169,7 @@ def _padded_bytes(dataset: Dataset, indices: np.ndarray) -> int:
     total = 0
     for key, spec in dataset.specs.items():
         frame = np.dtype(spec.dtype).itemsize * (1 if spec.sparse else spec.dim)
-        total += int(dataset.seq_lens[key][indices].max()) * len(indices) * frame
+        total += int(batch_lens(dataset.seq_lens, indices, key).max()) * len(indices) * frame
     return total
 
 
