@@ -15,6 +15,7 @@ from returnn_ray.data.datasets import (
 )
 from returnn_ray.data.extern_data import check_extern_data, extern_data_from_config
 from returnn_ray.data.hdf import HDFDataset, HDFWriter, write_hdf
+from returnn_ray.data.meta import MetaDataset
 from returnn_ray.data.seq_order import seq_order_for_epoch, validate_seq_ordering
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "DummyDataset",
     "HDFDataset",
     "HDFWriter",
+    "MetaDataset",
     "OrderOptions",
     "SeqListFilteredDataset",
     "StaticDataset",
