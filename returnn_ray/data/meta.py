@@ -32,7 +32,8 @@ import numpy as np
 
 from returnn_ray.data import datasets as _registry
 from returnn_ray.data.base import Dataset
-from returnn_ray.data.datasets import _load_seq_list, _order
+from returnn_ray.data.datasets import _order
+from returnn_ray.data.seq_list import load_seq_list
 from returnn_ray.data.seq_order import seq_order_for_epoch
 from returnn_ray.errors import ConfigError, DataError
 
@@ -92,7 +93,7 @@ class MetaDataset(Dataset):
         """The default sub-dataset's tags, or those of ``seq_list_file`` (a list, or a dict per sub-dataset)."""
         if not seq_list_file:
             return list(self.subs[self.default_key].seq_tags)
-        tags = _load_seq_list(str(seq_list_file), self.name)
+        tags = load_seq_list(str(seq_list_file), self.name, "seq_list_file")
         if self.control_key and len(tags) != self.subs[self.control_key].num_seqs:
             raise DataError(
                 f"dataset {self.name!r}: seq_list_file {seq_list_file!r} lists {len(tags)} seqs, but the "
