@@ -171,13 +171,19 @@ def _check_data_map(
 ) -> dict[str, tuple[str, str]]:
     """``data_map`` must map our keys to ``(sub-dataset, its key)`` pairs naming entries of ``datasets``."""
     if not isinstance(datasets, Mapping) or not datasets:
-        raise ConfigError(f"dataset {name!r}: MetaDataset datasets must be a dict name -> dataset dict, got {datasets!r}")
+        raise ConfigError(
+            f"dataset {name!r}: MetaDataset datasets must be a dict name -> dataset dict, got {datasets!r}"
+        )
     if not isinstance(data_map, Mapping) or not data_map:
-        raise ConfigError(f"dataset {name!r}: MetaDataset data_map must be a dict key -> (dataset, key), got {data_map!r}")
+        raise ConfigError(
+            f"dataset {name!r}: MetaDataset data_map must be a dict key -> (dataset, key), got {data_map!r}"
+        )
     out = {}
     for key, target in data_map.items():
         if not (isinstance(target, (tuple, list)) and len(target) == 2 and all(isinstance(t, str) for t in target)):
-            raise ConfigError(f"dataset {name!r}: data_map[{key!r}] must be (sub-dataset name, its data key), got {target!r}")
+            raise ConfigError(
+                f"dataset {name!r}: data_map[{key!r}] must be (sub-dataset name, its data key), got {target!r}"
+            )
         if target[0] not in datasets:
             raise ConfigError(
                 f"dataset {name!r}: data_map[{key!r}] names sub-dataset {target[0]!r}; datasets has {sorted(datasets)}"
@@ -189,7 +195,8 @@ def _check_data_map(
         )
     if not control and "data" not in out:
         raise ConfigError(
-            f"dataset {name!r}: MetaDataset needs seq_order_control_dataset or a 'data' entry in data_map (as in RETURNN)"
+            f"dataset {name!r}: MetaDataset needs seq_order_control_dataset or a 'data' entry in data_map "
+            f"(as in RETURNN)"
         )
     return out
 

@@ -231,7 +231,9 @@ class ReturnnDataset(Dataset):
                 raise DataError(f"{dups}; its epochs are matched to its corpus by tag: make the tags unique")
             self._by_tag = {t: i for i, t in enumerate(self.seq_tags)}
         if tag not in self._by_tag:
-            raise DataError(f"dataset {self.name!r}: RETURNN's epoch holds seq {tag!r}, which its corpus (epoch 1) lacks")
+            raise DataError(
+                f"dataset {self.name!r}: RETURNN's epoch holds seq {tag!r}, which its corpus (epoch 1) lacks"
+            )
         return self._by_tag[tag]
 
     # -- reading --------------------------------------------------------------------------------------

@@ -27,8 +27,8 @@ def corpus(tmp_path):
     perm = list(rng.permutation(NUM)) + [NUM]
     extra = {"data": np.zeros(2, "int32")}
     align = str(tmp_path / "align.hdf")
-    write_hdf(align, [{"data": aligns[i]} if i < NUM else extra for i in perm], [tags[i] if i < NUM else "extra" for i in perm],
-              {"data": DataSpec(4, sparse=True, dtype="int32")})
+    seqs = [{"data": aligns[i]} if i < NUM else extra for i in perm]
+    write_hdf(align, seqs, [tags[i] if i < NUM else "extra" for i in perm], {"data": DataSpec(4, sparse=True, dtype="int32")})
     return feat, align
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from returnn_ray.data import DataSpec, ReturnnDataset, init_dataset, plan_epoch, write_hdf
 from returnn_ray.data.batching import BatchingOptions
+from returnn_ray.data.ray_data import pad_batch
 from returnn_ray.errors import ConfigError, DataError
 
 basic = pytest.importorskip("returnn.datasets.basic")
@@ -103,8 +104,9 @@ def test_lm_dataset_equals_returnn(tmp_path, order):
 
 def test_concat_dataset_equals_returnn(tmp_path):
     files = write_hdfs(tmp_path, [[3, 1, 4], [2, 5]])
-    spec = {"class": "ConcatDataset", "datasets": [{"class": "HDFDataset", "files": [files[0]]},
-                                                   {"class": "HDFDataset", "files": [files[1]], "seq_ordering": "sorted"}]}
+    subs = [{"class": "HDFDataset", "files": [files[0]]},
+            {"class": "HDFDataset", "files": [files[1]], "seq_ordering": "sorted"}]  # a sub-dataset's own order
+    spec = {"class": "ConcatDataset", "datasets": subs}
     assert_equals_returnn(spec)
 
 
@@ -150,10 +152,16 @@ def test_sharding_contract_on_a_returnn_class(tmp_path):
     path = write_ogg_zip(str(tmp_path / "corpus.zip"), [0.5, 0.31, 0.42, 0.2, 0.33, 0.31, 0.25])
     ours = init_dataset({"class": "OggZipDataset", "path": path, "audio": {"num_feature_filters": 3},
                          "targets": None, "seq_ordering": "random"}, name="train")
-    plan = plan_epoch(ours.seq_order_for_epoch(1), ours.seq_lens, BatchingOptions(batch_size=10**6, max_seqs=2), num_ranks=2)
+    options = BatchingOptions(batch_size=10**6, max_seqs=2)
+    plan = plan_epoch(ours.seq_order_for_epoch(1), ours.seq_lens, options, num_ranks=2)
     seen = [int(i) for rank in range(2) for batch in plan.for_rank(rank) for i in batch]
     assert sorted(seen) == list(range(ours.num_seqs))
     assert len(plan.for_rank(0)) == len(plan.for_rank(1))
+    reader = pickle.loads(pickle.dumps(ours))
+    batch = next(b for b in plan.for_rank(1) if len(b))
+    cols = pad_batch(reader, batch)  # what each Ray Data read task does with a planned batch
+    assert cols["data:lens"].tolist() == ours.seq_lens["data"][batch].tolist()
+    assert cols["data"].shape == (len(batch), ours.seq_lens["data"][batch].max(), 3)
 
 
 @pytest.mark.parametrize("cls", ["ExternSprintDataset", "SprintCacheDataset"])
@@ -163,6 +171,7 @@ def test_external_program_class_is_one_line(cls):
 
 
 def test_returnn_class_failure_is_one_line(tmp_path):
-    with pytest.raises(DataError, match=r"^dataset 'train': RETURNN's OggZipDataset failed reading its corpus: FileNotFoundError: .*nope\.zip'$"):
+    want = r"^dataset 'train': RETURNN's OggZipDataset failed reading its corpus: FileNotFoundError: .*nope\.zip'$"
+    with pytest.raises(DataError, match=want):
         init_dataset({"class": "OggZipDataset", "path": str(tmp_path / "nope.zip"), "audio": {}, "targets": None},
                      name="train")
