@@ -149,7 +149,7 @@ GENERIC_CONFIGS = {
 @pytest.mark.parametrize("cls", sorted(GENERIC_CONFIGS))
 def test_dump_other_classes_in_returnns_order(tmp_path, cls):
     pytest.importorskip("returnn.datasets.basic")
-    from tests.data.test_returnn_generic import returnn_epoch, write_ogg_zip
+    from tests.data.test_returnn_generic import returnn_epoch, write_ogg_zip  # here: it skips without returnn
 
     names = {"HDF0": _hdf_seqs(tmp_path, "a", [3, 1, 4]), "HDF1": _hdf_seqs(tmp_path, "b", [2, 5]),
              "OGG": write_ogg_zip(str(tmp_path / "corpus.zip"), [0.3, 0.21, 0.25]),
