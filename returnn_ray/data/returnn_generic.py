@@ -49,6 +49,8 @@ NATIVE_ELSEWHERE = frozenset({"HDFDataset", "Task12AXDataset", "DummyDataset", "
 """Native classes (:data:`returnn_ray.data.datasets.DATASET_CLASSES`): never routed to RETURNN's."""
 
 _BASES = frozenset({"Dataset", "CachedDataset", "CachedDataset2", "GeneratingDataset"})
+_EVAL_KEYS = ("targets_post_process", "orth_post_process")
+"""RETURNN ``eval``s a string value of these keys that holds ``(`` or ``,`` (a post-processor expression)."""
 _REFUSED_KWARGS = {"distrib_shard_files": (None, False)}
 
 
@@ -127,6 +129,7 @@ class ReturnnDataset(Dataset):
                     f"dataset {name!r}: {key}={kwargs[key]!r} is not supported: returnn-ray shards the planned "
                     f"batches over the workers itself; remove it"
                 )
+        _refuse_eval_strings(kwargs, name)
         self.kwargs = kwargs
         self.order = _order(seq_ordering, partition_epoch, fixed_random_seed, random_seed_offset)
         self._reader: Any = None
@@ -270,6 +273,31 @@ class ReturnnDataset(Dataset):
                 f"{self.seq_tags[index]!r}; its corpus changes between reads (a file changed?)"
             )
         return {key: np.asarray(ds.get_data(pos, key)) for key in self.specs}
+
+
+def _refuse_eval_strings(value: Any, name: str, key: str = "") -> None:
+    """Strings that RETURNN's code would run as Python are refused: a nested dataset given as a
+    ``"{...}"`` or ``"config:..."`` string, a post-processor expression, and ``seq_order_seq_lens_file``
+    (RETURNN evals the file's content). A JSON or line config is data and must stay data; a Python
+    config gives dicts and functions instead."""
+    if key == "seq_order_seq_lens_file" and value:
+        raise ConfigError(
+            f"dataset {name!r}: seq_order_seq_lens_file is not supported for RETURNN's classes (RETURNN runs "
+            f"the file's content as Python); remove it"
+        )
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _refuse_eval_strings(v, name, str(k))
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _refuse_eval_strings(v, name, key)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.startswith(("{", "config:")) or (key in _EVAL_KEYS and ("(" in text or "," in text)):
+            raise ConfigError(
+                f"dataset {name!r}: {key or 'a value'} = {value[:60]!r} would be run as Python by RETURNN's "
+                f"dataset code; give a dict (a nested dataset) or, in a Python config, a function"
+            )
 
 
 def _epoch_tags(ds: Any) -> Iterator[str]:

@@ -5,6 +5,7 @@ dataset went through pickle (as it does to each Ray Data reader)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import zipfile
@@ -175,3 +176,22 @@ def test_returnn_class_failure_is_one_line(tmp_path):
     with pytest.raises(DataError, match=want):
         init_dataset({"class": "OggZipDataset", "path": str(tmp_path / "nope.zip"), "audio": {}, "targets": None},
                      name="train")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"class": "ConcatDataset", "datasets": ["{'class': __import__('os').system('touch {m}')}"]},
+        {"class": "ConcatDataset", "datasets": ["config:__import__('os').system('touch {m}')"]},
+        {"class": "OggZipDataset", "path": "x.zip", "audio": None, "targets": None,
+         "targets_post_process": "__import__('os').system('touch {m}')"},
+        {"class": "LmDataset", "corpus_file": "x", "seq_order_seq_lens_file": "{m}"},
+    ],
+)
+def test_strings_returnn_would_eval_are_refused(tmp_path, spec):
+    """A JSON config is data: strings RETURNN's dataset code would run as Python never reach it."""
+    marker = tmp_path / "pwned"
+    spec = json.loads(json.dumps(spec).replace("{m}", str(marker)))
+    with pytest.raises(ConfigError, match=r"run as Python|runs the file's content"):
+        init_dataset(spec, name="train")
+    assert not marker.exists()
