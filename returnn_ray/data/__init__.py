@@ -8,13 +8,15 @@ from returnn_ray.data.batching import BatchingOptions, BatchPlan, plan_epoch
 from returnn_ray.data.datasets import (
     DATASET_CLASSES,
     DummyDataset,
-    SeqListFilteredDataset,
     StaticDataset,
     Task12AXDataset,
     init_dataset,
 )
 from returnn_ray.data.extern_data import check_extern_data, extern_data_from_config
 from returnn_ray.data.hdf import HDFDataset, HDFWriter, write_hdf
+from returnn_ray.data.meta import MetaDataset
+from returnn_ray.data.returnn_generic import ReturnnDataset
+from returnn_ray.data.seq_list import SeqListFilteredDataset
 from returnn_ray.data.seq_order import seq_order_for_epoch, validate_seq_ordering
 
 __all__ = [
@@ -26,7 +28,9 @@ __all__ = [
     "DummyDataset",
     "HDFDataset",
     "HDFWriter",
+    "MetaDataset",
     "OrderOptions",
+    "ReturnnDataset",
     "SeqListFilteredDataset",
     "StaticDataset",
     "Task12AXDataset",

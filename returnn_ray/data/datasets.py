@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import ast
 import difflib
-import gzip
 import inspect
 import os
-import pickle
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -26,13 +24,13 @@ from returnn_ray.data.extern_data import convert_data_dims
 from returnn_ray.data.extern_data import check_extern_data as check_extern_data
 from returnn_ray.data.extern_data import extern_data_from_config as extern_data_from_config
 from returnn_ray.data.hdf import HDFDataset
+from returnn_ray.data.seq_list import SeqListFilteredDataset
 from returnn_ray.data.seq_order import validate_seq_ordering
 from returnn_ray.errors import ConfigError, DataError
 
 __all__ = [
     "DATASET_CLASSES",
     "DummyDataset",
-    "SeqListFilteredDataset",
     "StaticDataset",
     "Task12AXDataset",
     "init_dataset",
@@ -356,87 +354,21 @@ def _check_static_values(name: str, seqs: Sequence[Mapping[str, np.ndarray]], sp
             raise DataError(f"dataset {name!r}: StaticDataset seq {seq} key {key!r} has {what} ({value}); fix the data")
 
 
-class SeqListFilteredDataset(Dataset):
-    """``seq_list_filter_file``: another dataset whose epochs use only the seqs with listed tags.
-
-    As in RETURNN, the filter is applied to each epoch's order after ordering and
-    partitioning the whole corpus, so the kept seqs keep their places in RETURNN's order.
-    """
-
-    def __init__(self, inner: Dataset, seq_list_filter_file: str):
-        self.inner = inner
-        self.name, self.specs, self.seq_lens = inner.name, inner.specs, inner.seq_lens
-        self.seq_tags, self.labels, self.order = inner.seq_tags, inner.labels, inner.order
-        self.seq_list_filter_file = seq_list_filter_file
-        wanted = set(_load_seq_list(seq_list_filter_file, inner.name))
-        self.keep = np.fromiter((tag in wanted for tag in inner.seq_tags), dtype=bool, count=len(inner.seq_tags))
-        if not self.keep.any():
-            example = sorted(wanted)[:3]
-            raise DataError(
-                f"dataset {inner.name!r}: no seq tag is listed in seq_list_filter_file {seq_list_filter_file!r} "
-                f"(file has e.g. {example}, dataset has e.g. {inner.seq_tags[:3]})"
-            )
-
-    def get_seqs(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
-        return self.inner.get_seqs(indices)
-
-    def sub_epoch_orders(self, full_epoch: int = 1) -> list[np.ndarray]:
-        return [order[self.keep[order]] for order in self.inner.sub_epoch_orders(full_epoch)]
-
-    def duplicate_tags(self) -> dict[str, list[int]]:
-        kept = {tag: [i for i in indices if self.keep[i]] for tag, indices in self.inner.duplicate_tags().items()}
-        return {tag: indices for tag, indices in kept.items() if len(indices) > 1}
-
-    def seq_source(self, index: int) -> str | None:
-        return self.inner.seq_source(index)
-
-    def seq_order_for_epoch(self, epoch: int) -> np.ndarray:
-        order = self.inner.seq_order_for_epoch(epoch)
-        order = order[self.keep[order]]
-        if not len(order):
-            raise DataError(
-                f"dataset {self.name!r}: epoch {epoch} is empty after seq_list_filter_file "
-                f"{self.seq_list_filter_file!r} (lower partition_epoch or list more seqs)"
-            )
-        return order
-
-
-class _DataUnpickler(pickle.Unpickler):
-    """Unpickles plain data only (lists, tuples, dicts, strings, numbers): a pickle that names any
-    class or function, which is how a pickle runs code, is refused."""
-
-    def find_class(self, module: str, name: str):
-        raise pickle.UnpicklingError(f"it names {module}.{name}; only plain data (a list of strings) is read")
-
-
-def _load_seq_list(path: str, name: str) -> list[str]:
-    """RETURNN's seq list file: one tag per line (optionally ``.gz``), or a pickled list (``.pkl``)."""
-    opener: Callable = gzip.open if path.endswith(".gz") else open
-    try:
-        if path.removesuffix(".gz").endswith(".pkl"):
-            with opener(path, "rb") as f:
-                tags = _DataUnpickler(f).load()
-        else:
-            with opener(path, "rt") as f:
-                tags = f.read().splitlines()
-    except OSError as exc:
-        msg = f"dataset {name!r}: cannot read seq_list_filter_file {path!r} ({exc.strerror or exc})"
-        raise DataError(msg) from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, UnicodeDecodeError) as exc:
-        msg = f"dataset {name!r}: seq_list_filter_file {path!r} is not a pickled list of tags ({exc})"
-        raise DataError(msg) from None
-    if not isinstance(tags, list):
-        raise DataError(f"dataset {name!r}: seq_list_filter_file {path!r} must hold a list of tags")
-    return [str(t) for t in tags]
-
-
 DATASET_CLASSES: dict[str, type[Dataset]] = {
     "HDFDataset": HDFDataset,
     "Task12AXDataset": Task12AXDataset,
     "DummyDataset": DummyDataset,
     "StaticDataset": StaticDataset,
 }
-"""The dataset classes a config may name in ``"class"``, by RETURNN's class names."""
+"""The native dataset classes a config may name in ``"class"``, by RETURNN's class names
+(``MetaDataset`` is added by :mod:`returnn_ray.data.meta`, which the package imports)."""
+
+CLASS_RESOLVERS: list[Callable[[str, str], "type[Dataset] | None"]] = []
+"""Tried in turn for a class name not in :data:`DATASET_CLASSES` (``(class_name, config key)``):
+:mod:`returnn_ray.data.returnn_generic` adds RETURNN's own classes here."""
+
+MORE_CLASS_NAMES: list[Callable[[], list[str]]] = []
+"""Further known class names, for the unknown-class message."""
 
 # RETURNN dataset kwargs that change nothing here, at these values. Any other value is an
 # error rather than silently ignored (chunking/window would change what the model sees).
@@ -472,10 +404,10 @@ def init_dataset(
     >>> spec = {"class": "DummyDataset", "input_dim": 2, "output_dim": 3, "num_seqs": 4}
     >>> init_dataset(spec, name="dev").order.seq_ordering  # a generating dataset keeps its order
     'default'
-    >>> init_dataset({"class": "DumyDataset"}, name="train")
+    >>> init_dataset({"class": "DumyDataset"}, name="train")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    returnn_ray.errors.ConfigError: dataset 'train': unknown class 'DumyDataset' (did you mean 'DummyDataset'?); known: DummyDataset, HDFDataset, StaticDataset, Task12AXDataset
+    returnn_ray.errors.ConfigError: dataset 'train': unknown class 'DumyDataset' (did you mean 'DummyDataset'?); native: DummyDataset, HDFDataset, MetaDataset, StaticDataset, Task12AXDataset; through RETURNN's implementation: ...
     """
     if isinstance(spec, Dataset):
         return spec  # already built (RETURNN accepts dataset objects too)
@@ -544,17 +476,22 @@ def _dataset_class(class_name: Any, name: str) -> type[Dataset]:
     if isinstance(class_name, type):
         class_name = class_name.__name__  # RETURNN also accepts the class object itself
     cls = DATASET_CLASSES.get(class_name)
+    if cls is None and isinstance(class_name, str):
+        cls = next(filter(None, (resolve(class_name, name) for resolve in CLASS_RESOLVERS)), None)
     if cls is None:
-        close = difflib.get_close_matches(str(class_name), known, n=1)
+        more = sorted({n for names in MORE_CLASS_NAMES for n in names()} - set(known))
+        close = difflib.get_close_matches(str(class_name), known + more, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"dataset {name!r}: unknown class {class_name!r}{hint}; known: {', '.join(known)}")
+        via = f"; through RETURNN's implementation: {', '.join(more)}" if more else ""
+        raise ConfigError(f"dataset {name!r}: unknown class {class_name!r}{hint}; native: {', '.join(known)}{via}")
     return cls
 
 
 def _check_kwargs(cls: type, kwargs: Mapping[str, Any], name: str) -> None:
     params = inspect.signature(cls.__init__).parameters
     accepted = [p for p in params if p not in ("self", "name")]
-    for key in kwargs:
+    open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())  # RETURNN's class checks its own
+    for key in kwargs if not open_kwargs else ():
         if key not in params or key in ("self", "name"):
             close = difflib.get_close_matches(key, accepted, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""

@@ -185,7 +185,8 @@ def test_unknown_class_suggests():
         init_dataset({"class": "HDFDatset", "files": []}, name="dev")
     msg = str(info.value)
     assert "dataset 'dev'" in msg and "'HDFDatset'" in msg and "did you mean 'HDFDataset'" in msg
-    assert "known: DummyDataset, HDFDataset, StaticDataset, Task12AXDataset" in msg
+    assert "native: DummyDataset, HDFDataset, MetaDataset, StaticDataset, Task12AXDataset;" in msg
+    assert "through RETURNN's implementation: " in msg and "OggZipDataset" in msg and "\n" not in msg
     with pytest.raises(ConfigError, match="dataset 'train' has no 'class'"):
         init_dataset({"num_seqs": 3}, name="train")
 

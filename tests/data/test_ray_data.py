@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from returnn_ray.data import BatchingOptions, DataSpec, HDFDataset, plan_epoch, write_hdf
+from returnn_ray.data import BatchingOptions, DataSpec, HDFDataset, init_dataset, plan_epoch, write_hdf
 from returnn_ray.data.ray_data import iter_batches, rank_dataset
 
 
@@ -95,3 +95,28 @@ def test_in_process_reader_stops_early_and_passes_errors_on(hdf_dataset):
     assert not any(t.name == "returnn-ray-reader" for t in threading.enumerate())
     with pytest.raises(IndexError):
         list(_prefetched(ds, [np.array([0]), np.array([10_000])], ds.data_keys))
+
+
+def test_returnn_class_and_meta_dataset_read_by_ray_tasks(ray_session, tmp_path):
+    """RETURNN's OggZipDataset (built again in each Ray read task) and a MetaDataset pairing it with
+    an HDF of the same tags: the padded rows hold what the dataset gives in this process."""
+    pytest.importorskip("returnn.datasets.basic")
+    from tests.data.test_returnn_generic import write_ogg_zip  # here: that module skips without returnn
+
+    zip_path = write_ogg_zip(str(tmp_path / "corpus.zip"), [0.3, 0.21, 0.25, 0.4, 0.22])
+    ogg = {"class": "OggZipDataset", "path": zip_path, "audio": {"num_feature_filters": 3}, "targets": None}
+    tags = [f"rec/{i}" for i in range(5)]
+    align = str(tmp_path / "align.hdf")
+    write_hdf(align, [{"data": np.full(i + 1, i, "int32")} for i in range(5)][::-1], tags[::-1],
+              {"data": DataSpec(5, sparse=True, dtype="int32")})
+    meta = {"class": "MetaDataset", "datasets": {"ogg": ogg, "align": {"class": "HDFDataset", "files": [align]}},
+            "data_map": {"data": ("ogg", "data"), "classes": ("align", "data")}, "seq_ordering": "sorted"}
+    for spec in ({**ogg, "seq_ordering": "random"}, meta):
+        ds = init_dataset(spec, name="train")
+        plan = plan_epoch(ds.seq_order_for_epoch(1), ds.seq_lens, BatchingOptions(batch_size=200, max_seqs=2))
+        got = _read_rank(ds, plan.for_rank(0))
+        assert [b.seq_idx.tolist() for b in got] == [b.tolist() for b in plan.for_rank(0)]
+        for batch in got:
+            for row, want in enumerate(ds.get_seqs(batch.seq_idx.tolist())):
+                for key, value in want.items():
+                    np.testing.assert_array_equal(batch.data[key][row, : len(value)].numpy(), value)

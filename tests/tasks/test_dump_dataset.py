@@ -122,3 +122,54 @@ def test_an_empty_epoch_is_one_line_exit_2_not_empty_output(tmp_path, train, arg
 def test_the_epochs_before_an_empty_one_dump(tmp_path):
     config = {**BASE, "train": {"class": "Task12AXDataset", "num_seqs": 3, "partition_epoch": 5}}
     assert [r["seq_idx"] for r in lines(dump(tmp_path, "--epoch", "3", config=config))] == [2]
+
+
+# -- MetaDataset and RETURNN's classes through RETURNN's implementation ------------------------------------
+
+GENERIC_CONFIGS = {
+    "MetaDataset": """{"class": "MetaDataset", "seq_order_control_dataset": "feat", "seq_ordering": "sorted",
+        "datasets": {"feat": {"class": "HDFDataset", "files": [HDF0], "seq_ordering": "laplace:.2"},
+                     "more": {"class": "HDFDataset", "files": [HDF0]}},
+        "data_map": {"data": ("feat", "data"), "also": ("more", "data")}}""",
+    "ConcatDataset": """{"class": "ConcatDataset", "datasets": [{"class": "HDFDataset", "files": [HDF0]},
+                                                    {"class": "HDFDataset", "files": [HDF1]}]}""",
+    "CombinedDataset": """{"class": "CombinedDataset", "seq_ordering": "random",
+        "datasets": {"a": {"class": "HDFDataset", "files": [HDF0]}, "b": {"class": "HDFDataset", "files": [HDF1]}},
+        "data_map": {("a", "data"): "data", ("b", "data"): "data"}}""",
+    "DistributeFilesDataset": """{"class": "DistributeFilesDataset", "files": [HDF0, HDF1], "partition_epoch": 2,
+        "get_sub_epoch_dataset": lambda files: {"class": "HDFDataset", "files": files, "seq_ordering": "random"},
+        "use_worker_proc": False}""",
+    "OggZipDataset": """{"class": "OggZipDataset", "path": OGG, "audio": {"num_feature_filters": 3}, "targets": None,
+        "seq_ordering": "sorted"}""",
+    "LmDataset": """{"class": "LmDataset", "corpus_file": TXT, "orth_symbols_file": SYMBOLS,
+        "seq_ordering": "random"}""",
+}
+
+
+@pytest.mark.parametrize("cls", sorted(GENERIC_CONFIGS))
+def test_dump_other_classes_in_returnns_order(tmp_path, cls):
+    pytest.importorskip("returnn.datasets.basic")
+    from tests.data.test_returnn_generic import returnn_epoch, write_ogg_zip  # here: it skips without returnn
+
+    names = {"HDF0": _hdf_seqs(tmp_path, "a", [3, 1, 4]), "HDF1": _hdf_seqs(tmp_path, "b", [2, 5]),
+             "OGG": write_ogg_zip(str(tmp_path / "corpus.zip"), [0.3, 0.21, 0.25]),
+             "TXT": str(tmp_path / "corpus.txt"), "SYMBOLS": str(tmp_path / "symbols.txt")}
+    (tmp_path / "corpus.txt").write_text("ab\nb a\naab\n")
+    (tmp_path / "symbols.txt").write_text("[END]\n \na\nb\n")
+    head = "".join(f"{k} = {v!r}\n" for k, v in names.items())
+    config = tmp_path / "c.config"
+    config.write_text(f"#!rnn.py\n{head}train = {GENERIC_CONFIGS[cls]}\nbatch_size = 10000\nmax_seqs = 2\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    run = [sys.executable, "-m", "returnn_ray", "dump-dataset", str(config), "--epoch", "2"]
+    got = lines(subprocess.run(run, capture_output=True, text=True, env=env, timeout=300))
+    namespace: dict = {}
+    exec(head + f"train = {GENERIC_CONFIGS[cls]}", namespace)  # the same dict RETURNN would get from the config
+    tags, _ = returnn_epoch({"seq_ordering": "default", **namespace["train"]}, 2)
+    assert [r["seq_tag"] for r in got] == tags
+
+
+def _hdf_seqs(tmp_path, name: str, lens: list[int]) -> str:
+    path = str(tmp_path / f"{name}.hdf")
+    seqs = [{"data": np.full((t, 2), i, "float32")} for i, t in enumerate(lens)]
+    write_hdf(path, seqs, [f"{name}-{i}" for i in range(len(lens))], {"data": DataSpec(2)})
+    return path
