@@ -19,7 +19,6 @@ os.environ["OMP_NUM_THREADS"] = "1"
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import re
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import torch
 
 from returnn_ray.data import BatchingOptions, HDFDataset, plan_epoch
 from returnn_ray.data.ray_data import Batch, pad_batch
+from returnn_ray.metrics import FILE_NAME, last_run, read_metrics
 from returnn_ray.model import build_network
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -83,7 +83,8 @@ def plain_loop(corpus: str) -> float:
 
 
 def returnn_ray(config: str, actors: int) -> tuple[float, float]:
-    """(steady seqs/s, whole command seconds) of `returnn-ray ++task forward` with ``actors`` actors."""
+    """(steady seqs/s, whole command seconds) of `returnn-ray ++task forward` with ``actors`` actors;
+    the rate from the run's metrics file (``metrics.jsonl`` next to the output, docs/metrics.md)."""
     out = os.path.join(OUT, f"out-{actors}.hdf")
     start = time.perf_counter()
     proc = subprocess.run(
@@ -94,10 +95,10 @@ def returnn_ray(config: str, actors: int) -> tuple[float, float]:
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"returnn-ray failed:\n{proc.stderr[-3000:]}")
-    m = re.search(r"forward: ([\d.]+) seqs/s after the first result", proc.stdout)
-    if not m:
-        sys.exit(f"no throughput line in:\n{proc.stdout[-3000:]}")
-    return float(m.group(1)), wall
+    ends = [e for e in last_run(read_metrics(os.path.join(OUT, FILE_NAME))) if e["event"] == "inference_end"]
+    if not ends or ends[-1]["seqs_per_s_after_first"] is None:
+        sys.exit(f"no inference_end with seqs_per_s_after_first in {os.path.join(OUT, FILE_NAME)}:\n{proc.stdout[-3000:]}")
+    return ends[-1]["seqs_per_s_after_first"], wall
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -27,6 +26,8 @@ import sys
 import time
 
 import numpy as np
+
+from returnn_ray.metrics import FILE_NAME, last_run, read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RETURNN_RAY = os.path.join(os.path.dirname(sys.executable), "returnn-ray")
@@ -119,7 +120,8 @@ def plain_loop(config_path: str, epochs: int) -> list[tuple[float, float, float]
 
 
 def returnn_ray_run(config_path: str, model_dir: str, *, local_mode: bool = False) -> dict:
-    """Run the CLI on the config; returns epoch train times and the start-up figures it prints.
+    """Run the CLI on the config; returns epoch train times, train losses and the time to the first
+    step, from the run's metrics file (``metrics.jsonl`` next to the model, docs/metrics.md).
 
     Default: a Ray Train worker on an embedded Ray. ``local_mode``: the plain command, which with
     one worker to give trains in-process (Ray Train's local mode), held to one thread like the
@@ -136,11 +138,12 @@ def returnn_ray_run(config_path: str, model_dir: str, *, local_mode: bool = Fals
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n", file=sys.stderr)
         sys.exit(f"returnn-ray failed with exit code {proc.returncode}")
-    out = proc.stdout
-    epochs = {int(e): float(s) for e, s in re.findall(r"epoch (\d+) train time ([\d.]+) s", out)}
-    losses = {int(e): float(v) for e, v in re.findall(r"Epoch (\d+): Total train loss: \S+ ([\d.]+)", out)}
-    first = re.search(r"time to first training step: ([\d.]+) s", out)
-    first_step = float(first.group(1)) if first else float("nan")
+    events = last_run(read_metrics(os.path.join(model_dir, FILE_NAME)))
+    ends = [e for e in events if e["event"] == "epoch_end"]
+    epochs = {e["epoch"]: e["epoch_time"] for e in ends}
+    losses = {e["epoch"]: e["scores"]["train_score"] for e in ends}  # the network's one loss: train_score
+    first = [e["since_start"] for e in events if e["event"] == "first_step"]
+    first_step = first[0] if first else float("nan")
     return {"epochs": epochs, "losses": losses, "wall": wall, "first_step": first_step}
 
 
@@ -187,9 +190,9 @@ def main() -> None:
         print(f"  returnn-ray epochs: {run['epochs']}  wall {run['wall']:.1f} s  "
               f"first step {run['first_step']:.1f} s", flush=True)
         if len(run["epochs"]) != args.epochs:
-            sys.exit(f"returnn-ray printed {len(run['epochs'])} epoch times, expected {args.epochs} (log_verbosity 4?)")
+            sys.exit(f"returnn-ray's metrics file has {len(run['epochs'])} epoch_end events, expected {args.epochs}")
         rr.append(run)
-        # Same model, same batches: the losses must agree (printed with 3 decimals), else the comparison is unfair.
+        # Same model, same batches: the losses must agree, else the comparison is unfair.
         diff = max(abs(run["losses"].get(e + 1, float("inf")) - loss) for e, (_, _, loss) in enumerate(plain[-1]))
         if diff > 0.002:
             sys.exit(f"train losses differ: plain {[round(x[2], 3) for x in plain[-1]]}, returnn-ray {run['losses']}")

@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 
+from returnn_ray.metrics import FILE_NAME, last_run, read_metrics
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DEMO = os.path.join(ROOT, "experiments", "demo-torch.config")
@@ -84,9 +86,19 @@ def timed_run(name: str, cmd: list[str], out_dir: str, cwd: str) -> dict:
         print(stdout[-3000:], stderr[-3000:], sep="\n", file=sys.stderr)
         sys.exit(f"{name} failed with exit code {proc.returncode}")
     threads = {int(p): int(open(os.path.join(threads_dir, p)).read()) for p in os.listdir(threads_dir)}
-    losses = re.findall(r"Epoch \d+: Total train loss: (.*?)(?:  \(|$)", stdout, re.MULTILINE)
     return {"wall": wall, "main_threads": threads.pop(proc.pid, None), "other_threads": sorted(threads.values()),
-            "last_loss": losses[-1].strip() if losses else "?"}
+            "last_loss": last_train_loss(name, model_dir, stdout)}
+
+
+def last_train_loss(name: str, model_dir: str, stdout: str) -> str:
+    """The last epoch's train scores: returnn-ray's from its metrics file (docs/metrics.md), RETURNN's
+    from its log (it writes no metrics file)."""
+    if name == "returnn-ray":
+        ends = [e for e in last_run(read_metrics(os.path.join(model_dir, FILE_NAME))) if e["event"] == "epoch_end"]
+        train = {k: v for k, v in ends[-1]["scores"].items() if k.startswith("train_")} if ends else {}
+        return " ".join(f"{k.removeprefix('train_').removeprefix('loss_')} {v:.3f}" for k, v in train.items()) or "?"
+    losses = re.findall(r"Epoch \d+: Total train loss: (.*?)(?:  \(|$)", stdout, re.MULTILINE)
+    return losses[-1].strip() if losses else "?"
 
 
 def main() -> None:

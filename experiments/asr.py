@@ -16,8 +16,9 @@ all with ``experiments/asr.config``:
    in ``<out>/sweep/best.json``.
 3. **train**: ``returnn-ray`` with the best values and DDP over ``--workers`` workers (default:
    every GPU of the cluster, else every CPU). The swept ``batch_size`` is the frames of one update,
-   so each of W workers gets ``batch_size / W`` (returnn-ray's update over W workers equals one
-   worker accumulating their batches).
+   so each of W workers gets ``batch_size / W``
+   (:func:`returnn_ray.data.batching.per_worker_batch_size`: returnn-ray's update over W workers
+   equals one worker accumulating their batches).
 4. **forward**: ``++task forward``, the eval set through the model into an HDF file, on all nodes.
 5. **search**: ``++task search``, CTC beam search on the eval set; its WER is the result.
 
@@ -25,12 +26,12 @@ Ray starts once: unless ``--address`` or ``RAY_ADDRESS`` names a cluster, a loca
 (``ray start --head`` with a private temp dir and free ports) serves every stage and is stopped
 at the end by killing exactly its processes (never ``ray stop``, which stops every Ray of the
 user). While it starts, this script imports torch, Ray and returnn_ray once; on Linux each
-returnn-ray command then runs in a fork of it (:mod:`returnn_ray.warm_start`: the same command,
+returnn-ray command then runs in a fork of it (:mod:`returnn_ray.experiment.warm_start`: the same command,
 its own process and Ray job, without 3-4 s of imports each; ``--cold`` starts them afresh).
 At the end a table gives each stage's wall time and how much of it was Ray start-up or
 scheduling rather than work, estimated from the events each stage writes to its metrics file
 (``<out>/logs/<stage>.metrics.jsonl``; a sweep trial's in its directory; :mod:`returnn_ray.metrics`,
-:func:`returnn_ray.stages.print_table`); the WER comes from the search's. Rerunning the same
+:func:`returnn_ray.experiment.stages.print_table`); the WER comes from the search's. Rerunning the same
 command reuses what is done (data, sweep trials, checkpoints). ``--scale`` multiplies the corpus
 sizes and the epochs (by its square root).
 On a cluster of several nodes ``--out`` must be on storage every node reads (datasets, models);
@@ -51,14 +52,15 @@ import sys
 import time
 from typing import Sequence
 
-from returnn_ray import warm_start
 from returnn_ray.cluster import ray_internals
 from returnn_ray.cluster.head import start_head, stop_head, use_head
 from returnn_ray.cluster.start import usable_cpus
-from returnn_ray.metrics import FILE_NAME, read_metrics
-from returnn_ray.stages import (
+from returnn_ray.data.batching import per_worker_batch_size
+from returnn_ray.experiment import warm_start
+from returnn_ray.experiment.stages import (
     CommandOutput, Runner, StageFailed, StageResult, busy_seconds, inference_work, print_table, training_interval,
 )
+from returnn_ray.metrics import FILE_NAME, read_metrics
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # `ray submit cluster.yaml experiments/asr.py` copies only this file (to ~ on the head); the config
@@ -294,7 +296,7 @@ class Experiment:
                 "++metrics_file", self.metrics_file("train")]
         for key, value in values.items():
             if key == "batch_size":
-                value = max(1, round(float(value) / self.workers))
+                value = per_worker_batch_size(value, self.workers)
             args += [f"++{key}", str(value)]
         result = self.returnn_ray("train", args)
         interval = training_interval(self.events("train", result))
@@ -314,15 +316,84 @@ class Experiment:
         return StageResult(task, result.wall, overhead, "seqs / (seqs/s after the first result)"), events
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def plan_from_args(args: argparse.Namespace) -> Plan:
+    """The sizes of ``--scale``, with what ``--epochs``, ``--sweep-epochs`` and ``--grid`` override."""
     plan = Plan.for_scale(args.scale)
-    plan = dataclasses.replace(
+    return dataclasses.replace(
         plan,
         epochs=args.epochs or plan.epochs,
         sweep_epochs=args.sweep_epochs or plan.sweep_epochs,
         grid=tuple(args.grid) if args.grid else plan.grid,
     )
+
+
+@dataclasses.dataclass
+class LocalHead:
+    """The Ray head this script started (None: a cluster was named), for stopping it at the end."""
+
+    head: object | None = None
+    temp_dir: str | None = None
+
+    def stop(self) -> StageResult | None:
+        if self.head is None:
+            return None
+        t = time.monotonic()
+        stop_head(self.head, self.temp_dir)
+        return StageResult("ray stop", time.monotonic() - t, time.monotonic() - t, "(all shut-down)")
+
+
+def connect_ray(args: argparse.Namespace, env: dict, exp: Experiment, local: LocalHead) -> StageResult:
+    """Ray, once for all stages: the cluster named, else a local head (kept in ``local``).
+    Meanwhile this process imports what every returnn-ray command needs, once (``runner.warm``:
+    the stages are its forks). Sets the workers and the address of every stage."""
+    t = time.monotonic()
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if not address:  # before the imports: Ray reads it then, and the stages run with it
+        local.temp_dir = f"/tmp/asr-ray-{os.getpid()}"  # short: Ray's socket paths live under it
+        use_head(env, local.temp_dir)
+        use_head(os.environ, local.temp_dir)
+    preloading = warm_start.Preload() if exp.runner.warm else None
+    if address:
+        print(f"\n== ray: using the cluster at {address}", flush=True)
+    else:
+        num_cpus = args.num_cpus or usable_cpus()
+        print("\n== ray: a local head for all stages", flush=True)
+        local.head, address = start_head(local.temp_dir, num_cpus)
+    env["RAY_ADDRESS"] = address
+    if preloading is not None:  # this process stays free of Ray: its forks run the stages
+        preloaded = preloading.join()
+        resources = warm_start.call_in_fork(cluster_resources, address)
+    else:
+        resources = cluster_resources(address)
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+    exp.workers = args.workers or gpus or cpus
+    print(f"cluster {address}: {cpus} CPUs, {gpus} GPUs -> {exp.workers} worker(s)", flush=True)
+    exp.base += ["++ray_address", address]
+    how = "(all start-up)"
+    if preloading is not None:
+        print(f"warm start: torch, Ray and returnn_ray imported once in {preloaded:.1f} s, "
+              "each returnn-ray command below runs in a fork of this process", flush=True)
+        how = "(all start-up; with the imports of the warm start)"
+    wall = time.monotonic() - t
+    return StageResult("ray start" if local.head is not None else "ray attach", wall, wall, how)
+
+
+def run_stages(args: argparse.Namespace, exp: Experiment, best: dict, stages: list[StageResult]) -> dict | None:
+    """Sweep (unless skipped; ``best`` takes its values), train, forward, search; the WER scores."""
+    if not args.skip_sweep:
+        values, stage = exp.sweep()
+        best.update(values)
+        stages.append(stage)
+    stages.append(exp.train(best))
+    stages.append(exp.inference("forward")[0])
+    stage, search = exp.inference("search")
+    stages.append(stage)
+    return next((e["scores"] for e in search if e["event"] == "inference_end" and "wer" in e["scores"]), None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = plan_from_args(args)
     check_out_dir(args.out, json.loads(json.dumps({"scale": args.scale, **dataclasses.asdict(plan)})))
     start = time.monotonic()
     env = dict(os.environ)
@@ -330,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     exp = Experiment(plan, args.out, runner, args.config)
     stages: list[StageResult] = []
     best = dict(plan.defaults)
-    head = temp_dir = wer = None
+    local = LocalHead()
 
     def on_sigterm(signum, frame):
         raise KeyboardInterrupt
@@ -338,49 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
         stages.append(exp.data())
-
-        # Ray, once for all stages: the cluster named, else a local head. Meanwhile this process
-        # imports what every returnn-ray command needs, once (runner.warm: stages are its forks).
-        t = time.monotonic()
-        address = args.address or os.environ.get("RAY_ADDRESS")
-        if not address:  # before the imports: Ray reads it then, and the stages run with it
-            temp_dir = f"/tmp/asr-ray-{os.getpid()}"  # short: Ray's socket paths live under it
-            use_head(env, temp_dir)
-            use_head(os.environ, temp_dir)
-        preloading = warm_start.Preload() if runner.warm else None
-        if address:
-            print(f"\n== ray: using the cluster at {address}", flush=True)
-        else:
-            num_cpus = args.num_cpus or usable_cpus()
-            print("\n== ray: a local head for all stages", flush=True)
-            head, address = start_head(temp_dir, num_cpus)
-        env["RAY_ADDRESS"] = address
-        if preloading is not None:  # this process stays free of Ray: its forks run the stages
-            preloaded = preloading.join()
-            resources = warm_start.call_in_fork(cluster_resources, address)
-        else:
-            resources = cluster_resources(address)
-        gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
-        exp.workers = args.workers or gpus or cpus
-        print(f"cluster {address}: {cpus} CPUs, {gpus} GPUs -> {exp.workers} worker(s)", flush=True)
-        exp.base += ["++ray_address", address]
-        how = "(all start-up)"
-        if preloading is not None:
-            print(f"warm start: torch, Ray and returnn_ray imported once in {preloaded:.1f} s, "
-                  "each returnn-ray command below runs in a fork of this process", flush=True)
-            how = "(all start-up; with the imports of the warm start)"
-        wall = time.monotonic() - t
-        stages.append(StageResult("ray start" if head else "ray attach", wall, wall, how))
-
-        if not args.skip_sweep:
-            values, stage = exp.sweep()
-            best.update(values)
-            stages.append(stage)
-        stages.append(exp.train(best))
-        stages.append(exp.inference("forward")[0])
-        stage, search = exp.inference("search")
-        stages.append(stage)
-        wer = next((e["scores"] for e in search if e["event"] == "inference_end" and "wer" in e["scores"]), None)
+        stages.append(connect_ray(args, env, exp, local))
+        wer = run_stages(args, exp, best, stages)
     except StageFailed as exc:
         print(f"asr.py: error: {exc}", file=sys.stderr)
         return exc.code
@@ -392,10 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("asr.py: interrupted; rerun the same command to go on", file=sys.stderr)
         return 130
     finally:
-        if head is not None:
-            t = time.monotonic()
-            stop_head(head, temp_dir)
-            stages.append(StageResult("ray stop", time.monotonic() - t, time.monotonic() - t, "(all shut-down)"))
+        stopped = local.stop()
+        if stopped is not None:
+            stages.append(stopped)
 
     print_table(stages)
     print(f"whole experiment: {time.monotonic() - start:.1f} s")

@@ -26,7 +26,7 @@ from typing import Callable, Literal, Sequence
 
 from returnn_ray import __version__
 from returnn_ray.cluster import env, interrupts
-from returnn_ray.cluster.ray_internals import user_error_in
+from returnn_ray.cluster.ray_internals import user_message
 from returnn_ray.config import Config, Settings, load_config, load_settings, set_global_config, warn_unread_keys
 from returnn_ray.config.command_line import OPTION_KEYS, split_command_line
 from returnn_ray.errors import UserError
@@ -298,18 +298,6 @@ def _setup_logging() -> None:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
-
-
-def user_message(exc: BaseException) -> str:
-    """The one line a :class:`UserError` prints.
-
-    A UserError raised in a Ray task reaches the driver as Ray's ``RayTaskError(UserError)``,
-    whose text is the remote traceback: the message is that of the original error
-    (:func:`~returnn_ray.cluster.ray_internals.user_error_in`). Any other line breaks are joined,
-    so the error stays one line.
-    """
-    exc = user_error_in(exc) or exc
-    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 def check_log_files(paths: Sequence[str]) -> None:

@@ -1,6 +1,6 @@
 """The metrics file: what a run did, one JSON object per line, for programs to read.
 
-Log lines are for people and may change; scripts (:mod:`returnn_ray.stages`, ``experiments/asr.py``)
+Log lines are for people and may change; scripts (:mod:`returnn_ray.experiment.stages`, ``experiments/asr.py``)
 read this file instead. The driver (the ``returnn-ray`` process; training events come from rank 0
 through its log queue) appends one line per event and writes each line whole, with one ``write``
 on the file opened for appending: no buffer to flush, no partly written line from a live run. A run

@@ -30,7 +30,7 @@ def load_asr_module():
 
 def test_asr_helpers_doctests():
     # experiments/ is not a package pytest collects: its sizes and grid are checked here (the timing
-    # estimates are returnn_ray.stages', whose doctests pytest runs).
+    # estimates are returnn_ray.experiment.stages', whose doctests pytest runs).
     result = doctest.testmod(load_asr_module())
     assert result.attempted >= 3 and result.failed == 0
 

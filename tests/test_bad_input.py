@@ -576,7 +576,7 @@ def test_hdf_value_check_is_exact(tmp_path):
 
 def test_an_error_from_a_ray_task_prints_as_its_own_one_line_message():
     ray_exceptions = pytest.importorskip("ray.exceptions")
-    from returnn_ray.cli import user_message
+    from returnn_ray.cluster.ray_internals import user_message
     from returnn_ray.errors import DataError
 
     original = DataError("HDF file 'x.hdf': seq 'a' key 'data' has a non-finite value nan at frame 2")

@@ -12,6 +12,7 @@ import pytest
 
 from returnn_ray.config import Config, load_config
 from returnn_ray.config.reference import config_reference_markdown
+from returnn_ray.config import validators
 from returnn_ray.config.settings import (
     IGNORED_KEYS,
     KNOWN_KEYS,
@@ -248,6 +249,13 @@ def test_every_lr_control_key_and_kind_is_a_setting():
     for kind in LR_CONTROL_KINDS:  # each is accepted, and the defaults build every policy
         t = load_settings(Config({"learning_rate_control": kind})).training
         assert make_lr_control(t.learning_rate_control, **t.lr_control_options()).learning_rate_for_epoch(1) == 1.0
+
+
+def test_config_layer_lr_keys_are_the_policies_keys():
+    """settings.py passes on the keys config/validators.py lists; the policies read theirs from
+    their own signatures: a key added to a policy but not to the list would never reach it."""
+    assert set(validators.LR_CONTROL_CONFIG_KEYS) == set(LR_CONTROL_CONFIG_KEYS)
+    assert set(typing.get_args(validators.LrControlKind)) == set(LR_CONTROL_KINDS)
 
 
 def test_lr_control_options_from_a_python_config(tmp_path):

@@ -1,11 +1,11 @@
-"""returnn_ray.stages: commands run as stages with a log each, and the stage table (no Ray)."""
+"""returnn_ray.experiment.stages: commands run as stages with a log each, and the stage table (no Ray)."""
 
 import re
 import sys
 
 import pytest
 
-from returnn_ray.stages import Runner, StageFailed, StageResult, print_table
+from returnn_ray.experiment.stages import Runner, StageFailed, StageResult, print_table
 
 
 def test_a_stage_prints_and_logs_its_output_with_times(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""returnn-ray commands as forks of a process that imported torch and Ray once (returnn_ray.warm_start).
+"""returnn-ray commands as forks of a process that imported torch and Ray once (returnn_ray.experiment.warm_start).
 
 Each case runs its parent in a fresh interpreter: a fork of the pytest process would inherit the
 test session's Ray connection.
@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from returnn_ray import warm_start
+from returnn_ray.experiment import warm_start
 from returnn_ray.atomic import is_temp_path
 
 pytestmark = pytest.mark.skipif(not warm_start.available(), reason="warm start forks: Linux only")
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not warm_start.available(), reason="warm start f
 PARENT = textwrap.dedent(
     """
     import json, os, sys
-    from returnn_ray import warm_start
+    from returnn_ray.experiment import warm_start
     try:
         warm_start.preload(["torch", "returnn_ray.cli"])
         cmd = warm_start.WarmCommand(json.loads(sys.argv[1]), dict(os.environ, WARM_TEST="child"))
@@ -103,7 +103,7 @@ def test_sigterm_reaches_the_command(tmp_path):
 CALLER = textwrap.dedent(
     """
     import json, os
-    from returnn_ray import warm_start
+    from returnn_ray.experiment import warm_start
 
     def fail(name):
         raise KeyError(name)
@@ -130,7 +130,7 @@ def test_call_in_fork_returns_the_childs_value_and_raises_its_exception():
 PRELOADER = textwrap.dedent(
     """
     import json, sys
-    from returnn_ray import warm_start
+    from returnn_ray.experiment import warm_start
 
     seconds = warm_start.Preload(["json", "returnn_ray.cli"]).join()
     try:

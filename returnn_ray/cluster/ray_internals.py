@@ -94,6 +94,18 @@ def user_error_in(exc: BaseException) -> UserError | None:
     return None
 
 
+def user_message(exc: BaseException) -> str:
+    """The one line a :class:`UserError` prints.
+
+    A UserError raised in a Ray task reaches the driver as Ray's ``RayTaskError(UserError)``,
+    whose text is the remote traceback: the message is that of the original error
+    (:func:`user_error_in`). Any other line breaks are joined,
+    so the error stays one line.
+    """
+    exc = user_error_in(exc) or exc
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+
 def _is_ray_wrapper(e: BaseException) -> bool:
     """Ray's ``RayTaskError(X)``: an ``X`` in name only, its text the remote traceback."""
     return any(c.__name__ == "RayTaskError" for c in type(e).__mro__) or isinstance(getattr(e, "cause", None), BaseException)

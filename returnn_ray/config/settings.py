@@ -28,8 +28,12 @@ from typing import Any, Callable, Literal, Union
 from returnn_ray.config.files import Config
 from returnn_ray.config.returnn_keys import check_returnn_keys
 from returnn_ray.errors import ConfigError
-from returnn_ray.training.checkpoints import check_cleanup_old_models
-from returnn_ray.training.lr_control import LR_CONTROL_CONFIG_KEYS, MAX_LEARNING_RATE, LrControlKind
+from returnn_ray.config.validators import (
+    LR_CONTROL_CONFIG_KEYS,
+    MAX_LEARNING_RATE,
+    LrControlKind,
+    check_cleanup_old_models,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,16 @@ import numpy as np
 from returnn_ray.data.chunking import Chunking, chunk_rows, row_lens
 from returnn_ray.errors import ConfigError
 
-__all__ = ["BatchingOptions", "BatchPlan", "batch_lens", "deal_to_ranks", "filter_by_length", "plan_batches", "plan_epoch"]
+__all__ = [
+    "BatchingOptions",
+    "BatchPlan",
+    "batch_lens",
+    "deal_to_ranks",
+    "filter_by_length",
+    "per_worker_batch_size",
+    "plan_batches",
+    "plan_epoch",
+]
 
 LengthLimit = Union[int, float, Mapping[str, Union[int, float]]]
 """A length limit: one number for every data key, or ``data key -> number`` for some keys."""
@@ -405,3 +414,20 @@ def plan_epoch(
     batches = _split(items, _plan_starts(item_lens, options))
     plan = deal_to_ranks(batches, num_ranks, seq_lens)
     return dataclasses.replace(plan, num_dropped=num_dropped)
+
+
+def per_worker_batch_size(frames_per_update: LengthLimit, num_workers: int) -> LengthLimit:
+    """The ``batch_size`` each of ``num_workers`` DDP workers gets so that one update sums about
+    ``frames_per_update`` frames: ``batch_size`` is per rank (a plan is made with it and dealt to
+    the ranks, :func:`plan_epoch`), and an update over W workers equals one worker accumulating
+    their W batches. Rounded to the nearest int, at least 1; a ``data key -> number`` dict is
+    split key by key.
+
+    >>> per_worker_batch_size(1000, 3), per_worker_batch_size(5, 8), per_worker_batch_size({"data": 900}, 2)
+    (333, 1, {'data': 450})
+    """
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    if isinstance(frames_per_update, Mapping):
+        return {key: per_worker_batch_size(value, num_workers) for key, value in frames_per_update.items()}
+    return max(1, round(float(frames_per_update) / num_workers))

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Literal, get_args
+from typing import Callable, Literal, get_args
 
 import numpy as np
 
@@ -273,6 +273,56 @@ def partition_order(order: np.ndarray, epoch: int, partition_epoch: int) -> np.n
     return order[start : start + size + (1 if part < extra else 0)]
 
 
+def _checked_lens(
+    seq_ordering: str, mode: _Mode, seq_lens: np.ndarray | None, num_seqs: int | None
+) -> tuple[np.ndarray | None, int]:
+    """``seq_lens`` as a 1-D signed wide array (``sorted_reverse`` / ``laplace`` negate them) and
+    the number of seqs; a mode that sorts by length needs the lengths."""
+    if seq_lens is not None:
+        seq_lens = np.asarray(seq_lens)
+        if seq_lens.ndim != 1:
+            raise ValueError(f"seq_lens must be 1-D, got shape {seq_lens.shape}")
+        if num_seqs is not None and num_seqs != len(seq_lens):
+            raise ValueError(f"num_seqs {num_seqs} != len(seq_lens) {len(seq_lens)}")
+        return seq_lens.astype(np.int64 if seq_lens.dtype.kind in "iub" else np.float64, copy=False), len(seq_lens)
+    if num_seqs is None:
+        raise ValueError("need seq_lens or num_seqs")
+    if mode.base in _NEEDS_LENS:
+        raise ValueError(f"seq_ordering {seq_ordering!r} needs seq_lens")
+    return None, num_seqs
+
+
+def _full_order(
+    mode: _Mode, seq_lens: np.ndarray | None, num_seqs: int, rng: Callable[[], np.random.RandomState]
+) -> np.ndarray:
+    """The order of a whole pass over the data (before ``partition_epoch`` cuts it); ``rng`` is
+    called only by the modes that draw random numbers."""
+    base = mode.base
+    if base == "default":
+        order = np.arange(num_seqs, dtype=np.int64)
+    elif base == "reverse":
+        order = np.arange(num_seqs - 1, -1, -1, dtype=np.int64)
+    elif base == "default_every_n":
+        n = mode.every_n
+        block = num_seqs // n
+        pos = np.arange(block * n, dtype=np.int64)
+        order = pos // n + (pos % n) * block
+    elif base == "sorted":
+        order = np.argsort(seq_lens, kind="stable")
+    elif base == "sorted_reverse":
+        order = np.argsort(-seq_lens, kind="stable")
+    elif base == "random":
+        order = rng().permutation(num_seqs)
+    elif base == "random_sample":
+        order = rng().randint(0, num_seqs, size=num_seqs)
+    elif base in ("sort_bin_shuffle", "sort_bin_shuffle_x2"):
+        order = _sort_bin_shuffle(seq_lens, mode, rng())
+    else:
+        assert base == "laplace", base
+        order = _laplace(seq_lens, mode, rng())
+    return order.astype(np.int64, copy=False)
+
+
 def seq_order_for_epoch(
     seq_ordering: str,
     seq_lens: np.ndarray | None,
@@ -313,19 +363,7 @@ def seq_order_for_epoch(
         raise ValueError(f"epoch must be an int >= 1, got {epoch!r}")
     if partition_epoch < 1:
         raise ConfigError(f"partition_epoch must be >= 1, got {partition_epoch!r}")
-    if seq_lens is not None:
-        seq_lens = np.asarray(seq_lens)
-        if seq_lens.ndim != 1:
-            raise ValueError(f"seq_lens must be 1-D, got shape {seq_lens.shape}")
-        if num_seqs is not None and num_seqs != len(seq_lens):
-            raise ValueError(f"num_seqs {num_seqs} != len(seq_lens) {len(seq_lens)}")
-        num_seqs = len(seq_lens)
-        # Signed, wide lengths: sorted_reverse / laplace negate them.
-        seq_lens = seq_lens.astype(np.int64 if seq_lens.dtype.kind in "iub" else np.float64, copy=False)
-    elif num_seqs is None:
-        raise ValueError("need seq_lens or num_seqs")
-    elif mode.base in _NEEDS_LENS:
-        raise ValueError(f"seq_ordering {seq_ordering!r} needs seq_lens")
+    seq_lens, num_seqs = _checked_lens(seq_ordering, mode, seq_lens, num_seqs)
     if num_seqs == 0:
         return np.zeros((0,), dtype=np.int64)
 
@@ -339,30 +377,7 @@ def seq_order_for_epoch(
         )
         return np.random.RandomState(seed)
 
-    base = mode.base
-    if base == "default":
-        order = np.arange(num_seqs, dtype=np.int64)
-    elif base == "reverse":
-        order = np.arange(num_seqs - 1, -1, -1, dtype=np.int64)
-    elif base == "default_every_n":
-        n = mode.every_n
-        block = num_seqs // n
-        pos = np.arange(block * n, dtype=np.int64)
-        order = pos // n + (pos % n) * block
-    elif base == "sorted":
-        order = np.argsort(seq_lens, kind="stable")
-    elif base == "sorted_reverse":
-        order = np.argsort(-seq_lens, kind="stable")
-    elif base == "random":
-        order = rng().permutation(num_seqs)
-    elif base == "random_sample":
-        order = rng().randint(0, num_seqs, size=num_seqs)
-    elif base in ("sort_bin_shuffle", "sort_bin_shuffle_x2"):
-        order = _sort_bin_shuffle(seq_lens, mode, rng())
-    else:
-        assert base == "laplace", base
-        order = _laplace(seq_lens, mode, rng())
-    order = order.astype(np.int64, copy=False)
+    order = _full_order(mode, seq_lens, num_seqs, rng)
     if partition_epoch > 1:
         order = partition_order(order, epoch, partition_epoch)
     return order

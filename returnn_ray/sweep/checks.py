@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any, Sequence
 
+from returnn_ray.cluster.ray_internals import user_message
 from returnn_ray.errors import ConfigError, UserError
 from returnn_ray.sweep.space import Dimension, check_points, variant_name
 
@@ -50,8 +51,6 @@ def check_trials(job: dict[str, Any], space: Sequence[Dimension]) -> int:
                 set_global_config(config)  # as in the trial: a Python config's functions may read it
                 check_trainable(load_settings(config), opener)
             except UserError as exc:
-                from returnn_ray.cli import user_message
-
                 raise ConfigError(f"sweep trial {variant_name(values)}: {user_message(exc)}") from exc
     finally:
         set_global_config(base_config)

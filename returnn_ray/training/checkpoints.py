@@ -28,6 +28,7 @@ from itertools import count
 from typing import Any, Mapping, Sequence
 
 from returnn_ray.atomic import atomic_torch_save, atomic_write, is_temp_path
+from returnn_ray.config.validators import cleanup_options
 from returnn_ray.errors import ConfigError, UserError
 
 __all__ = [
@@ -37,8 +38,6 @@ __all__ = [
     "newest_complete_epoch",
     "CheckpointToLoad",
     "checkpoint_to_load",
-    "CLEANUP_DEFAULTS",
-    "check_cleanup_old_models",
     "models_to_delete",
     "default_keep_epochs",
     "optimizer_state_to_delete",
@@ -188,11 +187,6 @@ def optimizer_state_to_delete(epoch: int, *, apply_cleanup_old_models_to_optim_s
     return epoch - 2
 
 
-CLEANUP_DEFAULTS: Mapping[str, Any] = {"keep_last_n": 2, "keep_best_n": 4, "keep": None}
-"""RETURNN's ``cleanup_old_models`` options: keep the last 2 epochs, the best 4 of each score, and
-``keep`` (default: a pattern that depends on the newest epoch, see :func:`default_keep_epochs`)."""
-
-
 def models_to_delete(
     existing: Sequence[int],
     *,
@@ -217,7 +211,7 @@ def models_to_delete(
     """
     if not cleanup_old_models:
         return []
-    opts = _cleanup_options(cleanup_old_models)
+    opts = cleanup_options(cleanup_old_models)
     epochs = sorted(set(existing))
     keep_last_n, keep_best_n = opts["keep_last_n"], opts["keep_best_n"]
     if not epochs or max(keep_last_n, keep_best_n) >= len(epochs):
@@ -266,45 +260,6 @@ def default_keep_epochs(last_epoch: int) -> list[int]:
 
 def _next_power_of_two(n: int) -> int:
     return 1 << (n - 1).bit_length() if n > 0 else 1
-
-
-def check_cleanup_old_models(value: Any) -> None:
-    """Before training: ``cleanup_old_models`` is False/None, True, or a dict of RETURNN's options
-    (``keep_last_n`` int >= 1, ``keep_best_n`` int >= 0, ``keep`` a list of epochs), as RETURNN's
-    ``cleanup_old_models`` asserts, only after the first epoch.
-
-    >>> check_cleanup_old_models({"keep_last_n": 0})
-    Traceback (most recent call last):
-    ...
-    returnn_ray.errors.ConfigError: cleanup_old_models: keep_last_n must be an int >= 1, got 0
-    """
-    if value is None or value is False:
-        return
-    _cleanup_options(value)
-
-
-def _cleanup_options(value: bool | Mapping[str, Any]) -> dict[str, Any]:
-    opts = dict(CLEANUP_DEFAULTS)
-    if value is True:
-        return opts
-    if not isinstance(value, Mapping):
-        raise ConfigError(
-            f"cleanup_old_models must be True/False or a dict of {sorted(CLEANUP_DEFAULTS)}, got {value!r}"
-        )
-    unknown = sorted(set(value) - set(CLEANUP_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"cleanup_old_models: unknown option(s) {unknown}; known: {sorted(CLEANUP_DEFAULTS)}")
-    opts.update(value)
-    if not (isinstance(opts["keep_last_n"], int) and opts["keep_last_n"] >= 1):
-        raise ConfigError(f"cleanup_old_models: keep_last_n must be an int >= 1, got {opts['keep_last_n']!r}")
-    if not (isinstance(opts["keep_best_n"], int) and opts["keep_best_n"] >= 0):
-        raise ConfigError(f"cleanup_old_models: keep_best_n must be an int >= 0, got {opts['keep_best_n']!r}")
-    keep = opts["keep"]
-    if keep is not None and not (
-        isinstance(keep, (list, tuple, set, frozenset, range)) and all(isinstance(e, int) for e in keep)
-    ):
-        raise ConfigError(f"cleanup_old_models: keep must be a list of epochs, got {keep!r}")
-    return opts
 
 
 def _epoch_summary(epochs: Sequence[int]) -> str:

@@ -53,13 +53,10 @@ import ast
 import inspect
 import math
 import os
-from typing import Any, Callable, ClassVar, Literal, Mapping, Union
+from typing import Any, Callable, ClassVar, Mapping, Union
 
+from returnn_ray.config.validators import MAX_LEARNING_RATE
 from returnn_ray.errors import ConfigError, UserError
-
-MAX_LEARNING_RATE = 1e30
-"""The largest learning rate accepted: Adam's first step is 10x it, which must fit a float32
-weight (3.4e38), or torch stops with an overflow error deep in the optimizer."""
 from returnn_ray.training.lr_file import EpochData, _is_number, load_learning_rate_file, save_learning_rate_file
 
 __all__ = [
@@ -68,15 +65,11 @@ __all__ = [
     "NewbobRelative",
     "NewbobAbs",
     "NewbobMultiEpoch",
-    "LrControlKind",
     "LR_CONTROL_KINDS",
     "LR_CONTROL_CONFIG_KEYS",
     "make_lr_control",
     "error_key_for_scores",
 ]
-
-LrControlKind = Literal["constant", "newbob", "newbob_rel", "newbob_relative", "newbob_abs", "newbob_multi_epoch"]
-"""Values of the ``learning_rate_control`` config key."""
 
 LrUpdate = Union[float, Callable[[float], float]]
 """``learning_rate_decay`` / ``learning_rate_growth``: a factor, or a function of the lr (Python configs)."""

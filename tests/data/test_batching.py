@@ -14,6 +14,7 @@ from returnn_ray.data.batching import (
     BatchPlan,
     deal_to_ranks,
     filter_by_length,
+    per_worker_batch_size,
     plan_batches,
     plan_epoch,
 )
@@ -410,3 +411,26 @@ def test_skip_seqs_out_of_range_is_refused():
     lens = {"data": np.array([3, 4])}
     with pytest.raises(ValueError, match="skip_seqs 3"):
         plan_epoch(np.arange(2), lens, BatchingOptions(batch_size=10), skip_seqs=3)
+
+
+# ---------------------------------------------------------------- a global batch size over W workers
+
+
+@pytest.mark.parametrize("num_workers", [1, 2, 3, 5, 7])
+def test_a_global_batch_size_split_over_workers_bounds_the_frames_of_one_update(num_workers):
+    """batch_size is per rank: the per-worker share of 400 frames per update keeps every DDP step
+    (the W ranks' batches together) at about 400 padded frames, never more than rounding adds."""
+    lens = np.random.default_rng(num_workers).integers(1, 50, size=300)
+    per_worker = per_worker_batch_size(400, num_workers)
+    assert abs(per_worker * num_workers - 400) <= num_workers / 2
+    plan = plan_epoch(np.arange(len(lens)), {"data": lens}, BatchingOptions(batch_size=per_worker), num_workers)
+    for k in range(plan.num_steps):
+        frames = sum(len(b) * int(lens[b].max()) for b in plan.step(k) if len(b))
+        assert frames <= 400 + num_workers / 2
+
+
+def test_per_worker_batch_size_is_at_least_one_and_splits_a_dict_key_by_key():
+    assert per_worker_batch_size(3, 8) == 1
+    assert per_worker_batch_size({"data": 1000, "classes": 90}, 4) == {"data": 250, "classes": 22}
+    with pytest.raises(ValueError, match="num_workers"):
+        per_worker_batch_size(1000, 0)

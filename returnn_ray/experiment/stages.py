@@ -2,7 +2,7 @@
 
 ``experiments/asr.py`` is made of it; a script of your own can be too. :class:`Runner` runs each
 stage as the command a user would type (printed, its output shown and kept in ``<log_dir>/<stage>.log``;
-with ``warm=True`` returnn-ray commands run as forks of the script, :mod:`returnn_ray.warm_start`).
+with ``warm=True`` returnn-ray commands run as forks of the script, :mod:`returnn_ray.experiment.warm_start`).
 From the events of a stage's metrics file (:mod:`returnn_ray.metrics`; the log text is for people)
 the functions below tell a stage's work from its Ray start-up and scheduling, and
 :func:`print_table` shows both per stage.
@@ -18,7 +18,7 @@ import subprocess
 import time
 from typing import Any, Sequence
 
-from returnn_ray import warm_start
+from returnn_ray.experiment import warm_start
 
 # -- running a stage ------------------------------------------------------------------------------
 
