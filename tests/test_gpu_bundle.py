@@ -26,7 +26,7 @@ def test_dry_run_writes_a_summary_of_all_steps(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["OUT"] = str(tmp_path)
     proc = subprocess.run(["bash", os.path.join(ROOT, "bench", "gpu", "run.sh"), "--dry-run", "--no-bundle",
-                           "--python", sys.executable], env=env, capture_output=True, text=True, timeout=420)
+                           "--python", sys.executable], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     result = json.loads((tmp_path / "summary.json").read_text())
     assert result["dry_run"] is True
