@@ -23,6 +23,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 import argparse  # noqa: E402
 import json  # noqa: E402
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -91,6 +92,7 @@ def plain_loop(corpus: str, device: str = "cpu") -> float:
 def returnn_ray(config: str, actors: int) -> tuple[float, float]:
     """(steady seqs/s, whole command seconds) of `returnn-ray ++task forward` with ``actors`` actors."""
     out = os.path.join(OUT, f"out-{actors}.hdf")
+    shutil.rmtree(out + ".parts", ignore_errors=True)  # a killed earlier run's parts (else it resumes them)
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "returnn_ray", config, "++ray_num_workers", str(actors), "++output_file", out,
