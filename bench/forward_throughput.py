@@ -3,11 +3,14 @@ actors, against a plain single-process PyTorch loop over the same batches with t
 
     .venv/bin/python bench/forward_throughput.py             # 3000 seqs, 100-400 frames, 80-dim, BLSTM
     .venv/bin/python bench/forward_throughput.py --quick     # a small look
+    python bench/forward_throughput.py --device gpu --json r.json  # bench/gpu/run.sh: the loop and 1 actor on the GPU
 
 Goals (issue 4): 2 actors >= 1.6x one actor on a 2-core machine; one actor >= 0.9x the plain
 loop. Actors and the plain loop each use one thread (an actor holds one CPU). The returnn-ray
 figure is its steady rate, from the first result to the last ("seqs/s after the first result"),
-so actor start-up is not counted; the whole command's wall time is printed too.
+so actor start-up is not counted; the whole command's wall time is printed too. With
+``--device gpu`` the plain loop and one actor (holding the one GPU) run on the GPU, and the
+actor-scaling figure is not measured.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import shutil
 import subprocess
 import sys
 import time
@@ -43,7 +47,7 @@ NETWORK = {
 BATCHING = {"batch_size": 8000, "max_seqs": 40}
 
 
-def setup(num_seqs: int) -> tuple[str, str]:
+def setup(num_seqs: int, device: str = "cpu") -> tuple[str, str]:
     os.makedirs(OUT, exist_ok=True)
     corpus = os.path.join(OUT, f"corpus-{num_seqs}.hdf")
     make_corpus(corpus, num_seqs, dim=80, min_len=100, max_len=400)
@@ -54,26 +58,29 @@ def setup(num_seqs: int) -> tuple[str, str]:
     config = os.path.join(OUT, "forward.json")
     with open(config, "w") as f:
         json.dump({"task": "forward", "eval": corpus, "network": NETWORK, "model": os.path.join(OUT, "model"),
-                   "device": "cpu", "log_verbosity": 4, **BATCHING}, f)
+                   "device": device, "log_verbosity": 4, **BATCHING}, f)
     return corpus, config
 
 
-def plain_loop(corpus: str) -> float:
+def plain_loop(corpus: str, device: str = "cpu") -> float:
     """seqs/s of the same model over the same planned batches, one process, one thread, no Ray
-    (after the first batch, like the returnn-ray figure)."""
+    (after the first batch, like the returnn-ray figure); each batch's output back on the CPU."""
     torch.set_num_threads(1)
+    dev = torch.device("cuda", 0) if device == "gpu" else torch.device("cpu")
     ds = HDFDataset([corpus])
     model = build_network(NETWORK, ds.specs)
     model.load_state_dict(torch.load(os.path.join(OUT, "model.001.pt"), weights_only=True)["model"])
-    model.eval()
+    model.to(dev).eval()
     opts = BatchingOptions(batch_size=BATCHING["batch_size"], max_seqs=BATCHING["max_seqs"])
     batches = plan_epoch(ds.seq_order_for_epoch(1), ds.seq_lens, opts, 1).for_rank(0)
     start, seqs = 0.0, 0
     with torch.no_grad():
         for i, indices in enumerate(batches):
             batch = Batch.from_columns(pad_batch(ds, indices), ds.data_keys)
-            out = model(batch.data, batch.lens)["output"]
-            values, lens = out.value.numpy(), out.lens.numpy()
+            data = {k: v.to(dev) for k, v in batch.data.items()}
+            lens_in = {k: v.to(dev) for k, v in batch.lens.items()}
+            out = model(data, lens_in)["output"]
+            values, lens = out.value.float().cpu().numpy(), out.lens.cpu().numpy()
             np.concatenate([values[b, :n] for b, n in enumerate(lens)])
             if i == 0:  # as for the actors: the rate after the first result
                 start = time.perf_counter()
@@ -86,6 +93,7 @@ def returnn_ray(config: str, actors: int) -> tuple[float, float]:
     """(steady seqs/s, whole command seconds) of `returnn-ray ++task forward` with ``actors`` actors;
     the rate from the run's metrics file (``metrics.jsonl`` next to the output, docs/metrics.md)."""
     out = os.path.join(OUT, f"out-{actors}.hdf")
+    shutil.rmtree(out + ".parts", ignore_errors=True)  # a killed earlier run's parts (else it resumes them)
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "returnn_ray", config, "++ray_num_workers", str(actors), "++output_file", out,
@@ -105,16 +113,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-seqs", type=int, default=3000)
     parser.add_argument("--quick", action="store_true", help="200 seqs")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--actors", type=int, choices=[1, 2], default=2,
+                        help="2: also the 2-actor run (CPU only; a GPU machine here has one GPU)")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
-    corpus, config = setup(200 if args.quick else args.num_seqs)
-    plain = plain_loop(corpus)
+    num_seqs = 200 if args.quick else args.num_seqs
+    corpus, config = setup(num_seqs, args.device)
+    plain = plain_loop(corpus, args.device)
     one, one_wall = returnn_ray(config, 1)
-    two, two_wall = returnn_ray(config, 2)
+    figures = {"device": args.device, "num_seqs": num_seqs, "plain_seqs_per_s": plain, "one_actor_seqs_per_s": one,
+               "one_actor_command_s": one_wall, "one_actor_vs_plain": one / plain}
     print(f"plain PyTorch loop, 1 thread:   {plain:8.2f} seqs/s")
     print(f"returnn-ray, 1 actor:           {one:8.2f} seqs/s  (command {one_wall:.1f} s)")
-    print(f"returnn-ray, 2 actors:          {two:8.2f} seqs/s  (command {two_wall:.1f} s)")
+    two_actors = args.device == "cpu" and args.actors == 2
+    if two_actors:
+        two, two_wall = returnn_ray(config, 2)
+        figures.update(two_actors_seqs_per_s=two, two_actors_command_s=two_wall, two_vs_one=two / one)
+        print(f"returnn-ray, 2 actors:          {two:8.2f} seqs/s  (command {two_wall:.1f} s)")
     print(f"1 actor / plain loop:  {one / plain:.2f}x  (goal >= 0.9)")
-    print(f"2 actors / 1 actor:    {two / one:.2f}x  (goal >= 1.6)")
+    if two_actors:
+        print(f"2 actors / 1 actor:    {two / one:.2f}x  (goal >= 1.6)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1)
 
 
 if __name__ == "__main__":

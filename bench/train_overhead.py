@@ -3,6 +3,7 @@ in a plain PyTorch loop (one process, one thread, no Ray). Goal: within 1.10x on
 
     .venv/bin/python bench/train_overhead.py            # 1000 seqs, 50-400 frames x 80 dims, BLSTM 2x256 (~6 min)
     .venv/bin/python bench/train_overhead.py --quick    # 300 seqs, BLSTM 2x128, 2 epochs (~1 min)
+    python bench/train_overhead.py --device gpu --amp bfloat16 --json r.json   # bench/gpu/run.sh's GPU run
 
 The workload is a network-dict config (written as JSON to bench/out) of a 2-layer BLSTM with
 a framewise softmax/ce output, trained with Adam on a synthetic HDF corpus (cached). The plain
@@ -12,6 +13,11 @@ batch in-process (``pad_batch``) and runs the worker's step (losses -> ``objecti
 backward -> ``apply_update``). So the only difference is Ray: the Train worker, Ray Data
 reading, the log queue and the per-epoch report. Epoch 1 of returnn-ray includes the Ray Data
 pipeline start, so the steady state is the best of epochs >= 2, for both paths.
+
+``--device gpu``: both paths train on the GPU (returnn-ray: one Ray Train worker holding the GPU,
+its process group on NCCL), ``--amp`` sets ``torch_amp`` for both (the plain loop runs the step
+under the same ``amp_context``), and the plain loop waits for the GPU at each epoch's end.
+``--json`` writes the figures (also frames/s: the corpus's frames over the epoch time).
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ import numpy as np
 from returnn_ray.metrics import FILE_NAME, last_run, read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RETURNN_RAY = os.path.join(os.path.dirname(sys.executable), "returnn-ray")
+# ``python -m returnn_ray``, not the console script: on the GPU machine returnn-ray is not
+# installed, only put on PYTHONPATH (bench/gpu/run.sh).
+RETURNN_RAY = [sys.executable, "-m", "returnn_ray"]
 
 
 def make_corpus(path: str, num_seqs: int, dim: int, num_classes: int, min_len: int, max_len: int) -> None:
@@ -68,7 +76,10 @@ def make_config(path: str, corpus: str, args, model_dir: str) -> None:
         "num_epochs": args.epochs,
         "log_verbosity": 4,
         "model": os.path.join(model_dir, "model"),
+        "device": args.device,
     }
+    if args.amp:
+        config["torch_amp"] = args.amp
     with open(path, "w") as f:
         json.dump(config, f, indent=1)
 
@@ -76,6 +87,8 @@ def make_config(path: str, corpus: str, args, model_dir: str) -> None:
 def plain_loop(config_path: str, epochs: int) -> list[tuple[float, float, float]]:
     """(epoch seconds, of which reading+padding seconds, train loss) per epoch: the worker's loop without Ray."""
     import torch
+
+    from returnn_ray.training.optim import amp_context, make_grad_scaler
 
     from returnn_ray.config import load_config, load_settings, set_global_config
     from returnn_ray.data import plan_epoch
@@ -91,9 +104,11 @@ def plain_loop(config_path: str, epochs: int) -> list[tuple[float, float, float]
     settings = load_settings(config)
     train = open_dataset(settings, "train")
     spec = model_spec(settings, data_specs(settings, train))
+    device = torch.device("cuda", 0) if settings.run.device == "gpu" else torch.device("cpu")
     torch.manual_seed(42)  # the worker's seed
-    model = spec.build(1, 0)
+    model = spec.build(1, 0).to(device)
     t = settings.training
+    grad_scaler = make_grad_scaler(t.torch_amp, device.type)
     optimizer = build_optimizer(model, optimizer=t.optimizer, adam=t.adam, nadam=t.nadam, learning_rate=t.learning_rate)
     model.train()
     times, step = [], 0
@@ -104,19 +119,34 @@ def plain_loop(config_path: str, epochs: int) -> list[tuple[float, float, float]
         optimizer.zero_grad(set_to_none=True)
         for indices in plan.for_rank(0):
             read_start = time.monotonic()
-            batch = Batch.from_columns(pad_batch(train, indices), list(train.specs))
+            batch = _to_device(Batch.from_columns(pad_batch(train, indices), list(train.specs)), device)
             reading += time.monotonic() - read_start
-            losses = spec.step(model, batch, epoch=epoch, step=step)
-            objective(losses, world_size=1).backward()
-            apply_update(optimizer, model, grad_scaler=None, gradient_clip=t.gradient_clip,
+            with amp_context(t.torch_amp, device.type):
+                losses = spec.step(model, batch, epoch=epoch, step=step)
+                loss = objective(losses, world_size=1)
+            (grad_scaler.scale(loss) if grad_scaler is not None else loss).backward()
+            apply_update(optimizer, model, grad_scaler=grad_scaler, gradient_clip=t.gradient_clip,
                          gradient_clip_global_norm=t.gradient_clip_global_norm)
             optimizer.zero_grad(set_to_none=True)
             acc.add(losses)
             step += 1
         scores = acc.reduce()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         times.append((time.monotonic() - start, reading, next(iter(scores.values()))))
         print(f"  plain epoch {epoch}: {times[-1][0]:.2f} s (reading {reading:.2f} s) train loss {scores}", flush=True)
     return times
+
+
+def _to_device(batch, device):
+    """The batch's tensors on ``device``, as the worker moves them (non-blocking copies)."""
+    if device.type == "cpu":
+        return batch
+    return type(batch)(
+        seq_idx=batch.seq_idx,
+        data={k: v.to(device, non_blocking=True) for k, v in batch.data.items()},
+        lens={k: v.to(device, non_blocking=True) for k, v in batch.lens.items()},
+    )
 
 
 def returnn_ray_run(config_path: str, model_dir: str, *, local_mode: bool = False) -> dict:
@@ -133,7 +163,7 @@ def returnn_ray_run(config_path: str, model_dir: str, *, local_mode: bool = Fals
     else:
         env = {**os.environ, "RAY_ADDRESS": "local"}  # an embedded Ray even when another Ray runs here
     start = time.perf_counter()
-    proc = subprocess.run([RETURNN_RAY, config_path], cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run([*RETURNN_RAY, config_path], cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n", file=sys.stderr)
@@ -162,6 +192,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=1, help="alternating plain / returnn-ray runs")
     parser.add_argument("--local-mode", action="store_true", help="also time the plain command (local mode)")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where both paths train")
+    parser.add_argument("--amp", help="torch_amp for both paths, e.g. bfloat16")
+    parser.add_argument("--loss-tol", type=float, default=0.002,
+                        help="largest train loss difference between the paths (printed with 3 decimals)")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--out-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
     args = parser.parse_args()
     if args.quick:
@@ -194,7 +229,7 @@ def main() -> None:
         rr.append(run)
         # Same model, same batches: the losses must agree, else the comparison is unfair.
         diff = max(abs(run["losses"].get(e + 1, float("inf")) - loss) for e, (_, _, loss) in enumerate(plain[-1]))
-        if diff > 0.002:
+        if diff > args.loss_tol:
             sys.exit(f"train losses differ: plain {[round(x[2], 3) for x in plain[-1]]}, returnn-ray {run['losses']}")
 
     steady = slice(1, None) if args.epochs > 1 else slice(None)
@@ -213,6 +248,29 @@ def main() -> None:
     if local:
         local_best = min(s for run in local for e, s in sorted(run["epochs"].items())[steady])
         print(f"RATIO returnn-ray local mode (plain command, 1 thread)/plain (best epoch): {local_best / plain_best:.3f}")
+    frames = corpus_frames(corpus)
+    print(f"frames/s (best epoch): plain {frames / plain_best:.0f}, returnn-ray {frames / rr_best:.0f}   "
+          f"returnn-ray/plain {plain_best / rr_best:.3f}")
+    if args.json:
+        figures = {
+            "device": args.device, "amp": args.amp, "num_seqs": args.num_seqs, "frames_per_epoch": frames,
+            "layers": args.layers, "units": args.units, "batch_size": args.batch_size, "epochs": args.epochs,
+            "plain_epoch_s": plain_best, "returnn_ray_epoch_s": rr_best, "returnn_ray_epoch_median_s": rr_median,
+            "plain_frames_per_s": frames / plain_best, "returnn_ray_frames_per_s": frames / rr_best,
+            "throughput_ratio": plain_best / rr_best,
+            "plain_losses": [x[2] for x in plain[-1]], "returnn_ray_losses": rr[-1]["losses"],
+            "returnn_ray_wall_s": statistics.median(r["wall"] for r in rr),
+            "time_to_first_step_s": statistics.median(r["first_step"] for r in rr),
+        }
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1)
+
+
+def corpus_frames(path: str) -> int:
+    """Frames in the corpus: one epoch trains on each of them once."""
+    from returnn_ray.data import HDFDataset
+
+    return int(HDFDataset([path]).seq_lens["data"].sum())
 
 
 if __name__ == "__main__":
