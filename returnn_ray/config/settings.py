@@ -424,12 +424,19 @@ def load_settings(config: Config) -> Settings:
     )
 
 
+_PY_TYPO_CUTOFF = 0.8
+"""How close (difflib ratio) a Python config's own global must be to a known key to be warned
+about: ``learning_rte``/``learning_rate`` 0.96, ``base_dir``/``sweep_dir`` 0.71 (a helper)."""
+
+
 def warn_unread_keys(config: Config) -> list[str]:
     """Warns about keys that nothing read and returnn-ray does not know: likely typos.
 
     Skipped: known keys, keys starting with ``_``, and values that are not plain data
-    (functions, classes, modules a Python config defines). Returns the messages, each also
-    logged as a warning.
+    (functions, classes, modules a Python config defines). A Python config's own globals
+    (``demo_name``, paths, lists that build other keys) are normal there: one is warned about
+    only when it is close to a known key; keys from JSON, ``key value`` lines and ``++`` always
+    are. Returns the messages, each also logged as a warning.
 
     >>> from returnn_ray.config import Config
     >>> warn_unread_keys(Config({"learning_rte": 0.1, "_helper": 1, "np": dataclasses}))
@@ -440,6 +447,8 @@ def warn_unread_keys(config: Config) -> list[str]:
         if key in KNOWN_KEYS or key.startswith("_") or not _is_plain_data(config.raw(key)):
             continue
         close = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1)
+        if key in config.python_keys and not difflib.get_close_matches(key, close, cutoff=_PY_TYPO_CUTOFF):
+            continue
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         messages.append(f"config key {key!r} is not used by returnn-ray{hint}")
     for message in messages:
