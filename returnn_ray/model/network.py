@@ -211,6 +211,17 @@ def _l2_and_flags(name: str, opts: dict) -> float:
     return float(l2_scale)
 
 
+def _add_links(network: Mapping[str, dict], classes: Mapping[str, type[Layer]], sources: dict[str, list[str]]):
+    """Appends to ``sources`` what each layer reads besides ``from`` (``time_unchunking``: the
+    chunking layer's input); returns the options each layer takes from those links."""
+    own_sources = dict(sources)
+    link_opts: dict[str, dict] = {}
+    for name, opts in network.items():
+        linked, link_opts[name] = classes[name].links(name, opts, network, own_sources)
+        sources[name] = sources[name] + linked
+    return link_opts
+
+
 def build_network(network: Mapping[str, dict], extern_data: Mapping[str, DataSpec]) -> Network:
     """Check the network dict against ``extern_data`` and build it as a :class:`Network`.
 
@@ -233,11 +244,7 @@ def build_network(network: Mapping[str, dict], extern_data: Mapping[str, DataSpe
                           f"name the final layer 'output' (layers: {', '.join(network)})")
     classes = {name: _layer_class(name, opts) for name, opts in network.items()}
     sources = {name: _sources(name, opts, network, extern_data) for name, opts in network.items()}
-    own_sources = dict(sources)
-    link_opts: dict[str, dict] = {}
-    for name, opts in network.items():  # what a layer reads besides 'from' (time_unchunking)
-        linked, link_opts[name] = classes[name].links(name, opts, network, own_sources)
-        sources[name] = sources[name] + linked
+    link_opts = _add_links(network, classes, sources)
     order = _topological_order(sources)
 
     specs: dict[str, OutSpec] = {
