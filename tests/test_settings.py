@@ -196,11 +196,22 @@ def test_no_warning_for_helpers_imports_private_known_and_read_keys(tmp_path):
     assert warn_unread_keys(config) == []
 
 
-def test_plain_data_helper_variables_are_reported(tmp_path):
-    path = write(tmp_path, "exp.py", "demo_name = 'x'\nnum_seqs = {'train': 3}\n")
-    config = load_config([path])
+def test_python_config_helpers_are_quiet_but_typos_of_known_keys_warned(tmp_path):
+    """A Python config's own globals are normal; only one close to a known key is likely a typo."""
+    path = write(tmp_path, "exp.py", "demo_name = 'x'\nbase_dir = '/data'\nlayers = [1, 2]\nlearning_rte = 0.1\n")
+    config = load_config([path], ["++zzz_unrelated", "1"])
     load_settings(config)
-    assert [m.split("'")[1] for m in warn_unread_keys(config)] == ["demo_name", "num_seqs"]
+    assert warn_unread_keys(config) == [
+        "config key 'learning_rte' is not used by returnn-ray (did you mean 'learning_rate'?)",
+        "config key 'zzz_unrelated' is not used by returnn-ray",  # from ++: always warned
+    ]
+
+
+@pytest.mark.parametrize("text", ['{"demo_name": "x", "learning_rte": 0.1}', "demo_name x\nlearning_rte 0.1\n"])
+def test_json_and_line_configs_warn_every_unknown_key(tmp_path, text):
+    config = load_config([write(tmp_path, "exp.config", text)])
+    load_settings(config)
+    assert [m.split("'")[1] for m in warn_unread_keys(config)] == ["demo_name", "learning_rte"]
 
 
 # ------------------------------------------------------------------ reference

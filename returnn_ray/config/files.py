@@ -96,6 +96,9 @@ class Config:
         #: Every config file loaded, nested ones (``--config``, ``include``) too.
         self.files: list[str] = []
         self._read: set[str] = set()
+        #: Keys whose value a Python config set (helper globals are normal there: only likely typos
+        #: of known keys are warned about); a JSON, line or ``++`` value of the key removes it.
+        self.python_keys: set[str] = set()
         self._history: list[dict[str, Any]] = []  # top-level loads, replayed by workers
         self._depth = 0
         self._loading: dict[str, str] = {}  # real path -> path as given, of the files being loaded
@@ -188,6 +191,7 @@ class Config:
         namespace.update(
             {"config": self, "__file__": path, "__name__": USER_CONFIG_MODULE, "__returnn_ray_config__": self}
         )
+        before = dict(namespace)
         try:
             exec(code, namespace)
         except Exception as exc:
@@ -195,6 +199,7 @@ class Config:
             text = " ".join(str(exc).split())
             where = f"{path}:{line}" if line is not None else path
             raise ConfigError(f"{where}: {type(exc).__name__}: {text}" if text else f"{where}: {type(exc).__name__}") from exc
+        self.python_keys.update(k for k, v in namespace.items() if k not in before or before[k] is not v)
 
     def _load_json(self, path: str, content: str) -> None:
         try:
@@ -260,6 +265,7 @@ class Config:
         >>> c.typed_value("net"), c.typed_value("name"), c.typed_value("flag"), c.list("new")
         ({'a': 1}, '1,2', True, ['1', '2'])
         """
+        self.python_keys.discard(key)
         if key in self.typed_dict:
             old = self.typed_dict[key]
             self.typed_dict[key] = value if isinstance(old, str) else _literal_for(key, value, old)
@@ -273,6 +279,7 @@ class Config:
 
     def set(self, key: str, value: Any) -> None:
         """Sets a typed value (also a global of the Python config namespace)."""
+        self.python_keys.discard(key)
         self.typed_dict[key] = value
 
     def update(self, items: dict[str, Any]) -> None:

@@ -415,11 +415,19 @@ IGNORED_KEYS: dict[str, str] = {
     "description": "RETURNN's free-text -d option",
 }
 
+#: RETURNN keys that change the maths and are not implemented: set to anything but 0/None/False,
+#: one is a ConfigError (training without it would train a different model).
+REFUSED_KEYS: dict[str, str] = {
+    "maximize_grad_norm": "RETURNN's TF updater adds the gradient of -factor * (global gradient norm), "
+    "a second-order term",
+}
+
 #: Every key a settings class reads (aliases included) and every ignored key.
 KNOWN_KEYS: frozenset[str] = frozenset(
     [f.name for cls in SETTINGS_CLASSES for f in dataclasses.fields(cls)]
     + [a for cls in SETTINGS_CLASSES for f in dataclasses.fields(cls) for a in f.metadata.get("aliases", ())]
     + list(IGNORED_KEYS)
+    + list(REFUSED_KEYS)
 )
 
 
@@ -434,6 +442,12 @@ def load_settings(config: Config) -> Settings:
     ...
     returnn_ray.errors.ConfigError: max_seqs must be > 0 (or -1: no limit), got 0
     """
+    for key, what in REFUSED_KEYS.items():
+        if config.has(key) and config.raw(key) not in (None, 0, False, "0", ["0"], "", [""]):
+            raise ConfigError(
+                f"config key {key!r} is not supported ({what}); returnn-ray would train a different model: "
+                f"remove it or set it to 0 (e.g. ++{key} 0)"
+            )
     check_returnn_keys(config, known=KNOWN_KEYS)
     return Settings(
         run=_read_class(RunSettings, config),
@@ -445,12 +459,19 @@ def load_settings(config: Config) -> Settings:
     )
 
 
+_PY_TYPO_CUTOFF = 0.8
+"""How close (difflib ratio) a Python config's own global must be to a known key to be warned
+about: ``learning_rte``/``learning_rate`` 0.96, ``base_dir``/``sweep_dir`` 0.71 (a helper)."""
+
+
 def warn_unread_keys(config: Config) -> list[str]:
     """Warns about keys that nothing read and returnn-ray does not know: likely typos.
 
     Skipped: known keys, keys starting with ``_``, and values that are not plain data
-    (functions, classes, modules a Python config defines). Returns the messages, each also
-    logged as a warning.
+    (functions, classes, modules a Python config defines). A Python config's own globals
+    (``demo_name``, paths, lists that build other keys) are normal there: one is warned about
+    only when it is close to a known key; keys from JSON, ``key value`` lines and ``++`` always
+    are. Returns the messages, each also logged as a warning.
 
     >>> from returnn_ray.config import Config
     >>> warn_unread_keys(Config({"learning_rte": 0.1, "_helper": 1, "np": dataclasses}))
@@ -461,6 +482,8 @@ def warn_unread_keys(config: Config) -> list[str]:
         if key in KNOWN_KEYS or key.startswith("_") or not _is_plain_data(config.raw(key)):
             continue
         close = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1)
+        if key in config.python_keys and not difflib.get_close_matches(key, close, cutoff=_PY_TYPO_CUTOFF):
+            continue
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         messages.append(f"config key {key!r} is not used by returnn-ray{hint}")
     for message in messages:

@@ -8,7 +8,9 @@ At run time it maps the sources' :class:`LayerOutput` to its own.
 Conventions (as RETURNN's TF layers):
 - Values are batch-major ``[B, T, F]``; a sparse value is ``[B, T]`` int64 class indices.
 - Several sources are concatenated on the feature axis; ``dropout`` applies to that
-  concatenated input, in training only (``_ConcatInputLayer``).
+  concatenated input, in training only (``_ConcatInputLayer``), with one mask per feature shared
+  over batch and time unless ``dropout_noise_shape`` / ``dropout_axis`` say otherwise
+  (:func:`dropout_noise_axes`).
 - A sparse source of ``linear``/``softmax`` is an embedding lookup (a row of the weight
   matrix); ``rec`` and ``conv`` read it as one-hot.
 - ``linear`` and ``conv`` weights start as ``glorot_uniform`` with zero bias (RETURNN's
@@ -23,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +33,7 @@ import torch.utils._pytree
 from torch import nn
 
 from returnn_ray.errors import ConfigError, DataError
+from returnn_ray.model.dropout import DROPOUT_KEYS, apply_dropout, dropout_noise_axes
 from returnn_ray.model.losses import seq_mask
 
 __all__ = ["LAYER_CLASSES", "RNN_UNITS", "Layer", "LayerOutput", "OutSpec", "activation_function"]
@@ -199,12 +202,19 @@ class Layer(nn.Module):
 
     out: OutSpec
 
+    @classmethod
+    def links(cls, name: str, opts: dict, network: Mapping[str, dict], sources: Mapping[str, list[str]]):
+        """What this layer reads besides ``from``: ``(sources appended to its own, options added to
+        its opts)``, taken from other layers' dicts and checked ``sources`` (``time_unchunking``)."""
+        return [], {}
+
     def __init__(self, name: str, opts: dict, sources: Sequence[OutSpec], n_out: int | None):
         super().__init__()
         self.layer_name = name
         self.dropout = 0.0
         if self.concat_input:
             self.dropout = _check_number(name, "dropout", opts.get("dropout", 0.0), low=0.0, high=1.0, high_open=True)
+            self.dropout_noise = dropout_noise_axes(name, opts)
         if any(s.sparse for s in sources):
             if not self.accepts_sparse:
                 raise layer_error(
@@ -253,7 +263,7 @@ class Layer(nn.Module):
             self._same_lens(sources)
             x, lens = torch.cat([s.value for s in sources], dim=-1), sources[0].lens
         if self.dropout and self.training:
-            x = F.dropout(x, p=self.dropout, training=True)
+            x = apply_dropout(x, self.dropout, self.dropout_noise)
         return LayerOutput(x, lens)
 
     def one_hot_input(self, sources: Sequence[LayerOutput]) -> LayerOutput:
@@ -291,7 +301,7 @@ def _same_dim(layer: str, n_out: int | None, dim: int, why: str) -> int:
 class Linear(Layer):
     """``linear`` (``hidden``, ``forward``): ``activation(x W + b)``; a sparse input is an embedding."""
 
-    extra_keys = frozenset({"activation", "with_bias", "dropout"})
+    extra_keys = frozenset({"activation", "with_bias"}) | DROPOUT_KEYS
     accepts_sparse = True
     own_n_out = True
     default_activation: str | None = None
@@ -321,7 +331,7 @@ class Linear(Layer):
 class Softmax(Linear):
     """``softmax``: a linear layer with softmax output; losses use its logits."""
 
-    extra_keys = frozenset({"with_bias", "dropout"})
+    extra_keys = frozenset({"with_bias"}) | DROPOUT_KEYS
     default_activation = "softmax"
 
 
@@ -329,7 +339,8 @@ class Softmax(Linear):
 # LSTM variants compute the same function up to the bias parametrisation (see Rec).
 RNN_UNITS: dict[str, type[nn.RNNBase]] = {
     **dict.fromkeys(
-        ["lstm", "nativelstm", "nativelstm2", "standardlstm", "basiclstm", "lstmblock", "lstmblockfused", "cudnnlstm"],
+        ["lstm", "nativelstm", "nativelstm2", "nativelstmlowmem", "standardlstm", "basiclstm", "lstmblock",
+         "lstmblockfused", "cudnnlstm"],
         nn.LSTM,
     ),
     **dict.fromkeys(["gru", "grublock", "cudnngru"], nn.GRU),
@@ -347,7 +358,9 @@ class Rec(Layer):
     more than RETURNN's NativeLstm (one bias vector); GRU likewise has two bias vectors.
     """
 
-    extra_keys = frozenset({"unit", "direction", "unit_opts", "dropout"})
+    # unroll, max_seq_len: how TF builds the loop (a static unroll up to max_seq_len frames);
+    # the function is the same, so they only keep RETURNN's limit (see forward).
+    extra_keys = frozenset({"unit", "direction", "unit_opts", "unroll", "max_seq_len"}) | DROPOUT_KEYS
     accepts_sparse = True
     own_n_out = True
 
@@ -363,6 +376,7 @@ class Rec(Layer):
         if direction not in (1, -1, None):
             raise layer_error(name, f"'direction' must be 1 (forward) or -1 (backward), got {direction!r}")
         self.backward_direction = direction == -1
+        self.unroll_limit = _unroll_limit(name, opts)
         rnn_cls = RNN_UNITS[key]
         unit_opts = opts.get("unit_opts") or {}
         supported = {"forget_bias"} if rnn_cls is nn.LSTM else set()
@@ -385,6 +399,11 @@ class Rec(Layer):
 
     def forward(self, sources):
         x, lens = self.one_hot_input(sources)
+        if self.unroll_limit is not None and x.shape[1] and int(lens.max()) > self.unroll_limit:
+            raise DataError(
+                f"network layer {self.layer_name!r}: 'unroll' with 'max_seq_len' {self.unroll_limit} got a seq of "
+                f"{int(lens.max())} frames; RETURNN requires max_seq_len >= seq len there too: raise max_seq_len"
+            )
         if self.backward_direction:
             # Reversing within each length puts the real frames first, so they never see padding.
             x = reverse_padded(x, lens)
@@ -394,10 +413,21 @@ class Rec(Layer):
         return LayerOutput(_mask_padding(y, lens), lens)
 
 
+def _unroll_limit(name: str, opts: dict) -> int | None:
+    """``max_seq_len`` when ``unroll`` is on (RETURNN then fails on longer seqs), else None."""
+    unroll = _check_bool(name, "unroll", opts.get("unroll", False))
+    limit = opts.get("max_seq_len")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise layer_error(name, f"'max_seq_len' must be a positive int here (no expression strings), got {limit!r}")
+    if unroll and limit is None:
+        raise layer_error(name, "'unroll' needs 'max_seq_len' (as in RETURNN)")
+    return limit if unroll else None
+
+
 class Copy(Layer):
     """``copy`` / ``dropout``: the (concatenated) input as is (``dropout`` only in training)."""
 
-    extra_keys = frozenset({"dropout"})
+    extra_keys = DROPOUT_KEYS
     accepts_sparse = True
 
     def __init__(self, name, opts, sources, n_out):
@@ -411,7 +441,7 @@ class Copy(Layer):
 class Activation(Layer):
     """``activation``: an element-wise function of the (concatenated) input."""
 
-    extra_keys = frozenset({"activation", "dropout"})
+    extra_keys = frozenset({"activation"}) | DROPOUT_KEYS
 
     def __init__(self, name, opts, sources, n_out):
         super().__init__(name, opts, sources, n_out)
@@ -473,7 +503,7 @@ class Conv(Layer):
     the padded batch length; ours does not, so a seq gives the same outputs in any batch.
     """
 
-    extra_keys = frozenset({"filter_size", "padding", "strides", "dilation_rate", "activation", "with_bias", "dropout"})
+    extra_keys = frozenset({"filter_size", "padding", "strides", "dilation_rate", "activation", "with_bias"}) | DROPOUT_KEYS
     accepts_sparse = True
     own_n_out = True
 

@@ -21,11 +21,14 @@ from torch import nn
 from returnn_ray.data.base import DataSpec
 from returnn_ray.errors import ConfigError, DataError
 from returnn_ray.model.layers import LAYER_CLASSES, Layer, LayerOutput, OutSpec, did_you_mean, layer_error
+from returnn_ray.model.time_layers import TIME_LAYER_CLASSES
 from returnn_ray.model.losses import LossValue, ce_sums, ctc_sums, mse_sums, seq_mask
 
 __all__ = ["LossSpec", "Network", "build_network"]
 
 OUTPUT_LAYER = "output"
+CLASSES: dict[str, type[Layer]] = {**LAYER_CLASSES, **TIME_LAYER_CLASSES}
+"""Every layer class a network dict may name."""
 
 # Keys every layer class takes.
 _COMMON_KEYS = frozenset(
@@ -39,7 +42,10 @@ _IGNORED_TF_KEYS = frozenset(
         "loss_only_on_non_search",  # network dicts here are never run inside a TF search
     }
 )
-_LOSS_OPTS = {"ce": frozenset({"label_smoothing"}), "ctc": frozenset({"output_in_log_space"}), "mse": frozenset()}
+# use_fused: TF's fused softmax + cross-entropy kernel; the same maths (our ce always uses the logits).
+_LOSS_OPTS = {
+    "ce": frozenset({"label_smoothing", "use_fused"}), "ctc": frozenset({"output_in_log_space"}), "mse": frozenset()
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +154,8 @@ def _loss_spec(name: str, opts: dict, extern_data: Mapping[str, DataSpec]) -> Lo
     ls = loss_opts.get("label_smoothing", 0.0)
     if isinstance(ls, bool) or not isinstance(ls, (int, float)) or not 0.0 <= ls < 1.0:
         raise layer_error(name, f"loss_opts label_smoothing must be a number in [0, 1), got {ls!r}")
+    if not isinstance(loss_opts.get("use_fused", True), bool):
+        raise layer_error(name, f"loss_opts use_fused must be True or False, got {loss_opts['use_fused']!r}")
     log_space = loss_opts.get("output_in_log_space", False)
     if not isinstance(log_space, bool):
         raise layer_error(name, f"loss_opts output_in_log_space must be True or False, got {log_space!r}")
@@ -166,10 +174,10 @@ def _layer_class(name: str, opts) -> type[Layer]:
     cls = opts.get("class")
     if cls is None:
         raise layer_error(name, "has no 'class'")
-    if cls not in LAYER_CLASSES:
-        hint = did_you_mean(cls, LAYER_CLASSES)
-        raise layer_error(name, f"unknown class {cls!r}{hint}; supported: {', '.join(LAYER_CLASSES)}")
-    layer_cls = LAYER_CLASSES[cls]
+    if cls not in CLASSES:
+        hint = did_you_mean(cls, CLASSES)
+        raise layer_error(name, f"unknown class {cls!r}{hint}; supported: {', '.join(CLASSES)}")
+    layer_cls = CLASSES[cls]
     allowed = _COMMON_KEYS | _IGNORED_TF_KEYS | layer_cls.extra_keys
     for key in opts:
         if key not in allowed:
@@ -203,6 +211,17 @@ def _l2_and_flags(name: str, opts: dict) -> float:
     return float(l2_scale)
 
 
+def _add_links(network: Mapping[str, dict], classes: Mapping[str, type[Layer]], sources: dict[str, list[str]]):
+    """Appends to ``sources`` what each layer reads besides ``from`` (``time_unchunking``: the
+    chunking layer's input); returns the options each layer takes from those links."""
+    own_sources = dict(sources)
+    link_opts: dict[str, dict] = {}
+    for name, opts in network.items():
+        linked, link_opts[name] = classes[name].links(name, opts, network, own_sources)
+        sources[name] = sources[name] + linked
+    return link_opts
+
+
 def build_network(network: Mapping[str, dict], extern_data: Mapping[str, DataSpec]) -> Network:
     """Check the network dict against ``extern_data`` and build it as a :class:`Network`.
 
@@ -213,7 +232,7 @@ def build_network(network: Mapping[str, dict], extern_data: Mapping[str, DataSpe
     >>> build_network({"output": {"class": "softmx", "loss": "ce"}}, specs)
     Traceback (most recent call last):
     ...
-    returnn_ray.errors.ConfigError: network layer 'output': unknown class 'softmx' (did you mean 'softmax'?); supported: linear, hidden, forward, softmax, rec, copy, dropout, activation, combine, conv
+    returnn_ray.errors.ConfigError: network layer 'output': unknown class 'softmx' (did you mean 'softmax'?); supported: linear, hidden, forward, softmax, rec, copy, dropout, activation, combine, conv, pool, time_chunking, time_unchunking
     """
     if not isinstance(network, Mapping) or not network:
         raise ConfigError(f"config key 'network' must be a non-empty dict of layer name -> layer dict, got {network!r}")
@@ -225,6 +244,7 @@ def build_network(network: Mapping[str, dict], extern_data: Mapping[str, DataSpe
                           f"name the final layer 'output' (layers: {', '.join(network)})")
     classes = {name: _layer_class(name, opts) for name, opts in network.items()}
     sources = {name: _sources(name, opts, network, extern_data) for name, opts in network.items()}
+    link_opts = _add_links(network, classes, sources)
     order = _topological_order(sources)
 
     specs: dict[str, OutSpec] = {
@@ -245,7 +265,7 @@ def build_network(network: Mapping[str, dict], extern_data: Mapping[str, DataSpe
             if n_out is None and classes[name].own_n_out:
                 n_out = want
         params += _check_size(name, classes[name], opts, sum(specs[s].dim for s in sources[name]), n_out, params)
-        module = _make_layer(classes[name], name, opts, [specs[s] for s in sources[name]], n_out)
+        module = _make_layer(classes[name], name, {**opts, **link_opts[name]}, [specs[s] for s in sources[name]], n_out)
         out = module.out
         if loss is not None:
             if out.sparse:
