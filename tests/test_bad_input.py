@@ -244,7 +244,7 @@ TABLE = [
     row(["bad.json", "++chunking", "10:5", "++chunking_variance", "0.3"], ("chunking_variance", "0.3"),
         id="chunking-variance-with-network"),
     row(["bad.json", "-x", "tran"], ("task", "'tran'"), id="unknown-task"),
-    row(["bad.json", "++maximize_grad_norm", "1e-6"], ("maximize_grad_norm", "not supported", "++maximize_grad_norm 0"),
+    row(["bad.json", "++maximize_grad_norm", "1e-6"], ("maximize_grad_norm", "not supported", "set it to 0"),
         id="maximize-grad-norm-refused"),
     row(["bad.json", "++device", "tpu"], ("device", "'tpu'"), id="unknown-device"),
     row(["bad.json", "++device", "gpu"], ("device", "gpu", "no GPU"), id="device-gpu-without-gpu"),

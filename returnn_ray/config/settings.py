@@ -415,19 +415,11 @@ IGNORED_KEYS: dict[str, str] = {
     "description": "RETURNN's free-text -d option",
 }
 
-#: RETURNN keys that change the maths and are not implemented: set to anything but 0/None/False,
-#: one is a ConfigError (training without it would train a different model).
-REFUSED_KEYS: dict[str, str] = {
-    "maximize_grad_norm": "RETURNN's TF updater adds the gradient of -factor * (global gradient norm), "
-    "a second-order term",
-}
-
 #: Every key a settings class reads (aliases included) and every ignored key.
 KNOWN_KEYS: frozenset[str] = frozenset(
     [f.name for cls in SETTINGS_CLASSES for f in dataclasses.fields(cls)]
     + [a for cls in SETTINGS_CLASSES for f in dataclasses.fields(cls) for a in f.metadata.get("aliases", ())]
     + list(IGNORED_KEYS)
-    + list(REFUSED_KEYS)
 )
 
 
@@ -442,12 +434,6 @@ def load_settings(config: Config) -> Settings:
     ...
     returnn_ray.errors.ConfigError: max_seqs must be > 0 (or -1: no limit), got 0
     """
-    for key, what in REFUSED_KEYS.items():
-        if config.has(key) and config.raw(key) not in (None, 0, False, "0", ["0"], "", [""]):
-            raise ConfigError(
-                f"config key {key!r} is not supported ({what}); returnn-ray would train a different model: "
-                f"remove it or set it to 0 (e.g. ++{key} 0)"
-            )
     check_returnn_keys(config, known=KNOWN_KEYS)
     return Settings(
         run=_read_class(RunSettings, config),

@@ -50,7 +50,7 @@ def test_network_dict_demo_trains_one_epoch(tmp_path, name, extra):
 
 def test_maxgradnorm_demo_refuses_maximize_grad_norm_in_one_line():
     config = load_config([str(demo("demo-tf-maxgradnorm-lstm.12ax.config"))])
-    with pytest.raises(ConfigError, match="config key 'maximize_grad_norm' is not supported .*set it to 0"):
+    with pytest.raises(ConfigError, match="config key 'maximize_grad_norm' is not supported: .*set it to 0"):
         load_settings(config)
 
 
