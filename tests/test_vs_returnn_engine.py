@@ -76,6 +76,9 @@ def train_step(*, model, extern_data, **_kwargs):
     rf.get_run_ctx().mark_as_loss(name="ce", loss=ce)
     rf.get_run_ctx().mark_as_loss(name="ce_norm", loss=ce, scale=0.5, use_normalized_loss=True)
     rf.get_run_ctx().mark_as_loss(name="fer", loss=packed.argmax(-1) != targets, as_error=True)
+    # 1 in training, 0 when RETURNN scores dev (its run ctx's train_flag is False there)
+    flag = torch.full_like(ce, float(rf.get_run_ctx().train_flag))
+    rf.get_run_ctx().mark_as_loss(name="train_flag", loss=flag, as_error=True)
 '''
 
 RF_MODEL = '''
@@ -153,4 +156,6 @@ def test_returnn_ray_trains_like_returnns_torch_engine(tmp_path, model):
         assert sorted(scores_ours) == sorted(scores_theirs), epoch
         for key, value in scores_theirs.items():
             assert scores_ours[key] == pytest.approx(value, rel=1e-4), (epoch, key, scores_ours, scores_theirs)
+        if "dev_loss_train_flag" in scores_theirs:
+            assert scores_theirs["train_loss_train_flag"] == 1.0 and scores_theirs["dev_loss_train_flag"] == 0.0
     assert len({lr for lr, _ in theirs.values()}) > 1  # newbob changed the rate: the files show it
