@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import traceback
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -35,7 +36,7 @@ from returnn.torch.data.extern_data import extern_data_template_from_config_opts
 from returnn.torch.frontend.bridge import rf_module_to_pt_module
 from returnn.util.basic import BackendEngine, get_fwd_compat_kwargs
 
-from returnn_ray.config import get_global_config
+from returnn_ray.config import USER_CONFIG_MODULE, get_global_config
 from returnn_ray.data.base import DataSpec
 from returnn_ray.data.ray_data import Batch
 from returnn_ray.errors import ConfigError, UserError
@@ -80,9 +81,30 @@ def call_user(func: Callable, **kwargs: Any) -> Any:
     """
     params = inspect.signature(func).parameters.values()
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return func(**kwargs, **get_fwd_compat_kwargs())
-    names = {p.name for p in params}
-    return func(**{k: v for k, v in kwargs.items() if k in names})
+        kwargs = {**kwargs, **get_fwd_compat_kwargs()}
+    else:
+        names = {p.name for p in params}
+        kwargs = {k: v for k, v in kwargs.items() if k in names}
+    try:
+        return func(**kwargs)
+    except UserError:
+        raise
+    except Exception as exc:
+        where = _config_frame(exc)
+        if where is None:
+            raise
+        # One line naming the config's own frame, instead of pages of Ray and RETURNN traceback.
+        raise UserError(f"{getattr(func, '__name__', 'config function')} failed at {where}: "
+                        f"{type(exc).__name__}: {exc}; fix the config") from exc
+
+
+def _config_frame(exc: BaseException) -> str | None:
+    """``file:line (in function)`` of the innermost traceback frame in the config's own code, if any."""
+    found = None
+    for frame, line in traceback.walk_tb(exc.__traceback__):
+        if frame.f_globals.get("__name__") == USER_CONFIG_MODULE:
+            found = f"{frame.f_code.co_filename}:{line} (in {frame.f_code.co_name})"
+    return found
 
 
 def build_model(get_model: Callable, *, epoch: int, step: int, device: str = "cpu") -> torch.nn.Module:
