@@ -1,8 +1,8 @@
 """returnn_ray: run RETURNN experiment configs on Ray.
 
-The public surface, for config authors and scripts, is what :data:`__all__` lists, plus the
-RETURNN-compatible modules torch-style configs import instead of ``returnn``'s:
-``returnn_ray.frontend`` (as ``rf``), ``returnn_ray.tensor`` and ``returnn_ray.util.basic``,
+The public surface, for config authors and scripts, is what :data:`__all__` lists, plus old
+import paths of configs (``returnn_ray.frontend`` and ``returnn_ray.tensor`` are RETURNN's
+``returnn.frontend`` / ``returnn.tensor``; configs should import those), ``returnn_ray.util.basic``,
 and for experiment scripts such as ``experiments/asr.py``: ``returnn_ray.experiment.stages`` (returnn-ray
 commands as timed stages), ``returnn_ray.experiment.warm_start`` and ``returnn_ray.cluster.head`` (a private
 Ray head). Every other module is internal. Importing the package is cheap (no torch, no Ray).

@@ -4,8 +4,8 @@ Both ways RETURNN users write models are served:
 - a ``network`` dict: forward writes the ``output`` layer (softmax probabilities for a softmax
   layer, as RETURNN's TF backend dumps them); search runs CTC beam search on an ``output``
   layer with a ``ctc`` loss (blank = the last label, or ``ctc_blank_index``);
-- plain PyTorch: ``forward_step(*, model, extern_data, **kwargs)`` marks outputs on the run
-  context (``mark_as_default_output`` is ``output``); ``search_step(*, model, extern_data,
+- RETURNN's torch engine style (:mod:`returnn_ray.model.torch_engine`): ``forward_step(*, model,
+  extern_data, **kwargs)`` marks outputs on RETURNN's run context (``mark_as_default_output`` is ``output``); ``search_step(*, model, extern_data,
   beam_size, **kwargs)`` returns, per seq, ``[(score, labels), ...]`` best first.
 """
 
@@ -20,6 +20,7 @@ from returnn_ray.config import Settings
 from returnn_ray.data.base import DataSpec
 from returnn_ray.data.ray_data import Batch
 from returnn_ray.errors import ConfigError, UserError
+from returnn_ray.model import torch_engine
 
 Outputs = dict[str, tuple[np.ndarray, np.ndarray]]
 """Output name -> (padded values ``[B, T, ...]``, seq lengths ``[B]``)."""
@@ -45,10 +46,7 @@ def build_model(settings: Settings, specs: Mapping[str, DataSpec], *, epoch: int
         from returnn_ray.model import build_network
 
         return build_network(settings.training.network, dict(specs))
-    model = settings.training.get_model(epoch=epoch, step=step)
-    if not isinstance(model, torch.nn.Module):
-        raise ConfigError(f"get_model must return a torch.nn.Module, got {type(model).__name__}")
-    return model
+    return torch_engine.build_model(settings.training.get_model, epoch=epoch, step=step)
 
 
 def check_ctc_output(settings: Settings, model: torch.nn.Module) -> None:
@@ -68,13 +66,15 @@ def forward_outputs(settings: Settings, specs: Mapping[str, DataSpec], model, ba
     if settings.training.network is not None:
         out = model(batch.data, batch.lens)[model.output_layer_name]
         return {"output": (out.value.detach().cpu().numpy(), out.lens.cpu().numpy().astype(np.int32))}
-    from returnn_ray import frontend
-    from returnn_ray.tensor import extern_data_from_batch
-
-    with frontend.run_ctx_scope("forward_step", epoch=epoch, expected_outputs=settings.forward.model_outputs) as ctx:
-        settings.training.forward_step(model=model, extern_data=extern_data_from_batch(batch, specs), epoch=epoch)
-        ctx.check_outputs_complete()
-        marked = dict(ctx.outputs.data)
+    data = torch_engine.extern_data(
+        torch_engine.extern_data_template(settings.data.extern_data, specs), batch, with_eval_targets=False
+    )
+    expected = torch_engine.expected_outputs(settings.forward.model_outputs)
+    with torch.no_grad():
+        outputs = torch_engine.run_forward_step(
+            settings.training.forward_step, model, data, epoch=epoch, step=0, expected_outputs=expected
+        )
+    marked = dict(outputs.data)
     if not marked:
         raise UserError("forward_step marked no output: call rf.get_run_ctx().mark_as_default_output(tensor)")
     return {name: _per_seq_axis(name, tensor, batch.num_seqs) for name, tensor in marked.items()}
@@ -102,10 +102,12 @@ def search_beams(
 ) -> list[Beam]:
     """Per seq of the batch, its hypotheses best first (at most ``beam_size``)."""
     if settings.training.network is None:
-        from returnn_ray.tensor import extern_data_from_batch
-
-        result = settings.training.search_step(
-            model=model, extern_data=extern_data_from_batch(batch, specs), beam_size=beam_size, epoch=epoch
+        data = torch_engine.extern_data(
+            torch_engine.extern_data_template(settings.data.extern_data, specs), batch, with_eval_targets=False
+        )
+        result = torch_engine.call_user(
+            settings.training.search_step, model=torch_engine.orig_model(model), extern_data=data,
+            beam_size=beam_size, epoch=epoch,
         )
         return _checked_beams(result, batch.num_seqs)
     from returnn_ray.search import ctc_beam_search

@@ -180,7 +180,7 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
     if ctx.world_size > 1:
         # broadcast_buffers=False: no per-forward collective, so eval passes with uneven step
         # counts cannot hang; network dicts have no buffers to keep in sync.
-        train_model = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+        train_model = torch.nn.parallel.DistributedDataParallel(spec.ddp_module(model), broadcast_buffers=False)
 
     tb = _tensorboard_log(settings) if ctx.is_chief else None
     if start_epoch > num_epochs:
@@ -495,7 +495,7 @@ def eval_epoch(settings, ctx, spec: ModelSpec, model, dataset: Dataset, name: st
             dataset, plan.for_rank(ctx.rank), list(dataset.specs), in_process=ctx.local, concurrency=ctx.read_concurrency
         ):
             if batch.num_seqs:
-                acc.add(spec.step(model, _to_device(batch, ctx.device), epoch=epoch, step=step))
+                acc.add(spec.step(model, _to_device(batch, ctx.device), epoch=epoch, step=step, train_flag=False))
         names = _loss_names(spec, model, padding, epoch, step, acc)
     model.train()
     return acc.reduce(sorted(names))

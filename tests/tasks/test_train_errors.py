@@ -67,3 +67,40 @@ def test_training_without_a_model_says_that_nothing_is_saved(tmp_path, monkeypat
     warnings = [line for line in proc.stderr.splitlines() if "`model` is not set" in line]
     assert len(warnings) == 1 and "saves no checkpoint" in warnings[0], proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.json"]
+
+
+BUGGY_TRAIN_STEP = '''#!returnn.py
+import torch
+
+task = "train"
+train = {"class": "Task12AXDataset", "num_seqs": 20}
+extern_data = {"data": {"dim": 9}, "classes": {"dim": 2, "sparse": True}}
+batch_size = 2000
+optimizer = {"class": "adam"}
+learning_rate = 0.01
+num_epochs = 1
+
+
+def get_model(**_kwargs):
+    return torch.nn.Linear(9, 2)
+
+
+def train_step(*, model, extern_data, **_kwargs):
+    logits = model(extern_data["data"].raw_tensor)
+    raise ValueError(f"my bug, dim {tuple(logits.shape)[-1]}")
+'''
+
+
+def test_a_bug_in_train_step_is_one_line_with_the_configs_frame(tmp_path):
+    path = tmp_path / "bug.config"
+    path.write_text(BUGGY_TRAIN_STEP)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "returnn_ray", str(path), "++model", str(tmp_path / "m" / "model")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("returnn-ray: error:")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    line = BUGGY_TRAIN_STEP.splitlines().index('    raise ValueError(f"my bug, dim {tuple(logits.shape)[-1]}")') + 1
+    assert f"{path}:{line} (in train_step)" in lines[0] and "ValueError: my bug, dim 2" in lines[0], lines[0]
