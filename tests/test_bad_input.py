@@ -176,6 +176,17 @@ def checkpoint(path: str) -> None:
     torch.save({"model": {}, "epoch": 1, "step": 0}, path)
 
 
+def torch_file(state: dict) -> Callable[[str], None]:
+    """Writes ``state`` with torch.save (a checkpoint for preload_from_files rows)."""
+
+    def write(path: str) -> None:
+        import torch
+
+        torch.save(state, path)
+
+    return write
+
+
 def hdf_without_data(path: str) -> None:
     """Index datasets only: seqTags and seqLengths, neither ``inputs`` nor ``targets``."""
     with h5py.File(path, "w") as f:
@@ -411,6 +422,15 @@ TABLE = [
          "tags.pkl": pickle_that_runs_code}, id="seq-list-pickle-with-code"),
     row(["static.config"], ("StaticDataset", "seq 1", "'data'", "nan"),
         {"static.config": STATIC_NAN_CONFIG}, id="static-dataset-nan-in-features"),
+    # ---- weights from other files (import_model_train_epoch1, preload_from_files)
+    row(["bad.json"], ("nope.pt", "import_model_train_epoch1"),
+        {"bad.json": changed(BASE, import_model_train_epoch1="{tmp}/nope.pt")}, id="import-model-missing"),
+    row(["bad.json"], ("preload_from_files['lm']", "lm.pt", "does not exist"),
+        {"bad.json": changed(BASE, preload_from_files={"lm": {"filename": "{tmp}/lm.pt", "init_for_train": True}})},
+        id="preload-file-missing"),
+    row(["bad.json"], ("preload_from_files['lm']", "lm.pt", "none of the model's parameters"),
+        {"bad.json": changed(BASE, preload_from_files={"lm": {"filename": "{tmp}/lm.pt", "init_for_train": True}}),
+         "lm.pt": torch_file({"model": {"lm.weight": [0.0]}})}, id="preload-file-other-model"),
     # ---- forward, search, eval
     row(["bad.json", "++load", "{tmp}/nope.pt"], ("nope.pt", "load"), {"bad.json": FORWARD_BASE},
         id="forward-load-missing"),

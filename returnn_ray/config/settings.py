@@ -90,6 +90,22 @@ class RunSettings(_Checked):
     device: Device | None = setting(None, "cpu or gpu (also cuda); unset: gpu when available.", read="str")
     model: str | None = setting(None, "Checkpoint path prefix: epoch e is `<model>.%03d.pt`.", read="str")
     load: str | None = setting(None, "A checkpoint file to load instead of `<model>.<epoch>.pt` (-L).", read="str")
+    import_model_train_epoch1: str | None = setting(
+        None, "A checkpoint (.pt) whose weights a training that starts from scratch starts from (epoch 1; the global"
+        " train step continues from the file's); ignored when resuming.", read="str",
+    )
+    preload_from_files: dict | None = setting(
+        None, "{name: {'filename': ..., 'prefix', 'init_for_train', 'ignore_missing', ...}}: weights from other files,"
+        " as RETURNN's torch engine loads them (README: Weights from other files).",
+    )
+    load_ignore_missing_vars: bool = setting(
+        False, "Read by RETURNN's TF engine only; its torch engine (and returnn-ray) require every parameter.",
+        read="bool",
+    )
+    torch_log_memory_usage: bool = setting(
+        False, "Log the GPU memory use (allocated/reserved, current/peak) at each train epoch's start and end, as"
+        " RETURNN does; nothing on CPU.", read="bool",
+    )
     num_epochs: int = setting(5, "Number of (sub)epochs to train.", read="int")
     load_epoch: int | None = setting(
         None, "Epoch whose checkpoint forward/search/eval use (-e); default: the newest.",
@@ -410,7 +426,6 @@ IGNORED_KEYS: dict[str, str] = {
     "torch_distributed": "DDP is set up by Ray Train (ray_num_workers)",
     "use_horovod": "DDP is set up by Ray Train (ray_num_workers)",
     "torch_dataloader_opts": "data loading is done by Ray",
-    "torch_log_memory_usage": "not supported",
     "watch_memory": "not supported",
     "description": "RETURNN's free-text -d option",
 }

@@ -46,6 +46,7 @@ from returnn_ray.inference.files import batch_digest, changed_file, check_output
 from returnn_ray.inference.parts import DATA_FILES, PartStore, plan_digest, tags_digest
 from returnn_ray.training import checkpoints
 from returnn_ray.training.log import hms
+from returnn_ray.training.preload import check_preload_files, load_weights
 
 MAX_BLOCKS = 4096
 """At most this many Ray Data blocks (tasks); a block of more batches runs them one after another."""
@@ -74,6 +75,7 @@ def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
     order = dataset.seq_order_for_epoch(1)
     check_every_seq_kept(dataset, order, options, task=task)
     check_inference_model(settings, search=search)
+    check_preload_files(settings, training=False)
     specs = data_specs(settings, dataset)
     which = checkpoints.checkpoint_to_load(settings.run.model, settings.run.load_epoch, load=settings.run.load)
     epoch = which.epoch or 1
@@ -145,7 +147,7 @@ def _checked_state(settings: Settings, specs, path: str, *, epoch: int, search: 
     state = checkpoints.load_checkpoint_file(path)
     model = build_model(settings, specs, epoch=epoch, step=int(state.get("step", 0)))
     try:
-        model.load_state_dict(state["model"])
+        load_weights(settings, model, state, checkpoint_path=path, training=False)  # + preload_from_files, as RETURNN
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise UserError(f"checkpoint {path!r} does not fit the config's model: {first}") from exc
@@ -249,7 +251,7 @@ class InferenceActor:
         self.device = torch.device("cuda" if job["use_gpu"] and torch.cuda.is_available() else "cpu")
         self.epoch, self.search = job["epoch"], job["search"]
         self.model = build_model(self.settings, self.specs, epoch=self.epoch, step=int(state.get("step", 0)))
-        self.model.load_state_dict(state["model"])
+        load_weights(self.settings, self.model, state, training=False)
         self.model.to(self.device).eval()
         self.reference = reference_key(self.settings, self.model, self.dataset) if self.search else None
         self.node = ray.get_runtime_context().get_node_id()

@@ -12,10 +12,12 @@ from typing import Any, Callable
 from returnn_ray.config import Settings
 from returnn_ray.data.from_settings import check_datasets_for_training, data_specs, eval_dataset_names, open_dataset
 from returnn_ray.errors import ConfigError
+from returnn_ray.training import checkpoints
 from returnn_ray.training.dynamic_lr import check_dynamic_learning_rate
 from returnn_ray.training.lr_control import check_lr_control
 from returnn_ray.training.optim import check_optimizer
-from returnn_ray.training.steps import model_spec
+from returnn_ray.training.preload import check_preload_files, load_weights
+from returnn_ray.training.steps import ModelSpec, model_spec
 from returnn_ray.training.tensorboard import check_tensorboard
 
 logger = logging.getLogger(__name__)
@@ -30,7 +32,8 @@ def check_trainable(settings: Settings, opener: Callable[[Settings, str], Any] =
     train = opener(settings, "train")
     datasets = {"train": train, **{name: opener(settings, name) for name in eval_dataset_names(settings)}}
     check_datasets_for_training(settings, datasets)
-    model_spec(settings, data_specs(settings, train))
+    spec = model_spec(settings, data_specs(settings, train))
+    check_initial_weights(settings, spec)
     check_training_settings(settings)
     if settings.training.use_tensorboard:
         check_tensorboard(settings.training.tensorboard_opts or {})
@@ -53,3 +56,16 @@ def check_training_settings(settings: Settings) -> None:
         )
     check_dynamic_learning_rate(t.dynamic_learning_rate)
     check_lr_control(t.learning_rate_control, t.lr_control_options(), t.learning_rate_file)
+
+
+def check_initial_weights(settings: Settings, spec: ModelSpec) -> None:
+    """``import_model_train_epoch1`` / ``preload_from_files``: files named and used by this start exist; on a
+    fresh start they are loaded into a model built here on the CPU, so that a missing parameter or a
+    shape mismatch is one line before Ray starts (a resumed training loads them in the workers)."""
+    run = settings.run
+    if not (run.import_model_train_epoch1 or run.preload_from_files):
+        return
+    fresh = not (run.model and checkpoints.newest_complete_epoch(run.model))
+    check_preload_files(settings, training=True, fresh_start=fresh)
+    if fresh:
+        load_weights(settings, spec.build(1, 0), None, training=True)

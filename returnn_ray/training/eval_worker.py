@@ -14,6 +14,7 @@ from returnn_ray.atomic import atomic_write
 from returnn_ray.data.from_settings import data_specs, open_dataset
 from returnn_ray.training import checkpoints
 from returnn_ray.training.log import format_scores
+from returnn_ray.training.preload import load_weights
 from returnn_ray.training.scores import score_keys
 from returnn_ray.training.steps import model_spec
 from returnn_ray.training.worker import eval_epoch, start_worker
@@ -28,7 +29,7 @@ def eval_loop_per_worker(job: Mapping[str, Any]) -> dict:
     which = checkpoints.checkpoint_to_load(settings.run.model, settings.run.load_epoch, load=settings.run.load)
     state = checkpoints.load_checkpoint_file(which.path)
     model = spec.build(which.epoch, int(state.get("step", 0)))
-    model.load_state_dict(state["model"])
+    load_weights(settings, model, state, checkpoint_path=which.path, training=False, log=log.line)
     model.to(ctx.device)
     log.line(f"Evaluating {which.path} (epoch {which.epoch})")
     results: dict[str, dict[str, float]] = {}

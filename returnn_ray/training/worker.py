@@ -41,7 +41,9 @@ from returnn_ray.training import checkpoints
 from returnn_ray.training.dynamic_lr import StepLearningRate
 from returnn_ray.training.log import WorkerLog, format_scores, hms
 from returnn_ray.training.lr_control import make_lr_control
+from returnn_ray.training.memory import log_memory_usage
 from returnn_ray.training.optim import amp_context, apply_update, build_optimizer, make_grad_scaler, set_learning_rate, should_step
+from returnn_ray.training.preload import load_weights
 from returnn_ray.training.scores import ScoreAccumulator, objective, score_keys
 from returnn_ray.training.steps import ModelSpec, dummy_batch, model_spec
 from returnn_ray.training.tensorboard import TensorBoardLog, tensorboard_dir
@@ -146,8 +148,11 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
     # The first epoch's batches start coming (Ray Data's read tasks start) while the model is built.
     first = _epoch_batches(settings, ctx, train, start_epoch, mid, started=True) if start_epoch <= num_epochs else None
     model = spec.build(1, 0)
-    if state is not None:
-        model.load_state_dict(state["model"])
+    imported_step = load_weights(  # import_model_train_epoch1 / preload_from_files on a fresh start; resume: as RETURNN
+        settings, model, state, training=True, log=log.line,
+        checkpoint_path=checkpoints.checkpoint_path(model_prefix, newest) if state is not None else None,
+    )
+    step = step if imported_step is None else imported_step
     if mid is not None:
         model.load_state_dict(mid["model"])
         step = int(mid["step"])
@@ -198,12 +203,14 @@ def train_loop_per_worker(job: Mapping[str, Any]) -> dict:
         log.line(f"start epoch {epoch} global train step {step} with effective learning rate {lr} ...")
         start = time.monotonic()
         batches = first if epoch == start_epoch else _epoch_batches(settings, ctx, train, epoch, None)
+        log_memory_usage(settings.run.torch_log_memory_usage, ctx.device, log.line, epoch_start=True)
         train_scores, step = _train_epoch(
             settings, ctx, spec, train_model, optimizer, grad_scaler, train, specs, batches, step, log,
             job.get("process_start") if epoch == start_epoch else None, tb,
             seed=job.get("seed", 42), mid=mid if epoch == start_epoch else None, lr=lr,
         )
         train_secs = time.monotonic() - start
+        log_memory_usage(settings.run.torch_log_memory_usage, ctx.device, log.line, epoch_start=False)
         scores = score_keys("train", train_scores)
         _check_finite(scores, epoch)
         log.line(f"Epoch {epoch}: Total train loss: {format_scores(train_scores)}  ({hms(train_secs)})")
