@@ -1,4 +1,4 @@
-"""RETURNN config keys that returnn-ray does not implement and that would change the training: refused in one line.
+"""RETURNN config keys returnn-ray does not implement: the ones accepted without effect (IGNORED_KEYS), and the ones that would change the training, refused in one line.
 
 Keys nothing reads are only warned about (:func:`returnn_ray.config.settings.warn_unread_keys`),
 and functions not at all, since a Python config is full of helper functions. But a function
@@ -19,7 +19,33 @@ from typing import AbstractSet
 from returnn_ray.config.files import Config
 from returnn_ray.errors import ConfigError
 
-__all__ = ["RETURNN_CALLABLE_KEYS", "UNIMPLEMENTED_UPDATER_KEYS", "check_returnn_keys"]
+__all__ = ["IGNORED_KEYS", "RETURNN_CALLABLE_KEYS", "UNIMPLEMENTED_UPDATER_KEYS", "check_returnn_keys"]
+
+#: RETURNN keys returnn-ray accepts without effect, with the reason (no "unused key" warning).
+IGNORED_KEYS: dict[str, str] = {
+    "use_tensorflow": "there is no TensorFlow here; a `network` dict is rebuilt in PyTorch",
+    "backend": "always PyTorch; a `network` dict is rebuilt in PyTorch",
+    "behavior_version": "RETURNN's behaviour switches do not apply",
+    "tf_log_memory_usage": "TensorFlow only",
+    "tf_session_opts": "TensorFlow only",
+    "debug_print_layer_output_template": "TensorFlow layers only",
+    "debug_add_check_numerics_ops": "TensorFlow only",
+    "debug_add_check_numerics_on_output": "TensorFlow only",
+    "log_batch_size": "step lines (log_verbosity 5) always show the step time",
+    "log_format": "one log format",
+    "cache_size": "datasets are read lazily",
+    "multiprocessing": "data loading is done by Ray",
+    "update_on_device": "always",
+    "truncation": "no truncated BPTT",
+    "window": "no input windowing",
+    "stop_on_nonfinite_train_score": "not supported yet",
+    "start_epoch": "training resumes from the newest complete checkpoint",
+    "torch_distributed": "DDP is set up by Ray Train (ray_num_workers)",
+    "use_horovod": "DDP is set up by Ray Train (ray_num_workers)",
+    "torch_dataloader_opts": "data loading is done by Ray",
+    "watch_memory": "not supported",
+    "description": "RETURNN's free-text -d option",
+}
 
 RETURNN_CALLABLE_KEYS: dict[str, str] = {
     "epoch_start": "at each epoch's start",

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Union
 
 from returnn_ray.config.files import Config
-from returnn_ray.config.returnn_keys import check_returnn_keys
+from returnn_ray.config.returnn_keys import IGNORED_KEYS, check_returnn_keys
 from returnn_ray.errors import ConfigError
 from returnn_ray.config.validators import (
     LR_CONTROL_CONFIG_KEYS,
@@ -403,32 +403,6 @@ _LR_CONTROL_FIELDS: tuple[str, ...] = tuple(
 SETTINGS_CLASSES: tuple[type, ...] = (
     RunSettings, DataSettings, BatchingSettings, TrainingSettings, ForwardSettings, SweepSettings
 )
-
-#: RETURNN keys returnn-ray accepts without effect, with the reason (no "unused key" warning).
-IGNORED_KEYS: dict[str, str] = {
-    "use_tensorflow": "there is no TensorFlow here; a `network` dict is rebuilt in PyTorch",
-    "backend": "always PyTorch; a `network` dict is rebuilt in PyTorch",
-    "behavior_version": "RETURNN's behaviour switches do not apply",
-    "tf_log_memory_usage": "TensorFlow only",
-    "tf_session_opts": "TensorFlow only",
-    "debug_print_layer_output_template": "TensorFlow layers only",
-    "debug_add_check_numerics_ops": "TensorFlow only",
-    "debug_add_check_numerics_on_output": "TensorFlow only",
-    "log_batch_size": "step lines (log_verbosity 5) always show the step time",
-    "log_format": "one log format",
-    "cache_size": "datasets are read lazily",
-    "multiprocessing": "data loading is done by Ray",
-    "update_on_device": "always",
-    "truncation": "no truncated BPTT",
-    "window": "no input windowing",
-    "stop_on_nonfinite_train_score": "not supported yet",
-    "start_epoch": "training resumes from the newest complete checkpoint",
-    "torch_distributed": "DDP is set up by Ray Train (ray_num_workers)",
-    "use_horovod": "DDP is set up by Ray Train (ray_num_workers)",
-    "torch_dataloader_opts": "data loading is done by Ray",
-    "watch_memory": "not supported",
-    "description": "RETURNN's free-text -d option",
-}
 
 #: Every key a settings class reads (aliases included) and every ignored key.
 KNOWN_KEYS: frozenset[str] = frozenset(
