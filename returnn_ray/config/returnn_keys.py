@@ -1,4 +1,5 @@
-"""RETURNN config keys returnn-ray does not implement: the ones accepted without effect (IGNORED_KEYS), and the ones that would change the training, refused in one line.
+"""RETURNN config keys returnn-ray does not implement: accepted without effect (IGNORED_KEYS), or,
+where they would change the training, refused in one line.
 
 Keys nothing reads are only warned about (:func:`returnn_ray.config.settings.warn_unread_keys`),
 and functions not at all, since a Python config is full of helper functions. But a function
