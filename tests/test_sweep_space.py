@@ -13,7 +13,7 @@ from returnn_ray.config import KNOWN_KEYS, load_config, load_settings
 from returnn_ray.errors import ConfigError
 from returnn_ray.sweep.results import TrialSummary, best_config_text, format_table, ranked, write_plot
 from returnn_ray.sweep.space import Dimension, override_args, parse_space, warn_unknown_keys
-from returnn_ray.sweep.trial import trial_args
+from returnn_ray.sweep.trial import TrialJob, trial_args
 
 
 def test_sweep_dict_and_grid_args_give_typed_dimensions():
@@ -60,7 +60,7 @@ def test_a_variant_reaches_the_trial_as_the_config_a_user_would_get(tmp_path):
     base = tmp_path / "base.json"
     base.write_text(json.dumps({"learning_rate": 0.1, "optimizer": {"class": "sgd"}, "model": "/x/net", "batching": "random"}))
     values = {"learning_rate": 0.003, "optimizer": {"class": "adam"}, "batching": "sorted", "max_seqs": 7}
-    job = {"files": [str(base)], "args": ["++num_epochs", "3"], "model": "/x/net"}
+    job = TrialJob(files=(str(base),), args=("++num_epochs", "3"), model="/x/net", sweep_dir=str(tmp_path), metric=None)
     files, args = trial_args(job, values, str(tmp_path / "trial"))
     settings = load_settings(load_config(files, args))
     assert settings.training.learning_rate == 0.003 and settings.training.optimizer == {"class": "adam"}

@@ -38,7 +38,7 @@ PRELOAD = (
     "returnn_ray.tasks.train",
     "returnn_ray.tasks.sweep",
     "returnn_ray.inference.run",
-    "returnn_ray.training.worker",
+    "returnn_ray.training.recipe",
 )
 """What every returnn-ray task imports (the CLI imports its tasks lazily)."""
 

@@ -14,9 +14,10 @@ from typing import Any, Sequence
 from returnn_ray.cluster.ray_internals import user_message
 from returnn_ray.errors import ConfigError, UserError
 from returnn_ray.sweep.space import Dimension, check_points, variant_name
+from returnn_ray.sweep.trial import TrialJob, trial_args, trial_dir
 
 
-def check_trials(job: dict[str, Any], space: Sequence[Dimension]) -> int:
+def check_trials(job: TrialJob, space: Sequence[Dimension]) -> int:
     """Loads and checks the config of every trial (:func:`check_points`); returns how many.
 
     Datasets are opened once per distinct data settings; nothing is written (the trials'
@@ -24,7 +25,6 @@ def check_trials(job: dict[str, Any], space: Sequence[Dimension]) -> int:
     """
     from returnn_ray.config import USER_CONFIG_MODULE, get_global_config, load_config, load_settings, set_global_config
     from returnn_ray.data.from_settings import open_dataset
-    from returnn_ray.sweep.trial import trial_args, trial_dir
     from returnn_ray.training.checks import check_trainable
 
     opened: dict[tuple[str, str], Any] = {}
@@ -45,7 +45,7 @@ def check_trials(job: dict[str, Any], space: Sequence[Dimension]) -> int:
     base_module = sys.modules.get(USER_CONFIG_MODULE)
     try:
         for values in points:
-            files, args = trial_args(job, values, trial_dir(job["sweep_dir"], values, "check"))
+            files, args = trial_args(job, values, trial_dir(job.sweep_dir, values, "check"))
             try:
                 config = load_config(files, args)
                 set_global_config(config)  # as in the trial: a Python config's functions may read it

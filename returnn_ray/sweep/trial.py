@@ -6,10 +6,14 @@ Ray 2.60 combines Tune and Train through a Tune *function* trainable that builds
 stop the trial. The trial trains in its own directory (``<sweep_dir>/trials/<variant>-<id>/``:
 checkpoints, ``learning_rates``, ``train.log``, ``metrics.jsonl``), so a restored sweep resumes an
 unfinished trial from its checkpoints, exactly as rerunning ``returnn-ray`` would.
+
+Ray, Tune and the training modules (torch) are imported inside :func:`run_trial`: the sweep's
+checks before Ray starts use this module's other functions without waiting for them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -19,19 +23,38 @@ from returnn_ray.metrics import FILE_NAME
 from returnn_ray.sweep.space import VARIANT_KEY, override_args, variant_name
 
 
+@dataclasses.dataclass(frozen=True)
+class TrialJob:
+    """What every trial of a sweep gets from the sweep's driver (in Tune's ``param_space``)."""
+
+    files: tuple[str, ...]
+    """The base config files."""
+    args: tuple[str, ...]
+    """The base ``++key value`` arguments."""
+    model: str | None
+    """The base config's ``model``: a trial's model files get its base name."""
+    sweep_dir: str
+    metric: str | None
+    """``sweep_metric``; None: the dev key newbob would pick."""
+    local_trials: bool = False
+    """One CPU worker per trial: it trains inside the trial's Tune actor (Ray Train local mode)."""
+    data_fingerprint: str | None = None
+    """:func:`data_fingerprint` of the base config when the sweep shares its opened datasets."""
+
+
 def trial_dir(sweep_dir: str, values: dict[str, Any], trial_id: str) -> str:
     return os.path.join(sweep_dir, "trials", f"{variant_name(values)}-{trial_id}")
 
 
-def trial_args(job: dict[str, Any], values: dict[str, Any], directory: str) -> tuple[list[str], list[str]]:
+def trial_args(job: TrialJob, values: dict[str, Any], directory: str) -> tuple[list[str], list[str]]:
     """The trial's command line: config files and ``++`` arguments, as a user would type it."""
-    files = list(job["files"]) + ([str(values[VARIANT_KEY])] if VARIANT_KEY in values else [])
-    model_name = os.path.basename(job["model"] or "model")
-    args = list(job["args"]) + override_args(values) + [
+    files = list(job.files) + ([str(values[VARIANT_KEY])] if VARIANT_KEY in values else [])
+    model_name = os.path.basename(job.model or "model")
+    args = list(job.args) + override_args(values) + [
         "++task", "train",
         # one CPU worker: trained inside the trial's actor, which holds the CPU (Ray Train local
         # mode); else the trial's workers are Ray actors holding its CPUs/GPUs
-        "++ray_local_mode", str(bool(job.get("local_trials"))),
+        "++ray_local_mode", str(job.local_trials),
         "++model", os.path.join(directory, model_name),
         "++learning_rate_file", os.path.join(directory, "learning_rates"),
         "++log", os.path.join(directory, "train.log"),
@@ -50,11 +73,13 @@ def run_trial(trial_config: dict[str, Any], shared_datasets: dict[str, Any] | No
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from returnn_ray.config import load_config, load_settings, set_global_config
-    from returnn_ray.tasks.train import check_before_start, run_on_workers
-    from returnn_ray.training.worker import train_loop_per_worker
+    from returnn_ray.training.driver import check_before_start, run_on_workers
+    from returnn_ray.training.job import TrainJob, TrialReport
+    from returnn_ray.training.recipe import train_loop_per_worker
 
-    job, values = trial_config["job"], dict(trial_config["values"])
-    directory = trial_dir(job["sweep_dir"], values, tune.get_context().get_trial_id())
+    job: TrialJob = trial_config["job"]
+    values = dict(trial_config["values"])
+    directory = trial_dir(job.sweep_dir, values, tune.get_context().get_trial_id())
     os.makedirs(directory, exist_ok=True)
     files, args = trial_args(job, values, directory)
     atomic_write(os.path.join(directory, "variant.json"), json.dumps({"values": values, "files": files, "args": args}, indent=1, default=repr))
@@ -62,20 +87,16 @@ def run_trial(trial_config: dict[str, Any], shared_datasets: dict[str, Any] | No
     set_global_config(config)
     settings = load_settings(config)
     check_before_start(settings)
-    same_data = shared_datasets and data_fingerprint(settings) == job.get("data_fingerprint")
-    local = bool(job.get("local_trials"))
+    same_data = shared_datasets and data_fingerprint(settings) == job.data_fingerprint
+    task = TrainJob(trial=TrialReport(job.metric, to_tune=job.local_trials), shared_datasets=shared_datasets if same_data else None)
     run_on_workers(
         settings,
         config,
         train_loop_per_worker,
+        task,
         what="training",
         run_name="returnn_ray_train",
-        extra={
-            "sweep_metric": job["metric"],
-            "shared_datasets": shared_datasets if same_data else None,
-            "report_to_tune": local,
-        },
-        callbacks=None if local else [TuneReportCallback()],
+        callbacks=None if job.local_trials else [TuneReportCallback()],
     )
 
 

@@ -10,8 +10,9 @@ from returnn_ray.cluster import env
 from returnn_ray.config import Config, Settings
 from returnn_ray.data.from_settings import data_specs, eval_dataset_names, open_dataset
 from returnn_ray.errors import ConfigError
-from returnn_ray.tasks.train import run_on_workers, use_local_mode
 from returnn_ray.training import checkpoints
+from returnn_ray.training.driver import run_on_workers, use_local_mode
+from returnn_ray.training.job import EvalJob
 from returnn_ray.training.steps import model_spec
 
 
@@ -32,7 +33,7 @@ def run(settings: Settings, config: Config) -> int:
     if not use_local_mode(settings):
         init_ray(settings.run.ray_address, env_vars=env.TRAIN_ENV)
     run_on_workers(
-        settings, config, eval_loop_per_worker, what="evaluating", run_name="returnn_ray_eval", extra={"datasets": names}
+        settings, config, eval_loop_per_worker, EvalJob(tuple(names)), what="evaluating", run_name="returnn_ray_eval"
     )
     print(f"returnn-ray: finished evaluation in {time.monotonic() - start:.1f} s", flush=True)
     return 0

@@ -23,7 +23,7 @@ import contextlib
 import os
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from itertools import count
 from typing import Any, Mapping, Sequence
 
@@ -48,6 +48,7 @@ __all__ = [
     "delete_checkpoint",
     "check_model_dir_writable",
     "partial_path",
+    "MidEpochState",
     "save_partial",
     "load_partial",
     "delete_partials",
@@ -365,16 +366,62 @@ def load_optimizer_state(
     return state
 
 
-def save_partial(model: str, epoch: int, state: Mapping[str, Any]) -> str:
-    """Write the mid-epoch state of ``epoch`` (model, optimizer, cursor, scores so far) atomically."""
+@dataclass(frozen=True)
+class MidEpochState:
+    """Where an epoch stopped mid-way: ``<model>.NNN.partial.pt`` (``save_interval_steps``).
+
+    The cursor counts seqs of the epoch's order after the length filter (``seqs_done`` of
+    ``num_seqs``), so the rest of the order can be dealt again to any number of workers;
+    ``order_digest`` names that order, a state of another order is not resumed. The file holds
+    :meth:`to_dict`, a plain dict (torch's safe loader reads it), keys in this order.
+    """
+
+    model: Mapping[str, Any]
+    optimizer: Mapping[str, Any]
+    grad_scaler: Mapping[str, Any] | None
+    """The AMP grad scaler's state (``torch_amp`` float16), else None."""
+    step: int
+    """The global train step after the saved step."""
+    seqs_done: int
+    num_seqs: int
+    order_digest: str
+    scores: Mapping[str, Any]
+    """The epoch's score sums so far (:meth:`ScoreAccumulator.totals`)."""
+    world_size: int
+    rng: Sequence[Mapping[str, Any]]
+    """Every rank's RNG states, rank order; restored only on the same world size."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> MidEpochState:
+        """The state from a file's dict; keys a file may lack get the value that resumes safely
+        (no digest: no order matches; no world size or RNG: fresh per-rank seeds)."""
+        return cls(
+            model=state["model"],
+            optimizer=state["optimizer"],
+            grad_scaler=state.get("grad_scaler") or None,
+            step=int(state["step"]),
+            seqs_done=int(state["seqs_done"]),
+            num_seqs=int(state["num_seqs"]),
+            order_digest=state.get("order_digest") or "",
+            scores=state["scores"],
+            world_size=int(state.get("world_size", 0)),
+            rng=list(state.get("rng") or []),
+        )
+
+
+def save_partial(model: str, epoch: int, state: MidEpochState) -> str:
+    """Write the mid-epoch state of ``epoch`` atomically."""
     from returnn_ray import __version__
 
     path = partial_path(model, epoch)
-    atomic_torch_save({**state, "epoch": epoch, "returnn_ray_version": __version__}, path)
+    atomic_torch_save({**state.to_dict(), "epoch": epoch, "returnn_ray_version": __version__}, path)
     return path
 
 
-def load_partial(model: str, epoch: int, *, map_location: Any = "cpu") -> dict[str, Any] | None:
+def load_partial(model: str, epoch: int, *, map_location: Any = "cpu") -> MidEpochState | None:
     """The mid-epoch state of ``epoch``, or None if there is none."""
     path = partial_path(model, epoch)
     if not os.path.isfile(path):
@@ -382,7 +429,7 @@ def load_partial(model: str, epoch: int, *, map_location: Any = "cpu") -> dict[s
     state = _torch_load(path, map_location, True)
     if state.get("epoch") != epoch:
         raise UserError(f"mid-epoch checkpoint {path!r} holds epoch {state.get('epoch')!r}, not {epoch}; delete it")
-    return state
+    return MidEpochState.from_dict(state)
 
 
 def delete_partials(model: str, *, up_to_epoch: int) -> None:

@@ -8,7 +8,7 @@ writes ``eval_output_file`` (atomically); the driver writes its ``eval_end`` met
 from __future__ import annotations
 
 import pprint
-from typing import Any, Mapping
+from typing import Mapping
 
 from returnn_ray.atomic import atomic_write
 from returnn_ray.data.from_settings import data_specs, open_dataset
@@ -17,12 +17,16 @@ from returnn_ray.training.log import format_scores
 from returnn_ray.training.preload import load_weights
 from returnn_ray.training.scores import score_keys
 from returnn_ray.training.steps import model_spec
-from returnn_ray.training.worker import eval_epoch, start_worker
+from returnn_ray.training.epoch import eval_epoch
+from returnn_ray.training.job import JOB_KEY, WorkerJob
+from returnn_ray.training.worker import start_worker
 
 
-def eval_loop_per_worker(job: Mapping[str, Any]) -> dict:
+def eval_loop_per_worker(config: Mapping[str, WorkerJob]) -> dict:
+    """Ray Train's ``train_loop_per_worker`` for ``task = "eval"`` (an :class:`EvalJob`)."""
+    job = config[JOB_KEY]
     settings, ctx, log = start_worker(job)
-    names: list[str] = job["datasets"]
+    names = job.eval.datasets
     datasets = {name: open_dataset(settings, name) for name in names}
     specs = data_specs(settings, next(iter(datasets.values())))
     spec = model_spec(settings, specs)

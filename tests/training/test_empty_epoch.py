@@ -14,7 +14,8 @@ from returnn_ray.config import load_config, load_settings
 from returnn_ray.data.from_settings import data_specs, open_dataset
 from returnn_ray.errors import DataError
 from returnn_ray.training.steps import model_spec
-from returnn_ray.training.worker import WorkerContext, _epoch_batches, eval_epoch
+from returnn_ray.training.epoch import epoch_batches, eval_epoch
+from returnn_ray.training.worker import WorkerContext
 
 CONFIG = {
     "task": "train",
@@ -40,10 +41,10 @@ CTX = WorkerContext(rank=0, world_size=1, device=torch.device("cpu"), local=True
 
 def test_the_worker_refuses_an_empty_epoch_it_plans(settings):
     train = open_dataset(settings, "train")
-    assert _epoch_batches(settings, CTX, train, 3, None).plan.num_seqs == 1
+    assert epoch_batches(settings, CTX, train, 3, None).plan.num_seqs == 1
     with pytest.raises(DataError, match=r"dataset 'train': epoch 4 \(sub-epoch 4 of partition_epoch 5\) has no seqs: "
                                         r"partition_epoch 5 > 3 seqs"):
-        _epoch_batches(settings, CTX, train, 4, None)
+        epoch_batches(settings, CTX, train, 4, None)
 
 
 def test_an_empty_evaluation_epoch_is_refused_too(settings):

@@ -1,0 +1,191 @@
+"""The driver side of a run on Ray Train workers: the checks before Ray starts, and the run.
+
+:func:`run_on_workers` runs a worker loop (:func:`returnn_ray.training.recipe.train_loop_per_worker`,
+:func:`returnn_ray.training.eval_worker.eval_loop_per_worker`) on ``ray_num_workers`` DDP workers
+of a ``TorchTrainer``, each handed one :class:`~returnn_ray.training.job.WorkerJob`, and prints
+rank 0's log lines as RETURNN prints them. Used by ``tasks/train.py``, ``tasks/eval.py`` and the
+sweep's trials (``sweep/trial.py``). Ray and torch are imported inside the functions that use
+them, so that the checks before Ray starts do not wait for those imports.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+
+from returnn_ray.cluster import env
+from returnn_ray.cluster.placement import check_placeable
+from returnn_ray.cluster.ray_internals import user_error_in
+from returnn_ray.config import Config, Settings
+from returnn_ray.errors import UserError
+from returnn_ray.metrics import MetricsWriter, metrics_path, since_process_start
+from returnn_ray.training import checkpoints
+from returnn_ray.training.checks import check_trainable
+from returnn_ray.training.job import JOB_KEY, EvalJob, TrainJob, WorkerJob
+
+DEFAULT_MODEL = "returnn_ray_out/model"
+"""Where the model dir is taken to be when ``model`` is unset (Ray Train's run state, the metrics file)."""
+
+
+def check_before_start(settings: Settings) -> None:
+    """Fail fast, with one line, on everything that can be checked without Ray."""
+    check_trainable(settings)
+    if not settings.run.model:  # RETURNN trains then too, saying each epoch that it saves nothing
+        logging.getLogger(__name__).warning(
+            "`model` is not set: this run trains but saves no checkpoint; set model (e.g. model = 'out/net') to keep it"
+        )
+    if settings.run.model:
+        checkpoints.check_model_dir_writable(settings.run.model)
+    if settings.training.learning_rate_file:
+        checkpoints.check_model_dir_writable(settings.training.learning_rate_file, key="learning_rate_file")
+
+
+def use_local_mode(settings: Settings) -> bool:
+    """Whether to run the one worker in this process (Ray Train's local mode, ``num_workers=0``).
+
+    Starting a Ray cluster costs a 2-core machine 15-20 s before the first step, RETURNN none; a
+    run that can only ever use one worker (no ``ray_num_workers``, no cluster to join, at most one
+    GPU) gets nothing for it. Same loop, same batches, same files; ``ray_local_mode False`` forces Ray.
+    """
+    import ray
+
+    if settings.run.ray_local_mode is not None:
+        return settings.run.ray_local_mode
+    if settings.run.ray_num_workers is not None or settings.run.ray_address or os.environ.get(env.ADDRESS):
+        return False
+    if ray.is_initialized():  # e.g. a notebook or test that started Ray itself
+        return False
+    import torch
+
+    return settings.run.device == "cpu" or torch.cuda.device_count() <= 1
+
+
+def run_on_workers(
+    settings: Settings,
+    config: Config,
+    loop,
+    task: TrainJob | EvalJob,
+    *,
+    what: str,
+    run_name: str,
+    callbacks: list | None = None,
+):
+    """Run ``loop`` (a ``train_loop_per_worker``) on ``ray_num_workers`` DDP workers of a
+    ``TorchTrainer``, each handed the job of ``task`` (:class:`WorkerJob`), printing rank 0's log
+    lines and writing the metrics file (:mod:`returnn_ray.metrics`); a worker's UserError becomes the driver's."""
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig
+    from ray.util.queue import Queue
+
+    from returnn_ray.training.log import DriverLog
+    from returnn_ray.training.ray_trainer import ReturnnTorchTrainer
+
+    local = use_local_mode(settings)
+    if local:
+        import queue as queue_module
+
+        import torch
+
+        use_gpu = settings.run.device == "gpu" or (settings.run.device is None and torch.cuda.is_available())
+        num_workers = 1
+        queue = queue_module.Queue()  # the driver's log reads the same get/put API
+        logging.getLogger("ray.train").setLevel(logging.WARNING)  # "Running in local mode", "Reported metrics"
+    else:
+        # RETURNN picks the GPU when there is one and `device` is unset.
+        use_gpu = settings.run.device == "gpu" or (
+            settings.run.device is None and ray.cluster_resources().get("GPU", 0) > 0
+        )
+        num_workers = settings.run.ray_num_workers or default_num_workers(use_gpu)
+        check_placeable(num_workers, use_gpu, settings.run.ray_placement_timeout)
+        queue = Queue(actor_options={"num_cpus": 0})
+    metrics_file = metrics_path(settings.run.metrics_file, settings.run.model)
+    metrics = MetricsWriter(metrics_file, task=settings.run.task)
+    log = DriverLog(queue, log_files=settings.run.log, metrics=metrics).start()
+    model_dir = os.path.dirname(os.path.abspath(settings.run.model or DEFAULT_MODEL))
+    # Ray Train keeps its run state (the epoch markers its failure handling restarts from) here;
+    # every node must see it, as the model dir. Nothing in it is needed once fit() returns: the
+    # checkpoints are the model files. So it goes, unless it was there before (not ours to delete).
+    storage = os.path.join(model_dir, "ray_train")
+    storage_is_ours = not os.path.exists(storage)
+    trainer = ReturnnTorchTrainer(
+        loop,
+        train_loop_config={
+            JOB_KEY: WorkerJob.from_settings(settings, config, task, use_gpu=use_gpu, local=local, log_queue=queue)
+        },
+        scaling_config=ScalingConfig(num_workers=0 if local else num_workers, use_gpu=use_gpu),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=settings.run.ray_max_failures),
+            callbacks=callbacks,
+        ),
+    )
+    where = "in this process (Ray Train local mode)" if local else "on Ray"
+    log.print(f"returnn-ray: {what} with {num_workers} worker(s) {where} ({'gpu' if use_gpu else 'cpu'})")
+    metrics.write("run_start", workers=num_workers, since_start=since_process_start())
+    try:
+        return _fit_logged(trainer, settings, log, metrics)
+    finally:
+        if storage_is_ours:
+            shutil.rmtree(storage, ignore_errors=True)
+
+
+def _fit_logged(trainer, settings: Settings, log, metrics: MetricsWriter):
+    """``trainer.fit()``, then rank 0's last lines and events and the ``run_end`` event; a worker's
+    error as one line."""
+    import ray.train
+
+    start = time.monotonic()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise _user_error_from(exc) or _worker_death(exc, settings) or exc
+    finally:
+        log.close()  # its last drain writes rank 0's last events
+    metrics.write("run_end", secs=round(time.monotonic() - start, 3))
+    return result
+
+
+def default_num_workers(use_gpu: bool) -> int:
+    """One worker per GPU of the cluster with ``device gpu``, else one."""
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("GPU", 0))) if use_gpu else 1
+
+
+def _worker_death(exc: BaseException, settings: Settings) -> UserError | None:
+    """A worker process that died (killed, out of memory, node lost) as a one-line error that
+    says where and how to go on; Ray's own report is a page of actor metadata."""
+    import re
+
+    for rank, error in sorted((getattr(exc, "worker_failures", None) or {}).items()):
+        text = str(error)
+        if type(error).__name__ != "WorkerHealthCheckFailedError" and "actor died" not in text.lower():
+            continue
+        host = re.search(r"hostname='([^']*)'", text)
+        pid = re.search(r"\bpid=(\d+)", text)
+        where = f" on node {host.group(1)}" if host else ""
+        where += f" (pid {pid.group(1)})" if pid else ""
+        newest = checkpoints.newest_complete_epoch(settings.run.model) if settings.run.model else None
+        resume = f"resume after epoch {newest}" if newest else "start again"
+        if settings.run.model and os.path.exists(checkpoints.partial_path(settings.run.model, (newest or 0) + 1)):
+            resume = f"resume epoch {(newest or 0) + 1} from its mid-epoch checkpoint"
+        return UserError(
+            f"training worker rank {rank}{where} died (killed, out of memory, or its node was lost); "
+            f"rerun the same command to {resume}, or set ray_max_failures to let Ray restart it"
+        )
+    return None
+
+
+def _user_error_from(exc: BaseException) -> UserError | None:
+    """The worker's own UserError (bad data, non-finite loss, ...), so the driver prints one line."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    for rank, failure in sorted(failures.items()):
+        error = user_error_in(failure)
+        if error is not None:
+            return type(error)(f"{error} (worker rank {rank})")
+    return None
