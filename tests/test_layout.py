@@ -41,14 +41,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 """The layers, first to last; each names the first part of a module's name below ``returnn_ray``."""
 
 ALLOWED_UPWARD_IMPORTS: dict[tuple[str, str], str] = {
-    # Being mended by another change of issue 15: the sweep trial runs the train task's checks and
-    # workers; they move below sweep/ (or the trial above tasks/). Delete this entry when it lands.
+    # Empty: an import against the rule needs a reason here, and an issue to mend it.
 }
 """(importer, imported) pairs that break the one-way rule today, each with why."""
 
 ALLOWED_LONG_FUNCTIONS: dict[tuple[str, str], str] = {
-    # Being mended by other changes of issue 15 (training as a recipe object; optimizer building
-    # split up). Delete an entry when its function is under the limit.
+    # Empty: a longer function needs a reason here.
 }
 """(module, function) pairs over :data:`MAX_FUNCTION_LINES` today."""
 
