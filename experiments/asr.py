@@ -12,8 +12,8 @@ all with ``experiments/asr.config``:
    (``python -m returnn_ray.corpus.synthetic``); kept if already there.
 2. **sweep**: ``returnn-ray sweep --variants`` over learning rate x batch size (one small variant
    config per grid point, ``<out>/sweep/variants/``; on CPUs two batch sizes, on GPUs 2 x 2 points),
-   trials of one worker each (one epoch on CPUs; on GPUs enough for ~400 updates), as many at once as the cluster holds; the best one is named
-   in ``<out>/sweep/best.json``.
+   trials of one worker each (one epoch on CPUs; on GPUs enough for ~400 updates), as many at
+   once as the cluster holds; the best one is named in ``<out>/sweep/best.json``.
 3. **train**: ``returnn-ray`` with the best values and DDP over ``--workers`` workers (default:
    every GPU of the cluster, else every CPU). The swept ``batch_size`` is the frames of one update,
    so each of W workers gets ``batch_size / W``
