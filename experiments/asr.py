@@ -12,8 +12,8 @@ all with ``experiments/asr.config``:
    (``python -m returnn_ray.corpus.synthetic``); kept if already there.
 2. **sweep**: ``returnn-ray sweep --variants`` over learning rate x batch size (one small variant
    config per grid point, ``<out>/sweep/variants/``; on CPUs two batch sizes, on GPUs 2 x 2 points),
-   one-epoch trials of one worker each, as many at once as the cluster holds; the best one is named
-   in ``<out>/sweep/best.json``.
+   trials of one worker each (one epoch on CPUs; on GPUs enough for ~400 updates), as many at
+   once as the cluster holds; the best one is named in ``<out>/sweep/best.json``.
 3. **train**: ``returnn-ray`` with the best values and DDP over ``--workers`` workers (default:
    every GPU of the cluster, else every CPU). The swept ``batch_size`` is the frames of one update,
    so each of W workers gets ``batch_size / W``
@@ -89,15 +89,19 @@ class Plan:
     """``key=v1,v2`` for ``returnn-ray sweep --grid``."""
     defaults: dict
     """learning_rate and batch_size (frames per update) when the sweep is skipped or leaves them out."""
+    max_seqs: int = 32
+    """Seqs per batch at most (asr.config's 32); on GPUs high enough that the swept frames bind."""
 
     @classmethod
     def for_scale(cls, scale: float) -> "Plan":
         """Scale 1: a few minutes on 2 CPU cores. From scale 4 up, a model and batches for GPUs.
 
-        >>> p = Plan.for_scale(1); (p.train_seqs, p.epochs, p.lstm_units, p.grid)
-        (600, 16, 96, ('learning_rate=0.005', 'batch_size=1000,1500'))
-        >>> p = Plan.for_scale(10); (p.train_seqs, p.epochs, p.sweep_epochs, p.lstm_units, p.lstm_layers)
-        (6000, 25, 2, 256, 3)
+        >>> p = Plan.for_scale(1); (p.train_seqs, p.epochs, p.lstm_units, p.grid, p.max_seqs)
+        (600, 16, 96, ('learning_rate=0.005', 'batch_size=1000,1500'), 32)
+        >>> p = Plan.for_scale(4); (p.train_seqs, p.epochs, p.sweep_epochs, p.lstm_units, p.lstm_layers, p.max_seqs)
+        (2400, 16, 6, 256, 3, 256)
+        >>> Plan.for_scale(10).sweep_epochs
+        3
         """
         if scale <= 0:
             raise ValueError(f"--scale must be > 0, got {scale}")
@@ -108,8 +112,14 @@ class Plan:
         # frames per update is ahead of 1500 after one epoch and stays ahead (dev frame error 0.18
         # vs 0.24 after 8 epochs), while 3000 frames (0.39) and rate 0.01 (still at the blank
         # plateau after 9 epochs) lag; a second round of trials would cost more than it tells.
-        rates = (0.002, 0.004) if gpu_sized else (0.005,)
-        batches = (10000, 20000) if gpu_sized else (1000, 1500)
+        # On GPUs the 3x256 BLSTM needs ~150-200 updates to leave the blank plateau (on CPUs, 2500
+        # frames per update: dev error still 100% after 105 updates at either rate; at 140 updates
+        # 0.98 with rate 0.01, 1.00 with 0.004; at 175-210 updates 0.85 vs 0.99), so the trials
+        # run >= ~400 updates (24 / scale epochs, at least 2: 6 at scale 4, where 5000 frames make
+        # 75 steps per epoch) at rates 0.004 and 0.01. max_seqs 256 never binds before the swept
+        # frames (asr.config's 32 did: 10000 and 20000 frames made the same 75 batches).
+        rates = (0.004, 0.01) if gpu_sized else (0.005,)
+        batches = (2500, 5000) if gpu_sized else (1000, 1500)
         return cls(
             train_seqs=max(8, round(600 * scale)),
             dev_seqs=max(4, round(100 * scale)),
@@ -117,12 +127,22 @@ class Plan:
             # CPU scale: 16 epochs of ~6-9 s (dev frame error ~0.08 from epoch 13 on, no gain after
             # 16 in a 20-epoch run); the fixed start-up of the stages is then a smaller share.
             epochs=max(1, round((8 if gpu_sized else 16) * math.sqrt(scale))),
-            sweep_epochs=2 if gpu_sized else 1,
+            sweep_epochs=max(2, math.ceil(24 / scale)) if gpu_sized else 1,
             lstm_units=256 if gpu_sized else 96,
             lstm_layers=3 if gpu_sized else 2,
             grid=("learning_rate=" + ",".join(map(str, rates)), "batch_size=" + ",".join(map(str, batches))),
             defaults={"learning_rate": rates[0], "batch_size": batches[0]},
+            max_seqs=256 if gpu_sized else 32,
         )
+
+    def config_args(self) -> list[str]:
+        """``++key value`` for what differs from asr.config's defaults (2x96 BLSTM, max_seqs 32)."""
+        args = []
+        if (self.lstm_units, self.lstm_layers) != (96, 2):
+            args += ["++lstm_units", str(self.lstm_units), "++lstm_layers", str(self.lstm_layers)]
+        if self.max_seqs != 32:
+            args += ["++max_seqs", str(self.max_seqs)]
+        return args
 
 
 # -- the Ray head ----------------------------------------------------------------------------------
@@ -243,8 +263,7 @@ class Experiment:
         self.base = ["++log_verbosity", "4"]  # 4: start-up timings for people (the table reads the metrics files)
         if os.path.normpath(out) != os.path.normpath(DEFAULT_OUT):
             self.base += ["++asr_dir", out]
-        if (plan.lstm_units, plan.lstm_layers) != (96, 2):  # asr.config's defaults
-            self.base += ["++lstm_units", str(plan.lstm_units), "++lstm_layers", str(plan.lstm_layers)]
+        self.base += plan.config_args()
         self.workers = 1
 
     def returnn_ray(self, stage: str, args: list[str]) -> CommandOutput:

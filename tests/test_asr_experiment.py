@@ -45,6 +45,33 @@ def files_under(directory) -> list[str]:
                   for n in names + dirs)
 
 
+@pytest.mark.parametrize("scale", [1, 4, 10])
+def test_each_scale_sweeps_batch_sizes_that_change_the_batches(scale):
+    # the plan's train corpus (asr.py's seed 1) by its lengths alone, batched as asr.config batches
+    # it with the plan's overrides: no two swept batch sizes may plan the same batches (at scale 4,
+    # asr.config's max_seqs 32 made 10000 and 20000 frames the same 75 batches of 32 seqs)
+    from returnn_ray.config import load_config, load_settings
+    from returnn_ray.corpus.synthetic import SyntheticCorpus
+    from returnn_ray.data.from_settings import batching_options
+    from returnn_ray.data.seq_order import seq_order_for_epoch
+    from returnn_ray.sweep.checks import same_batch_pairs
+    from returnn_ray.sweep.space import override_args, variant_name
+
+    asr = load_asr_module()
+    plan = asr.Plan.for_scale(scale)
+    corpus = SyntheticCorpus(seed=1)
+    lens = np.array([corpus.num_frames(i) for i in range(plan.train_seqs)])
+    by_rest: dict[str, dict] = {}
+    for values in asr.grid_points(plan.grid):
+        settings = load_settings(load_config([asr.CONFIG], [*plan.config_args(), *override_args(values)]))
+        rest = variant_name({k: v for k, v in values.items() if k not in ("batch_size", "max_seqs")})
+        by_rest.setdefault(rest, {})[variant_name(values)] = batching_options(settings, "train")
+    orders = [seq_order_for_epoch(settings.data.batching, lens, epoch=epoch) for epoch in (1, 2)]
+    assert all(len({repr(o) for o in options.values()}) >= 2 for options in by_rest.values())  # batch sizes swept
+    for options in by_rest.values():
+        assert same_batch_pairs(orders, {"data": lens}, options) == []
+
+
 @pytest.mark.ray  # asr.py starts a Ray head of its own
 def test_asr_experiment_runs_every_stage_and_prints_stage_times_and_wer(tmp_path):
     out, home = tmp_path / "asr", tmp_path / "home"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 
 import pytest
 
@@ -155,3 +156,55 @@ def test_a_trial_with_a_mid_epoch_checkpoint_counts_as_progress(tmp_path):
     assert not manifest.has_results(str(tmp_path))
     (trial / "model.001.partial.pt").write_bytes(b"")
     assert manifest.has_results(str(tmp_path))
+
+
+def _trial_settings(tmp_path, base_text: str, suffix: str, *overrides: str) -> list:
+    """``(name, Settings)`` of trials loaded as a sweep loads them: each from the base file anew."""
+    base = tmp_path / f"base{suffix}"
+    base.write_text(base_text)
+    return [(" ".join(args), load_settings(load_config([str(base)], list(args)))) for args in overrides]
+
+
+TASK12AX = {"train": {"class": "Task12AXDataset", "num_seqs": 5}, "num_inputs": 9, "num_outputs": 2,
+            "network": {"output": {"class": "softmax", "loss": "ce"}}, "num_epochs": 2}
+
+
+def test_swept_batch_sizes_that_change_the_batches_pass_and_ones_that_do_not_are_refused(tmp_path):
+    from returnn_ray.data.from_settings import open_dataset
+    from returnn_ray.sweep.checks import check_batches_differ
+
+    base = json.dumps(TASK12AX)
+    # Task12AX's 5 seqs have 84, 15, 65, 97, 45 frames: 100 frames hold one seq, 1000 all of them
+    check_batches_differ(_trial_settings(tmp_path, base, ".json", ("++batch_size", "100"), ("++batch_size", "1000")),
+                         open_dataset)
+    # other learning rates with one batch size: nothing about the batches is swept
+    check_batches_differ(_trial_settings(tmp_path, base, ".json", ("++learning_rate", "0.1"), ("++learning_rate", "0.2")),
+                         open_dataset)
+    # the same batches, but each trial also has its own learning rate: different trainings
+    check_batches_differ(_trial_settings(tmp_path, base, ".json", ("++batch_size", "400", "++learning_rate", "0.1"),
+                                         ("++batch_size", "800", "++learning_rate", "0.2")), open_dataset)
+    same = _trial_settings(tmp_path, base, ".json", ("++batch_size", "400", "++max_seqs", "2"),
+                           ("++batch_size", "800", "++max_seqs", "2"))
+    with pytest.raises(ConfigError, match="max_seqs 2 binds first: 2 of the 3 batches"):
+        check_batches_differ(same, open_dataset)
+
+
+def test_trials_of_a_python_config_compare_its_functions_by_code_not_identity(tmp_path):
+    from returnn_ray.data.from_settings import open_dataset
+    from returnn_ray.sweep.checks import check_batches_differ
+
+    # each trial loads the config anew, so its functions are new objects: equal code is the same setting
+    text = "#!rnn.py\n" + "".join(f"{k} = {v!r}\n" for k, v in TASK12AX.items()) + (
+        "max_seqs = 2\n"
+        "def dynamic_learning_rate(*, global_train_step, learning_rate, **kwargs):\n"
+        "    return learning_rate * min(1.0, (global_train_step + 1) / 10)\n"
+    )
+    trials = _trial_settings(tmp_path, text, ".config", ("++batch_size", "400"), ("++batch_size", "800"))
+    assert trials[0][1].training.dynamic_learning_rate is not trials[1][1].training.dynamic_learning_rate
+    culprit = "trials ++batch_size 400 and ++batch_size 800 train on the same batches"
+    with pytest.raises(ConfigError, match=re.escape(culprit)):
+        check_batches_differ(trials, open_dataset)
+    other = text.replace("/ 10)", "/ 20)")  # another function body: another setting, not compared
+    trials = _trial_settings(tmp_path, text, ".config", ("++batch_size", "400"))
+    trials += _trial_settings(tmp_path, other, "2.config", ("++batch_size", "800"))
+    check_batches_differ(trials, open_dataset)

@@ -182,3 +182,8 @@ def test_command_line(tmp_path, capsys):
     assert main([str(tmp_path / "d.hdf"), "--num-seqs", "0", "--seed", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "num_seqs must be >= 1" in err
+
+
+def test_num_frames_without_audio_is_the_length_of_the_features():
+    corpus = SyntheticCorpus(seed=2)
+    assert [corpus.num_frames(i) for i in range(40)] == [len(corpus.features(corpus.utterance(i))) for i in range(40)]
