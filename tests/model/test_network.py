@@ -422,6 +422,10 @@ BAD = [
     ({"output": {**SOFTMAX_CE, "from": []}}, "network layer 'output': 'from' is empty"),
     ({"output": {"n_out": 3}}, "network layer 'output': has no 'class'"),
     ({"output.1": {"class": "copy"}}, "network layer name 'output.1' must be a non-empty string without '.'"),
+    (  # RETURNN's demo-tf-hard-att-copy.config (pretraining reads it)
+        {"#pretrain_idx": None, "output": SOFTMAX_CE},
+        "network key '#pretrain_idx': RETURNN's '#' entries of a network dict",
+    ),
 ]
 
 
