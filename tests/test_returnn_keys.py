@@ -58,6 +58,9 @@ def _helper(**kwargs):
         ({"grad_clip": 5}, "called gradient_clip_global_norm"),
         ({"momentum": 0.9}, r"optimizer = \{'class': 'sgd', 'momentum'"),
         ({"rmsprop": True}, "'rmsprop' is not supported"),
+        ({"pretrain": "default"}, "'pretrain' is not supported: RETURNN's pretraining"),  # RETURNN's demo-pretrain
+        ({"pretrain": {"construction_algo": _helper}}, "'pretrain' is not supported"),  # demo-tf-hard-att-copy
+        ({"pretrain": True}, "'pretrain' is not supported"),
     ],
 )
 def test_refused(items, message):
@@ -67,7 +70,8 @@ def test_refused(items, message):
 
 def test_what_is_not_refused():
     """Helpers under other names, options set to 0, and functions under keys returnn-ray reads itself."""
-    config = Config({"my_schedule": _helper, "gradient_noise": 0.0, "momentum": 0, "dynamic_learning_rate": _helper})
+    config = Config({"my_schedule": _helper, "gradient_noise": 0.0, "momentum": 0, "dynamic_learning_rate": _helper,
+                     "pretrain": None})
     settings = load_settings(config)
     assert settings.training.dynamic_learning_rate is _helper
     assert warn_unread_keys(config) == []  # 0-valued options: read, nothing to warn about
@@ -78,3 +82,15 @@ def test_refused_from_the_command_line():
     config.parse_cmd_args(["++gradient_noise", "0.1"])
     with pytest.raises(ConfigError, match="'gradient_noise' is not supported"):
         load_settings(config)
+
+
+def test_pretrain_off_in_a_line_config_is_not_refused():
+    """``pretrain false`` (0, off) in a line config: off, as RETURNN's ``bool_or_other`` reads it."""
+    for value in ("false", "0", "off"):
+        config = Config({})
+        config.parse_cmd_args(["++pretrain", value])
+        load_settings(config)
+
+
+def test_pretrain_is_a_key_returnn_reads():
+    assert re.search(r"config\.bool_or_other\(\"pretrain\"", _returnn_source("pretrain.py"))

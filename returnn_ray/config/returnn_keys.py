@@ -20,7 +20,9 @@ from typing import AbstractSet
 from returnn_ray.config.files import Config
 from returnn_ray.errors import ConfigError
 
-__all__ = ["IGNORED_KEYS", "RETURNN_CALLABLE_KEYS", "UNIMPLEMENTED_UPDATER_KEYS", "check_returnn_keys"]
+__all__ = [
+    "IGNORED_KEYS", "RETURNN_CALLABLE_KEYS", "UNIMPLEMENTED_TRAINING_KEYS", "UNIMPLEMENTED_UPDATER_KEYS", "check_returnn_keys",
+]
 
 #: RETURNN keys returnn-ray accepts without effect, with the reason (no "unused key" warning).
 IGNORED_KEYS: dict[str, str] = {
@@ -110,6 +112,13 @@ UNIMPLEMENTED_UPDATER_KEYS: dict[str, str] = {
 """RETURNN updater options that change the update, which returnn-ray does not implement: an error
 when set to anything but 0/False (as RETURNN's torch updater checks its unsupported ones)."""
 
+UNIMPLEMENTED_TRAINING_KEYS: dict[str, str] = {
+    "pretrain": "RETURNN's pretraining (TensorFlow engine: the network dict grows or changes over the first "
+    "epochs) is not implemented, and training the final network from epoch 1 is a different training",
+}
+"""RETURNN training options besides the updater's that returnn-ray does not implement: an error when
+set to anything RETURNN reads as on (``config.bool_or_other``: True, ``"default"``, a non-empty dict)."""
+
 
 def check_returnn_keys(config: Config, *, known: AbstractSet[str]) -> None:
     """Refuses functions under RETURNN's names and updater options that returnn-ray does not implement.
@@ -122,6 +131,10 @@ def check_returnn_keys(config: Config, *, known: AbstractSet[str]) -> None:
         if key in UNIMPLEMENTED_UPDATER_KEYS and _is_set(config, key):
             raise ConfigError(
                 f"config key {key!r} is not supported: {UNIMPLEMENTED_UPDATER_KEYS[key]}; remove it (or set it to 0)"
+            )
+        if key in UNIMPLEMENTED_TRAINING_KEYS and config.bool_or_other(key, None):
+            raise ConfigError(
+                f"config key {key!r} is not supported: {UNIMPLEMENTED_TRAINING_KEYS[key]}; remove it (or set it to None)"
             )
         if key in RETURNN_CALLABLE_KEYS and config.is_typed(key) and callable(config.typed_value(key)):
             raise ConfigError(

@@ -366,10 +366,16 @@ class Rec(Layer):
 
     def __init__(self, name, opts, sources, n_out):
         super().__init__(name, opts, sources, n_out)
-        n_out = _needs_n_out(name, "rec", n_out)
         unit = opts.get("unit", "lstm")
+        if isinstance(unit, dict):  # checked first: such a layer has no n_out of its own
+            raise layer_error(
+                name,
+                "a 'unit' dict (a subnetwork of layers run frame by frame, RETURNN's TensorFlow RecLayer) is not "
+                "supported; use a built-in unit ('lstm', 'gru', 'rnn', ...) or a torch config (get_model/train_step)",
+            )
+        n_out = _needs_n_out(name, "rec", n_out)
         key = unit.lower() if isinstance(unit, str) else unit
-        if key not in RNN_UNITS:
+        if not isinstance(key, str) or key not in RNN_UNITS:
             known = ", ".join(sorted(RNN_UNITS))
             raise layer_error(name, f"unknown rec unit {unit!r}{did_you_mean(key, RNN_UNITS)}; known: {known}")
         direction = opts.get("direction", 1)

@@ -237,6 +237,11 @@ def build_network(network: Mapping[str, dict], extern_data: Mapping[str, DataSpe
     if not isinstance(network, Mapping) or not network:
         raise ConfigError(f"config key 'network' must be a non-empty dict of layer name -> layer dict, got {network!r}")
     for name in network:
+        if isinstance(name, str) and name.startswith("#"):
+            raise ConfigError(
+                f"network key {name!r}: RETURNN's '#' entries of a network dict (TensorFlow network construction "
+                "and pretraining: '#config', '#repetition', ...) are not supported; remove it"
+            )
         if not isinstance(name, str) or not name or "." in name:
             raise ConfigError(f"network layer name {name!r} must be a non-empty string without '.'")
     if OUTPUT_LAYER not in network:

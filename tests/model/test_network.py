@@ -361,6 +361,18 @@ BAD = [
         {"output": {"class": "rec", "unit": "lstmx", "n_out": 3}},
         "network layer 'output': unknown rec unit 'lstmx' (did you mean 'lstm'?)",
     ),
+    (  # RETURNN's demo-tf-rec-explicit-lstm.config: no n_out, and the unit is not a name
+        {"output": {"class": "rec", "unit": {"output": {"class": "linear", "n_out": 3, "from": "prev:output"}}}},
+        "network layer 'output': a 'unit' dict (a subnetwork of layers run frame by frame",
+    ),
+    (
+        {"output": {"class": "rec", "n_out": 3, "unit": {"output": {"class": "linear", "n_out": 3}}}},
+        "network layer 'output': a 'unit' dict (a subnetwork of layers run frame by frame",
+    ),
+    (
+        {"output": {"class": "rec", "n_out": 3, "unit": ["lstm"]}},
+        "network layer 'output': unknown rec unit ['lstm']",
+    ),
     (
         {"output": {"class": "rec", "n_out": 3, "direction": 0}},
         "network layer 'output': 'direction' must be 1 (forward) or -1 (backward)",
@@ -410,6 +422,10 @@ BAD = [
     ({"output": {**SOFTMAX_CE, "from": []}}, "network layer 'output': 'from' is empty"),
     ({"output": {"n_out": 3}}, "network layer 'output': has no 'class'"),
     ({"output.1": {"class": "copy"}}, "network layer name 'output.1' must be a non-empty string without '.'"),
+    (  # RETURNN's demo-tf-hard-att-copy.config (pretraining reads it)
+        {"#pretrain_idx": None, "output": SOFTMAX_CE},
+        "network key '#pretrain_idx': RETURNN's '#' entries of a network dict",
+    ),
 ]
 
 
