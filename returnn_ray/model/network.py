@@ -234,19 +234,7 @@ def build_network(network: Mapping[str, dict], extern_data: Mapping[str, DataSpe
     ...
     returnn_ray.errors.ConfigError: network layer 'output': unknown class 'softmx' (did you mean 'softmax'?); supported: linear, hidden, forward, softmax, rec, copy, dropout, activation, combine, conv, pool, time_chunking, time_unchunking
     """
-    if not isinstance(network, Mapping) or not network:
-        raise ConfigError(f"config key 'network' must be a non-empty dict of layer name -> layer dict, got {network!r}")
-    for name in network:
-        if isinstance(name, str) and name.startswith("#"):
-            raise ConfigError(
-                f"network key {name!r}: RETURNN's '#' entries of a network dict (TensorFlow network construction "
-                "and pretraining: '#config', '#repetition', ...) are not supported; remove it"
-            )
-        if not isinstance(name, str) or not name or "." in name:
-            raise ConfigError(f"network layer name {name!r} must be a non-empty string without '.'")
-    if OUTPUT_LAYER not in network:
-        raise ConfigError(f"network has no {OUTPUT_LAYER!r} layer{did_you_mean(OUTPUT_LAYER, network)}; "
-                          f"name the final layer 'output' (layers: {', '.join(network)})")
+    _check_layer_names(network)
     classes = {name: _layer_class(name, opts) for name, opts in network.items()}
     sources = {name: _sources(name, opts, network, extern_data) for name, opts in network.items()}
     link_opts = _add_links(network, classes, sources)
@@ -307,6 +295,23 @@ def build_network(network: Mapping[str, dict], extern_data: Mapping[str, DataSpe
         {n: l2[n] for n in l2 if n in needed and l2[n]},
         dict(extern_data),
     )
+
+
+def _check_layer_names(network: Mapping[str, dict]) -> None:
+    """A non-empty dict of plain layer names (no RETURNN '#' entries) with an ``output`` layer."""
+    if not isinstance(network, Mapping) or not network:
+        raise ConfigError(f"config key 'network' must be a non-empty dict of layer name -> layer dict, got {network!r}")
+    for name in network:
+        if isinstance(name, str) and name.startswith("#"):
+            raise ConfigError(
+                f"network key {name!r}: RETURNN's '#' entries of a network dict (TensorFlow network construction "
+                "and pretraining: '#config', '#repetition', ...) are not supported; remove it"
+            )
+        if not isinstance(name, str) or not name or "." in name:
+            raise ConfigError(f"network layer name {name!r} must be a non-empty string without '.'")
+    if OUTPUT_LAYER not in network:
+        raise ConfigError(f"network has no {OUTPUT_LAYER!r} layer{did_you_mean(OUTPUT_LAYER, network)}; "
+                          f"name the final layer 'output' (layers: {', '.join(network)})")
 
 
 def _check_size(name: str, cls: type[Layer], opts: dict, in_dim: int, n_out: int | None, before: int) -> int:
