@@ -254,6 +254,7 @@ TABLE = [
     row(["bad.json", "-c", "10:x"], ("chunking", "'10:x'", "size:step"), id="chunking-not-size-step"),
     row(["bad.json", "++chunking", "10:5", "++chunking_variance", "0.3"], ("chunking_variance", "0.3"),
         id="chunking-variance-with-network"),
+    row(["bad.json", "++window", "3"], ("window", "3", "set it to 1"), id="window-not-1"),
     row(["bad.json", "-x", "tran"], ("task", "'tran'"), id="unknown-task"),
     row(["bad.json", "++maximize_grad_norm", "1e-6"], ("maximize_grad_norm", "not supported", "set it to 0"),
         id="maximize-grad-norm-refused"),

@@ -40,7 +40,7 @@ IGNORED_KEYS: dict[str, str] = {
     "multiprocessing": "data loading is done by Ray",
     "update_on_device": "always",
     "truncation": "no truncated BPTT",
-    "window": "no input windowing",
+    "window": "1 only (RETURNN's default: no input windowing); another value is refused",
     "stop_on_nonfinite_train_score": "not supported yet",
     "start_epoch": "training resumes from the newest complete checkpoint",
     "torch_distributed": "DDP is set up by Ray Train (ray_num_workers)",
@@ -125,6 +125,7 @@ def check_returnn_keys(config: Config, *, known: AbstractSet[str]) -> None:
 
     ``known``: the keys returnn-ray reads (they are checked where they are read).
     """
+    _check_window(config)
     for key in config.keys():
         if key in known:
             continue
@@ -141,6 +142,22 @@ def check_returnn_keys(config: Config, *, known: AbstractSet[str]) -> None:
                 f"config key {key!r} is a function RETURNN calls ({RETURNN_CALLABLE_KEYS[key]}), which returnn-ray "
                 "does not implement; remove it, or rename it if it is only a helper"
             )
+
+
+def _check_window(config: Config) -> None:
+    """RETURNN's ``window`` (``config.int("window", 1)``) stacks that many input frames into one: a
+    model trained without it sees other inputs, so anything but 1 is refused."""
+    if not config.has("window"):
+        return
+    try:
+        window = config.int("window", 1)
+    except (ConfigError, TypeError, ValueError):
+        window = None
+    if window != 1:
+        raise ConfigError(
+            f"config key 'window' is {window if window is not None else config.raw('window')!r}: returnn-ray does not stack input frames (RETURNN's "
+            "input windowing); remove it (or set it to 1)"
+        )
 
 
 def _is_set(config: Config, key: str) -> bool:
