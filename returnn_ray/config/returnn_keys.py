@@ -147,7 +147,7 @@ def check_returnn_keys(config: Config, *, known: AbstractSet[str]) -> None:
 def _check_window(config: Config) -> None:
     """RETURNN's ``window`` (``config.int("window", 1)``) stacks that many input frames into one: a
     model trained without it sees other inputs, so anything but 1 is refused."""
-    if not config.has("window"):
+    if not config.has("window") or config.raw("window") is None:  # None: RETURNN's default, 1
         return
     try:
         window = config.int("window", 1)
