@@ -40,7 +40,6 @@ IGNORED_KEYS: dict[str, str] = {
     "multiprocessing": "data loading is done by Ray",
     "update_on_device": "always",
     "truncation": "no truncated BPTT",
-    "window": "1 only (RETURNN's default: no input windowing); another value is refused",
     "stop_on_nonfinite_train_score": "not supported yet",
     "start_epoch": "training resumes from the newest complete checkpoint",
     "torch_distributed": "DDP is set up by Ray Train (ray_num_workers)",
