@@ -42,7 +42,7 @@ def train_step(*, model, extern_data, **_kwargs):
     x, y = extern_data["data"].raw_tensor, extern_data["classes"].raw_tensor
     loss = torch.nn.functional.cross_entropy(model(x).transpose(1, 2), y.long(), reduction="none")
     mask = torch.arange(x.shape[1])[None, :] < extern_data["data"].dims[1].dyn_size_ext.raw_tensor[:, None]
-    rf.get_run_ctx().mark_as_loss(name="ce", loss=(loss * mask).sum(), custom_inv_norm_factor=mask.sum())
+    rf.get_run_ctx().mark_as_loss(name="ce", loss=(loss * mask).sum(), custom_inv_norm_factor=rf.convert_to_tensor(mask.sum()))
 """
 
 
