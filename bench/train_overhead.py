@@ -123,7 +123,7 @@ def plain_loop(config_path: str, epochs: int) -> list[tuple[float, float, float]
             reading += time.monotonic() - read_start
             with amp_context(t.torch_amp, device.type):
                 losses = spec.step(model, batch, epoch=epoch, step=step)
-                loss = objective(losses, world_size=1)
+                loss = objective(losses)
             (grad_scaler.scale(loss) if grad_scaler is not None else loss).backward()
             apply_update(optimizer, model, grad_scaler=grad_scaler, gradient_clip=t.gradient_clip,
                          gradient_clip_global_norm=t.gradient_clip_global_norm)

@@ -42,7 +42,6 @@ IGNORED_KEYS: dict[str, str] = {
     "truncation": "no truncated BPTT",
     "stop_on_nonfinite_train_score": "not supported yet",
     "start_epoch": "training resumes from the newest complete checkpoint",
-    "torch_distributed": "DDP is set up by Ray Train (ray_num_workers)",
     "use_horovod": "DDP is set up by Ray Train (ray_num_workers)",
     "torch_dataloader_opts": "data loading is done by Ray",
     "watch_memory": "not supported",

@@ -33,6 +33,7 @@ from returnn_ray.config.validators import (
     MAX_LEARNING_RATE,
     LrControlKind,
     check_cleanup_old_models,
+    check_torch_distributed,
 )
 
 logger = logging.getLogger(__name__)
@@ -247,6 +248,9 @@ class TrainingSettings(_Checked):
     gradient_clip_global_norm: float = setting(0.0, "Clip the global gradient norm to this; 0: off.", read="float")
     accum_grad_multiple_step: int = setting(1, "Accumulate gradients over this many steps.", read="int")
     torch_amp: str | dict | None = setting(None, "Mixed precision: 'bfloat16', 'float16' or {'dtype': ...}.")
+    torch_distributed: dict | None = setting(
+        None, "RETURNN's multi-GPU rule: reduce_type 'grad' (mean of gradients) or 'param'; unset: sum over workers."
+    )
     learning_rate_control: LrControlKind = setting("constant", "Learning-rate schedule by dev scores.", read="str")
     learning_rates: list | tuple | dict | str | None = setting(
         None, "Fixed lrs that win over the schedule: a list for epochs 1, 2, ... or {epoch: lr}.",
@@ -308,6 +312,7 @@ class TrainingSettings(_Checked):
         if self.save_interval < 1:
             raise ConfigError(f"save_interval must be >= 1 (save every N epochs; -i), got {self.save_interval}")
         check_cleanup_old_models(self.cleanup_old_models)
+        check_torch_distributed(self.torch_distributed)
         if self.save_interval_steps < 0:
             raise ConfigError(
                 f"save_interval_steps must be >= 0 (0: no mid-epoch checkpoints), got {self.save_interval_steps}"

@@ -24,6 +24,7 @@ __all__ = [
     "LR_CONTROL_CONFIG_KEYS",
     "CLEANUP_DEFAULTS",
     "check_cleanup_old_models",
+    "check_torch_distributed",
     "cleanup_options",
 ]
 
@@ -94,3 +95,63 @@ def cleanup_options(value: bool | Mapping[str, Any]) -> dict[str, Any]:
     ):
         raise ConfigError(f"cleanup_old_models: keep must be a list of epochs, got {keep!r}")
     return opts
+
+
+TORCH_DISTRIBUTED_KEYS = frozenset({
+    "reduce_type", "param_sync_step", "sync_on_cpu", "sync_optimizer_state", "sync_at_epoch_end",
+    "sync_complete_frac", "dataset_distribution", "class", "options",
+})
+"""Options of RETURNN's ``torch_distributed`` that returnn-ray follows (see returnn_ray/training/reduction.py)."""
+
+_TORCH_DISTRIBUTED_REFUSED = {
+    "backend": "Ray Train sets up the process group (gloo on CPU, nccl on GPU); remove it",
+    "timeout_sec": "Ray Train sets up the process group with its own timeout; remove it",
+    "sync": "nested sync levels are not implemented; use reduce_type 'grad' or 'param'",
+}
+
+
+def check_torch_distributed(opts: Any) -> None:
+    """RETURNN's ``torch_distributed`` dict: options returnn-ray follows, else one line naming the option.
+
+    >>> check_torch_distributed({"reduce_type": "param", "param_sync_step": 0})
+    Traceback (most recent call last):
+    ...
+    returnn_ray.errors.ConfigError: torch_distributed: reduce_type 'param' needs param_sync_step, a positive int; got 0
+    """
+    if opts is None:
+        return
+    if not isinstance(opts, dict):
+        raise ConfigError(f"torch_distributed must be a dict (RETURNN's options, e.g. {{}}), got {opts!r}")
+    for key in opts:
+        if key in _TORCH_DISTRIBUTED_REFUSED:
+            raise ConfigError(f"torch_distributed: option {key!r} is not supported: {_TORCH_DISTRIBUTED_REFUSED[key]}")
+        if key not in TORCH_DISTRIBUTED_KEYS:
+            raise ConfigError(f"torch_distributed: unknown option {key!r} (known: {', '.join(sorted(TORCH_DISTRIBUTED_KEYS))})")
+    reduce_type = opts.get("reduce_type", "grad")
+    if reduce_type not in ("grad", "grad_explicit", "param"):
+        raise ConfigError(f"torch_distributed: reduce_type must be 'grad' or 'param', got {reduce_type!r}")
+    step = opts.get("param_sync_step")
+    if reduce_type == "param" and not (isinstance(step, int) and not isinstance(step, bool) and step > 0):
+        raise ConfigError(f"torch_distributed: reduce_type 'param' needs param_sync_step, a positive int; got {step!r}")
+    if opts.get("sync_at_epoch_end", True) is not True:
+        raise ConfigError(
+            "torch_distributed: sync_at_epoch_end False is not supported: every worker scores dev with the model "
+            "rank 0 saves, so the ranks must agree at the epoch's end; remove it"
+        )
+    if opts.get("dataset_distribution", "shard") != "shard":
+        raise ConfigError(
+            f"torch_distributed: dataset_distribution {opts['dataset_distribution']!r} is not supported: returnn-ray "
+            "always shards each epoch over the workers (every seq once); remove it or set 'shard'"
+        )
+    _check_ddp_class(opts)
+
+
+def _check_ddp_class(opts: Mapping[str, Any]) -> None:
+    """``class``: only torch's DDP; ``options``: a dict of DDP keyword arguments."""
+    cls = opts.get("class")
+    if cls is not None and getattr(cls, "__name__", None) != "DistributedDataParallel":
+        raise ConfigError(f"torch_distributed: class {cls!r} is not supported; only torch's DistributedDataParallel")
+    if opts.get("reduce_type") == "param" and ("class" in opts or "options" in opts):
+        raise ConfigError("torch_distributed: 'class'/'options' configure DDP, which reduce_type 'param' does not use; remove them")
+    if not isinstance(opts.get("options", {}), dict):
+        raise ConfigError(f"torch_distributed: options must be a dict of DDP keyword arguments, got {opts['options']!r}")

@@ -44,6 +44,7 @@ from returnn_ray.training.lr_control import make_lr_control
 from returnn_ray.training.memory import log_memory_usage
 from returnn_ray.training.optim import amp_context, apply_update, build_optimizer, make_grad_scaler, set_learning_rate, should_step
 from returnn_ray.training.preload import load_weights
+from returnn_ray.training.reduction import Padded, RankSync, Reduction
 from returnn_ray.training.scores import ScoreAccumulator, objective, score_keys
 from returnn_ray.training.steps import dummy_batch, model_spec
 from returnn_ray.training.tensorboard import TensorBoardLog, tensorboard_dir
@@ -130,11 +131,13 @@ class TrainingRecipe:
         self.grad_scaler = make_grad_scaler(s.training.torch_amp, self.ctx.device.type)
         self._restore(self.resume_point)
         self.train_model = self.model
-        if self.ctx.world_size > 1:
-            # broadcast_buffers=False: no per-forward collective, so eval passes with uneven step
-            # counts cannot hang; network dicts have no buffers to keep in sync.
+        self.reduction = Reduction.from_setting(s.training.torch_distributed)
+        self.sync = RankSync(self.reduction, rank=self.ctx.rank, world_size=self.ctx.world_size)
+        if self.ctx.world_size > 1 and self.reduction.uses_ddp:
+            # Only training steps (equal counts on all ranks) go through DDP; eval and the loss-name
+            # probe use self.model, so a per-forward buffer broadcast cannot hang.
             self.train_model = torch.nn.parallel.DistributedDataParallel(
-                self.spec.ddp_module(self.model), broadcast_buffers=False
+                Padded(self.spec.ddp_module(self.model)), **self.reduction.ddp_kwargs()
             )
         self.tb = _tensorboard_log(s) if self.ctx.is_chief else None
 
@@ -255,6 +258,7 @@ class TrainingRecipe:
         padding = dummy_batch(self.specs, ctx.device)
         self._clock = (time.monotonic(),) * 2  # (epoch start, last step)
         optimizer.zero_grad(set_to_none=True)
+        updates = 0  # optimizer updates so far in this epoch (RETURNN's epoch_update_step_idx)
         step_lr = StepLearningRate.for_epoch(
             s.training.dynamic_learning_rate, learning_rate=lr, epoch=epoch, plan=batches.plan, skip_seqs=batches.skip
         )
@@ -262,35 +266,51 @@ class TrainingRecipe:
             if step_lr is not None:  # RETURNN's dynamic_learning_rate: the lr of this step
                 set_learning_rate(optimizer, step_lr(i, global_train_step=self.step))
             is_padding = batch.num_seqs == 0
-            batch = padding if is_padding else to_device(batch, ctx.device)
-            weight = 0.0 if is_padding else 1.0
-            with amp_context(s.training.torch_amp, ctx.device.type):
-                losses = self.spec.step(model, batch, epoch=epoch, step=self.step)
-                loss = objective(losses, world_size=ctx.world_size) * weight
-                l2 = self.spec.l2(model)
-                if l2 is not None:
-                    loss = loss + l2
-            (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+            losses = self._backward(None if is_padding else to_device(batch, ctx.device), epoch)
             # RETURNN: gradients of accum_grad_multiple_step steps are summed, then one update;
             # an accumulation still open at the end of the epoch is dropped.
             if should_step(i, accum):
-                apply_update(
-                    optimizer, model, grad_scaler=self.grad_scaler,
-                    gradient_clip=s.training.gradient_clip, gradient_clip_global_norm=s.training.gradient_clip_global_norm,
-                )
+                if any(p.grad is not None for p in self.model.parameters()):  # reduce_type param: padding only
+                    apply_update(
+                        optimizer, model, grad_scaler=self.grad_scaler,
+                        gradient_clip=s.training.gradient_clip, gradient_clip_global_norm=s.training.gradient_clip_global_norm,
+                    )
                 optimizer.zero_grad(set_to_none=True)
+                self.sync.after_update(self.model, optimizer, updates)
+                updates += 1
             if i == 0 and first_of_run and self.job.process_start is not None:
                 self.log.first_step(time.time() - self.job.process_start, epoch=epoch, step=self.step)
-            acc.add(losses, weight=weight)
+            if not is_padding:  # a padding step's frames stay out of the scores
+                acc.add(losses)
             self.step += 1
             if save_every and (i + 1) % save_every == 0 and i + 1 < num_steps and should_step(i, accum):
                 # after an update, so no gradient accumulation is open; every rank gets here at the same step
-                totals = acc.totals(sorted(loss_names(self.spec, model, padding, epoch, self.step, acc)))
+                totals = acc.totals(sorted(loss_names(self.spec, self.model, padding, epoch, self.step, acc)))
                 self.save_mid_epoch(totals, epoch=epoch, seqs_done=batches.skip + batches.plan.seqs_in_steps(i + 1),
                                     num_seqs=batches.skip + batches.plan.num_seqs, digest=digest)
             self._log_step(epoch, i, num_steps, losses, acc, is_padding)
-        totals = acc.totals(sorted(loss_names(self.spec, model, padding, epoch, self.step, acc)))
+        names = sorted(loss_names(self.spec, self.model, padding, epoch, self.step, acc))
+        self.step = self.sync.after_epoch(self.model, optimizer, self.step)  # what is scored and saved: one model
+        totals = acc.totals(names)
         return _epoch_scores(totals, epoch, batches.skip + batches.plan.num_seqs, self.log)
+
+    def _backward(self, batch: Any, epoch: int) -> Mapping[str, Any]:
+        """One step's forward and backward on a real batch (``None``: a padding step); its losses.
+
+        The L2 term is scaled as the data term is, so N workers equal one worker accumulating
+        N batches (``sum``) or their mean (``grad``) with L2 included."""
+        model, scale = self.train_model, self.reduction.loss_scale(self.ctx.world_size)
+        losses: Mapping[str, Any] = {}
+        with amp_context(self.settings.training.torch_amp, self.ctx.device.type):
+            if batch is None:
+                loss = model(padding=True) if model is not self.model else None
+            else:
+                losses = self.spec.step(model, batch, epoch=epoch, step=self.step)
+                l2 = self.spec.l2(model)
+                loss = objective(losses, scale=scale) + (scale * l2 if l2 is not None else 0.0)
+        if loss is not None:
+            (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+        return losses
 
     def _start_epoch(self, epoch: int, mid: MidEpochState | None) -> ScoreAccumulator:
         """Seed this rank's RNG for the epoch (or restore it, resuming mid-way); the scores so far."""

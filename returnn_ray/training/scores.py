@@ -85,13 +85,13 @@ def score_keys(dataset_name: str, scores: Mapping[str, float]) -> dict[str, floa
     return {keys[name]: value for name, value in scores.items()}
 
 
-def objective(losses: Mapping[str, LossValue], *, world_size: int) -> torch.Tensor:
-    """The gradient objective of one step on one rank: ``W × Σ scale·sum`` over non-error losses.
+def objective(losses: Mapping[str, LossValue], *, scale: float = 1.0) -> torch.Tensor:
+    """The gradient objective of one step on one rank: ``scale × Σ loss_scale·sum`` over non-error losses.
 
-    RETURNN's objective is the *sum* over frames; DDP averages gradients over the W ranks, so
-    each rank scales by W to make N workers' update equal one worker's update over the union of
-    their batches. A loss marked with ``use_normalized_loss`` is divided by the *global* frame
-    count of the step (all-reduced), for the same reason.
+    RETURNN's objective (``RunCtx.total_loss``) is the *sum* over frames, or with
+    ``use_normalized_loss`` the mean over this step's frames on this rank (``get_mean_loss``:
+    the local count, as one worker accumulating batches divides each by its own). ``scale`` is
+    :meth:`~returnn_ray.training.reduction.Reduction.loss_scale`: how the ranks combine.
     """
     terms = []
     for loss in losses.values():
@@ -99,11 +99,9 @@ def objective(losses: Mapping[str, LossValue], *, world_size: int) -> torch.Tens
             continue
         term = loss.sum
         if getattr(loss, "use_normalized_loss", False):
-            frames = torch.as_tensor(loss.num_frames, device=term.device).to(term.dtype).clone()
-            if world_size > 1:
-                torch.distributed.all_reduce(frames)
+            frames = torch.as_tensor(loss.num_frames, device=term.device).to(term.dtype)
             term = term / frames.clamp(min=1)
         terms.append(loss.scale * term.reshape(()))
     if not terms:
         raise ValueError("no loss to optimise")
-    return world_size * torch.stack(terms).sum()
+    return scale * torch.stack(terms).sum()

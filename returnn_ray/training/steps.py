@@ -22,6 +22,7 @@ from returnn_ray.data.ray_data import Batch
 from returnn_ray.errors import ConfigError
 from returnn_ray.model import torch_engine
 from returnn_ray.model.losses import LossValue
+from returnn_ray.training.reduction import Padded
 
 
 class StepFn(Protocol):
@@ -100,14 +101,17 @@ def _torch_spec(
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    """The network under DDP and its :class:`~returnn_ray.training.reduction.Padded` wrapper."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    return model.inner if isinstance(model, Padded) else model
 
 
 def dummy_batch(specs: Mapping[str, DataSpec], device: torch.device) -> Batch:
     """One seq of one frame per key (zeros, label 0): what a rank runs on its empty padding step.
 
-    DDP needs every rank in every step's gradient all-reduce; the padding step's losses are
-    weighted 0, so it changes nothing but keeps the ranks in step.
+    Used to learn a model's loss names on a rank that saw no batch; training's padding steps
+    run no data at all (:class:`~returnn_ray.training.reduction.Padded`).
     """
     import numpy as np
 

@@ -60,14 +60,17 @@ def assert_same_params(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
-def test_two_workers_equal_one_worker_accumulating_the_same_batches(ray_session, tmp_path):
+@pytest.mark.parametrize("l2", [None, 0.05], ids=["no-l2", "l2"])
+def test_two_workers_equal_one_worker_accumulating_the_same_batches(ray_session, tmp_path, l2):
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
     # W=2 runs batch 2s on rank 0 and 2s+1 on rank 1 in step s; W=1 accumulating 2 steps
     # sums the same two batches' gradients: RETURNN's objective is a sum over frames, so the
-    # updates must be equal. (An even batch count: RETURNN drops an unfinished accumulation.)
-    assert main([write_config(one, accum_grad_multiple_step=2)]) == 0
-    assert main([write_config(two), "++ray_num_workers", "2"]) == 0
+    # updates must be equal (returnn-ray's default rule without torch_distributed), the L2 term
+    # included. (An even batch count: RETURNN drops an unfinished accumulation.)
+    network = {**NETWORK, "hidden": {**NETWORK["hidden"], "L2": l2}} if l2 else NETWORK
+    assert main([write_config(one, accum_grad_multiple_step=2, network=network)]) == 0
+    assert main([write_config(two, network=network), "++ray_num_workers", "2"]) == 0
     s1, s2 = scores(one), scores(two)
     assert s1.keys() == s2.keys() == {1, 2}
     for epoch in (1, 2):
