@@ -94,9 +94,9 @@ def plain_loop(config_path: str, epochs: int) -> list[tuple[float, float, float]
     from returnn_ray.data import plan_epoch
     from returnn_ray.data.from_settings import batching_options, data_specs, open_dataset
     from returnn_ray.data.ray_data import Batch, pad_batch
+    from returnn_ray.model.build import model_spec
     from returnn_ray.training.optim import apply_update, build_optimizer
     from returnn_ray.training.scores import ScoreAccumulator, objective
-    from returnn_ray.training.steps import model_spec
 
     torch.set_num_threads(1)  # a Ray worker gets OMP_NUM_THREADS=1 (one CPU)
     config = load_config([config_path])

@@ -1,5 +1,8 @@
 """One batch through a loaded model: the outputs forward writes, or the beams search writes.
 
+The model is built by :func:`returnn_ray.model.build.build_model`, as for training; this module
+only runs it.
+
 Both ways RETURNN users write models are served:
 - a ``network`` dict: forward writes the ``output`` layer (softmax probabilities for a softmax
   layer, as RETURNN's TF backend dumps them); search runs CTC beam search on an ``output``
@@ -21,6 +24,7 @@ from returnn_ray.data.base import DataSpec
 from returnn_ray.data.ray_data import Batch
 from returnn_ray.errors import ConfigError, UserError
 from returnn_ray.model import torch_engine
+from returnn_ray.model.build import check_model
 
 Outputs = dict[str, tuple[np.ndarray, np.ndarray]]
 """Output name -> (padded values ``[B, T, ...]``, seq lengths ``[B]``)."""
@@ -30,23 +34,9 @@ Beam = list[tuple[float, tuple[int, ...]]]
 
 
 def check_inference_model(settings: Settings, *, search: bool) -> None:
-    """What the model must define for forward/search; checked before Ray starts."""
-    t = settings.training
-    if t.network is None and t.get_model is None:
-        raise ConfigError("the config defines no model: set `network` (a layer dict) or `get_model`")
-    if t.network is None:
-        needed = "search_step" if search else "forward_step"
-        if getattr(t, needed) is None:
-            raise ConfigError(f"the config defines get_model but no {needed}(*, model, extern_data, **kwargs)")
-
-
-def build_model(settings: Settings, specs: Mapping[str, DataSpec], *, epoch: int, step: int) -> torch.nn.Module:
-    """The config's model with fresh parameters (load a state dict into it)."""
-    if settings.training.network is not None:
-        from returnn_ray.model import build_network
-
-        return build_network(settings.training.network, dict(specs))
-    return torch_engine.build_model(settings.training.get_model, epoch=epoch, step=step)
+    """What the model must define for forward/search (:func:`returnn_ray.model.build.check_model`);
+    checked before Ray starts."""
+    check_model(settings, task="search" if search else "forward")
 
 
 def check_ctc_output(settings: Settings, model: torch.nn.Module) -> None:

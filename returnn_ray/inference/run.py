@@ -36,7 +36,6 @@ from returnn_ray.data.from_settings import batching_options, data_specs, open_da
 from returnn_ray.errors import ConfigError, UserError
 from returnn_ray.metrics import MetricsWriter, metrics_path, since_process_start
 from returnn_ray.inference.model import (
-    build_model,
     check_ctc_output,
     check_inference_model,
     forward_outputs,
@@ -44,6 +43,7 @@ from returnn_ray.inference.model import (
 )
 from returnn_ray.inference.files import batch_digest, changed_file, check_output_file, data_files, file_identity
 from returnn_ray.inference.parts import DATA_FILES, PartStore, plan_digest, tags_digest
+from returnn_ray.model.build import build_model
 from returnn_ray.training import checkpoints
 from returnn_ray.training.log import hms
 from returnn_ray.training.preload import check_preload_files, load_weights

@@ -10,10 +10,10 @@ from returnn_ray.cluster import env
 from returnn_ray.config import Config, Settings
 from returnn_ray.data.from_settings import data_specs, eval_dataset_names, open_dataset
 from returnn_ray.errors import ConfigError
+from returnn_ray.model.build import model_spec
 from returnn_ray.training import checkpoints
 from returnn_ray.training.driver import run_on_workers, use_local_mode
 from returnn_ray.training.job import EvalJob
-from returnn_ray.training.steps import model_spec
 
 
 def run(settings: Settings, config: Config) -> int:

@@ -207,8 +207,9 @@ def expected_score_keys(settings: Settings) -> list[str]:
     import torch
 
     from returnn_ray.data.from_settings import data_specs, eval_dataset_names, open_dataset
+    from returnn_ray.model.build import model_spec
     from returnn_ray.training.scores import score_keys
-    from returnn_ray.training.steps import dummy_batch, model_spec
+    from returnn_ray.training.steps import dummy_batch
 
     specs = data_specs(settings, open_dataset(settings, "train"))
     spec = model_spec(settings, specs)

@@ -12,12 +12,12 @@ from typing import Any, Callable
 from returnn_ray.config import Settings
 from returnn_ray.data.from_settings import check_datasets_for_training, data_specs, eval_dataset_names, open_dataset
 from returnn_ray.errors import ConfigError
+from returnn_ray.model.build import ModelSpec, model_spec
 from returnn_ray.training import checkpoints
 from returnn_ray.training.dynamic_lr import check_dynamic_learning_rate
 from returnn_ray.training.lr_control import check_lr_control
 from returnn_ray.training.optim import check_optimizer
 from returnn_ray.training.preload import check_preload_files, load_weights
-from returnn_ray.training.steps import ModelSpec, model_spec
 from returnn_ray.training.tensorboard import check_tensorboard
 
 logger = logging.getLogger(__name__)

@@ -22,9 +22,10 @@ from returnn_ray.data.base import Dataset
 from returnn_ray.data.epochs import check_epoch
 from returnn_ray.data.from_settings import batching_options
 from returnn_ray.data.ray_data import Batch, rank_batches
+from returnn_ray.model.build import ModelSpec
 from returnn_ray.training.checkpoints import MidEpochState
 from returnn_ray.training.scores import ScoreAccumulator
-from returnn_ray.training.steps import ModelSpec, dummy_batch
+from returnn_ray.training.steps import dummy_batch
 from returnn_ray.training.worker import WorkerContext
 
 

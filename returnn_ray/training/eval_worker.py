@@ -12,11 +12,11 @@ from typing import Mapping
 
 from returnn_ray.atomic import atomic_write
 from returnn_ray.data.from_settings import data_specs, open_dataset
+from returnn_ray.model.build import model_spec
 from returnn_ray.training import checkpoints
 from returnn_ray.training.log import format_scores
 from returnn_ray.training.preload import load_weights
 from returnn_ray.training.scores import score_keys
-from returnn_ray.training.steps import model_spec
 from returnn_ray.training.epoch import eval_epoch
 from returnn_ray.training.job import JOB_KEY, WorkerJob
 from returnn_ray.training.worker import start_worker

@@ -32,6 +32,7 @@ from returnn_ray.config import Settings
 from returnn_ray.data.base import Dataset
 from returnn_ray.data.from_settings import data_specs, eval_dataset_names, open_dataset
 from returnn_ray.errors import DataError, UserError
+from returnn_ray.model.build import Padded, model_spec
 from returnn_ray.training import checkpoints
 from returnn_ray.training.checkpoints import MidEpochState
 from returnn_ray.training.dynamic_lr import StepLearningRate
@@ -44,9 +45,9 @@ from returnn_ray.training.lr_control import make_lr_control
 from returnn_ray.training.memory import log_memory_usage
 from returnn_ray.training.optim import amp_context, apply_update, build_optimizer, make_grad_scaler, set_learning_rate, should_step
 from returnn_ray.training.preload import load_weights
-from returnn_ray.training.reduction import Padded, RankSync, Reduction
+from returnn_ray.training.reduction import RankSync, Reduction
 from returnn_ray.training.scores import ScoreAccumulator, objective, score_keys
-from returnn_ray.training.steps import dummy_batch, model_spec
+from returnn_ray.training.steps import dummy_batch
 from returnn_ray.training.tensorboard import TensorBoardLog, tensorboard_dir
 from returnn_ray.training.worker import WorkerContext, log_up, report, start_worker
 

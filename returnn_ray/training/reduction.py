@@ -66,29 +66,6 @@ class Reduction:
         return dict(self.options.get("options") or {})
 
 
-class Padded(torch.nn.Module):
-    """What DDP wraps: the step module, plus a padding forward that touches no data.
-
-    ``forward(padding=True)`` returns ``Σ 0·p`` over the parameters: a zero gradient for every
-    parameter, so DDP's all-reduce matches the other ranks' and nothing non-finite enters it.
-    """
-
-    def __init__(self, inner: torch.nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, *args: Any, padding: bool = False, **kwargs: Any) -> Any:
-        if padding:
-            return zero_objective(self.inner)
-        return self.inner(*args, **kwargs)
-
-
-def zero_objective(module: torch.nn.Module) -> torch.Tensor:
-    """``Σ 0·p``: every trainable parameter in the graph with a zero gradient."""
-    terms = [(p * 0).sum() for p in module.parameters() if p.requires_grad]
-    return torch.stack(terms).sum() if terms else torch.zeros(())
-
-
 class RankSync:
     """The collectives of a ``param`` run, done by RETURNN's ``DistributedContext`` (none for ``sum``/``grad``
     besides DDP, and the epoch-end buffer broadcast)."""

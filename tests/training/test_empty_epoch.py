@@ -13,7 +13,7 @@ import torch
 from returnn_ray.config import load_config, load_settings
 from returnn_ray.data.from_settings import data_specs, open_dataset
 from returnn_ray.errors import DataError
-from returnn_ray.training.steps import model_spec
+from returnn_ray.model.build import model_spec
 from returnn_ray.training.epoch import epoch_batches, eval_epoch
 from returnn_ray.training.worker import WorkerContext
 

@@ -16,7 +16,8 @@ import torch.multiprocessing as mp
 from returnn_ray.config.validators import check_torch_distributed
 from returnn_ray.errors import ConfigError
 from returnn_ray.model.losses import LossValue
-from returnn_ray.training.reduction import Padded, RankSync, Reduction
+from returnn_ray.model.build import Padded
+from returnn_ray.training.reduction import RankSync, Reduction
 from returnn_ray.training.scores import objective
 
 WORLD = 2
