@@ -38,6 +38,7 @@ from returnn_ray.training.dynamic_lr import StepLearningRate
 from returnn_ray.training.epoch import (
     EpochBatches, epoch_batches, eval_epoch, gather, loss_names, order_digest, restore_rng, rng_states, seed_epoch, to_device,
 )
+from returnn_ray.training.grad_norm import double_backward_context, with_grad_norm_term
 from returnn_ray.training.job import JOB_KEY, WorkerJob
 from returnn_ray.training.log import WorkerLog, format_scores, hms
 from returnn_ray.training.lr_control import make_lr_control
@@ -252,6 +253,7 @@ class TrainingRecipe:
         save_every = s.training.save_interval_steps if s.run.model else 0
         digest = order_digest(s, self.train_data, epoch) if save_every else ""
         accum = s.training.accum_grad_multiple_step or 1
+        max_gn = s.training.maximize_grad_norm
         padding = dummy_batch(self.specs, ctx.device)
         self._clock = (time.monotonic(),) * 2  # (epoch start, last step)
         optimizer.zero_grad(set_to_none=True)
@@ -264,13 +266,16 @@ class TrainingRecipe:
             is_padding = batch.num_seqs == 0
             batch = padding if is_padding else to_device(batch, ctx.device)
             weight = 0.0 if is_padding else 1.0
-            with amp_context(s.training.torch_amp, ctx.device.type):
+            with amp_context(s.training.torch_amp, ctx.device.type), double_backward_context(max_gn, ctx.device.type):
                 losses = self.spec.step(model, batch, epoch=epoch, step=self.step)
                 loss = objective(losses, world_size=ctx.world_size) * weight
                 l2 = self.spec.l2(model)
                 if l2 is not None:
                     loss = loss + l2
-            (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+            loss = self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss
+            if max_gn:  # RETURNN's TF updater: + d(-max_gn * global grad norm)/dθ, per step, before accumulation/clipping
+                loss = with_grad_norm_term(loss, self.model.parameters(), max_gn, world_size=ctx.world_size)
+            loss.backward()
             # RETURNN: gradients of accum_grad_multiple_step steps are summed, then one update;
             # an accumulation still open at the end of the epoch is dropped.
             if should_step(i, accum):
