@@ -99,8 +99,6 @@ UNIMPLEMENTED_UPDATER_KEYS: dict[str, str] = {
     "grad_norm_to_clip_to_zero": "TensorFlow only (RETURNN's torch engine refuses it too)",
     "gradient_nan_inf_filter": "TensorFlow only (RETURNN's torch engine refuses it too)",
     "debug_grad_summaries": "TensorFlow only (RETURNN's torch engine refuses it too)",
-    "maximize_grad_norm": "RETURNN's TF updater adds the gradient of -factor * (global gradient norm), a second-order "
-    "term, which returnn-ray does not implement",
     "grad_clip": "the option is called gradient_clip_global_norm (or gradient_clip for each value)",
     "momentum": "RETURNN's TF flag; set optimizer = {'class': 'sgd', 'momentum': ...}",
     "adadelta": "RETURNN's TF flag; set optimizer = {'class': 'adadelta', ...}",

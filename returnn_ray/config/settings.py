@@ -247,6 +247,10 @@ class TrainingSettings(_Checked):
     gradient_clip: float = setting(0.0, "Clip each gradient value to +-this; 0: off.", read="float")
     gradient_clip_global_norm: float = setting(0.0, "Clip the global gradient norm to this; 0: off.", read="float")
     accum_grad_multiple_step: int = setting(1, "Accumulate gradients over this many steps.", read="int")
+    maximize_grad_norm: float = setting(
+        0.0, "Network dicts (RETURNN's TF updater): add the gradient of -this * global gradient norm; 0: off.",
+        read="float",
+    )
     torch_amp: str | dict | None = setting(None, "Mixed precision: 'bfloat16', 'float16' or {'dtype': ...}.")
     torch_distributed: dict | None = setting(
         None, "RETURNN's multi-GPU rule: reduce_type 'grad' (mean of gradients) or 'param'; unset: sum over workers."
@@ -313,6 +317,9 @@ class TrainingSettings(_Checked):
             raise ConfigError(f"save_interval must be >= 1 (save every N epochs; -i), got {self.save_interval}")
         check_cleanup_old_models(self.cleanup_old_models)
         check_torch_distributed(self.torch_distributed)
+        if self.maximize_grad_norm and self.network is None:  # RETURNN's torch updater raises NotImplementedError
+            raise ConfigError("maximize_grad_norm is an option of RETURNN's TF updater, for network dicts; RETURNN's "
+                              "torch engine (get_model/train_step) does not support it: remove it or set it to 0")
         if self.save_interval_steps < 0:
             raise ConfigError(
                 f"save_interval_steps must be >= 0 (0: no mid-epoch checkpoints), got {self.save_interval_steps}"

@@ -17,7 +17,7 @@ import torch
 
 from returnn_ray.config import Settings
 from returnn_ray.data import plan_epoch
-from returnn_ray.data.batching import filter_by_length
+from returnn_ray.data.batching import planned_items
 from returnn_ray.data.base import Dataset
 from returnn_ray.data.epochs import check_epoch
 from returnn_ray.data.from_settings import batching_options
@@ -30,9 +30,11 @@ from returnn_ray.training.worker import WorkerContext
 
 
 def order_digest(settings: Settings, train: Dataset, epoch: int) -> str:
-    """Digest of the epoch's seq order after the length filter: what a mid-epoch cursor counts in."""
-    order = filter_by_length(train.seq_order_for_epoch(epoch), train.seq_lens, batching_options(settings, "train"))
-    return hashlib.sha256(np.ascontiguousarray(order, dtype=np.int64).tobytes()).hexdigest()
+    """Digest of what a mid-epoch cursor counts in: the epoch's seqs after the length filter or, with
+    ``chunking``, its chunk rows (seq, start and end per key), so a changed ``chunking`` starts the
+    epoch anew. Without chunking the items are the filtered seq order, as before."""
+    items, _, _ = planned_items(train.seq_order_for_epoch(epoch), train.seq_lens, batching_options(settings, "train"))
+    return hashlib.sha256(np.ascontiguousarray(items, dtype=np.int64).tobytes()).hexdigest()
 
 
 def seed_epoch(seed: int, epoch: int, rank: int, skip_seqs: int = 0) -> None:

@@ -39,6 +39,7 @@ from returnn_ray.training.dynamic_lr import StepLearningRate
 from returnn_ray.training.epoch import (
     EpochBatches, epoch_batches, eval_epoch, gather, loss_names, order_digest, restore_rng, rng_states, seed_epoch, to_device,
 )
+from returnn_ray.training.grad_norm import double_backward_context, with_grad_norm_term
 from returnn_ray.training.job import JOB_KEY, WorkerJob
 from returnn_ray.training.log import WorkerLog, format_scores, hms
 from returnn_ray.training.lr_control import make_lr_control
@@ -301,8 +302,9 @@ class TrainingRecipe:
         The L2 term is scaled as the data term is, so N workers equal one worker accumulating
         N batches (``sum``) or their mean (``grad``) with L2 included."""
         model, scale = self.train_model, self.reduction.loss_scale(self.ctx.world_size)
+        max_gn, device_type = self.settings.training.maximize_grad_norm, self.ctx.device.type
         losses: Mapping[str, Any] = {}
-        with amp_context(self.settings.training.torch_amp, self.ctx.device.type):
+        with amp_context(self.settings.training.torch_amp, device_type), double_backward_context(max_gn, device_type):
             if batch is None:
                 loss = model(padding=True) if model is not self.model else None
             else:
@@ -310,7 +312,12 @@ class TrainingRecipe:
                 l2 = self.spec.l2(model)
                 loss = objective(losses, scale=scale) + (scale * l2 if l2 is not None else 0.0)
         if loss is not None:
-            (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+            loss = self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss
+            if max_gn:  # RETURNN's TF updater: + d(-max_gn * global grad norm)/dθ, per step, before accumulation/clipping
+                # the norm of the gradient DDP makes (its mean over the ranks); without DDP (param) the rank's own
+                world = self.ctx.world_size if model is not self.model else 1
+                loss = with_grad_norm_term(loss, self.model.parameters(), max_gn, world_size=world)
+            loss.backward()
         return losses
 
     def _start_epoch(self, epoch: int, mid: MidEpochState | None) -> ScoreAccumulator:
