@@ -11,6 +11,7 @@ import pytest
 from returnn_ray.cli import main, parse_argv
 from returnn_ray.config import KNOWN_KEYS, load_config, load_settings
 from returnn_ray.errors import ConfigError
+from returnn_ray.sweep.job import SweepJob
 from returnn_ray.sweep.results import TrialSummary, best_config_text, format_table, ranked, write_plot
 from returnn_ray.sweep.space import Dimension, override_args, parse_space, warn_unknown_keys
 from returnn_ray.sweep.trial import trial_args
@@ -60,7 +61,7 @@ def test_a_variant_reaches_the_trial_as_the_config_a_user_would_get(tmp_path):
     base = tmp_path / "base.json"
     base.write_text(json.dumps({"learning_rate": 0.1, "optimizer": {"class": "sgd"}, "model": "/x/net", "batching": "random"}))
     values = {"learning_rate": 0.003, "optimizer": {"class": "adam"}, "batching": "sorted", "max_seqs": 7}
-    job = {"files": [str(base)], "args": ["++num_epochs", "3"], "model": "/x/net"}
+    job = SweepJob(files=(str(base),), args=("++num_epochs", "3"), model="/x/net", sweep_dir=str(tmp_path), metric=None)
     files, args = trial_args(job, values, str(tmp_path / "trial"))
     settings = load_settings(load_config(files, args))
     assert settings.training.learning_rate == 0.003 and settings.training.optimizer == {"class": "adam"}

@@ -12,10 +12,11 @@ import sys
 from typing import Any, Sequence
 
 from returnn_ray.errors import ConfigError, UserError
+from returnn_ray.sweep.job import SweepJob
 from returnn_ray.sweep.space import Dimension, check_points, variant_name
 
 
-def check_trials(job: dict[str, Any], space: Sequence[Dimension]) -> int:
+def check_trials(job: SweepJob, space: Sequence[Dimension]) -> int:
     """Loads and checks the config of every trial (:func:`check_points`); returns how many.
 
     Datasets are opened once per distinct data settings; nothing is written (the trials'
@@ -44,7 +45,7 @@ def check_trials(job: dict[str, Any], space: Sequence[Dimension]) -> int:
     base_module = sys.modules.get(USER_CONFIG_MODULE)
     try:
         for values in points:
-            files, args = trial_args(job, values, trial_dir(job["sweep_dir"], values, "check"))
+            files, args = trial_args(job, values, trial_dir(job.sweep_dir, values, "check"))
             try:
                 config = load_config(files, args)
                 set_global_config(config)  # as in the trial: a Python config's functions may read it

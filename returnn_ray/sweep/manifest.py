@@ -16,6 +16,7 @@ import shutil
 from typing import Any, Sequence
 
 from returnn_ray.errors import ConfigError, UserError
+from returnn_ray.sweep.job import SweepJob
 from returnn_ray.sweep.space import VARIANT_KEY, Dimension
 
 MANIFEST = "sweep.json"
@@ -28,14 +29,14 @@ STATE = ("tune", "trials", "results.txt", "best.config", "best.json", "metrics.j
 """What a sweep writes in its dir (and the plot, ``<metric>.png``)."""
 
 
-def definition(job: dict[str, Any], space: Sequence[Dimension], settings, files: Sequence[str]) -> dict[str, Any]:
+def definition(job: SweepJob, space: Sequence[Dimension], settings, files: Sequence[str]) -> dict[str, Any]:
     """The parts that decide a sweep's trials, as JSON data (named as a user would name them).
 
     ``files``: every config file the base config loaded (``--config`` and ``include`` too)."""
     s = settings.sweep
     parts = {
         "base config": [_file(path) for path in dict.fromkeys(files)],
-        "overrides": _overrides(job["args"]),
+        "overrides": _overrides(job.args),
         "grid": [[d.key, d.kind, list(d.values)] for d in space if d.key != VARIANT_KEY],
         "variants": [_file(path) for d in space if d.key == VARIANT_KEY for path in d.values],
         "metric": [s.sweep_metric, s.sweep_mode],

@@ -16,6 +16,7 @@ from typing import Any
 
 from returnn_ray.atomic import atomic_write
 from returnn_ray.metrics import FILE_NAME
+from returnn_ray.sweep.job import SweepJob
 from returnn_ray.sweep.space import VARIANT_KEY, override_args, variant_name
 
 
@@ -23,15 +24,15 @@ def trial_dir(sweep_dir: str, values: dict[str, Any], trial_id: str) -> str:
     return os.path.join(sweep_dir, "trials", f"{variant_name(values)}-{trial_id}")
 
 
-def trial_args(job: dict[str, Any], values: dict[str, Any], directory: str) -> tuple[list[str], list[str]]:
+def trial_args(job: SweepJob, values: dict[str, Any], directory: str) -> tuple[list[str], list[str]]:
     """The trial's command line: config files and ``++`` arguments, as a user would type it."""
-    files = list(job["files"]) + ([str(values[VARIANT_KEY])] if VARIANT_KEY in values else [])
-    model_name = os.path.basename(job["model"] or "model")
-    args = list(job["args"]) + override_args(values) + [
+    files = list(job.files) + ([str(values[VARIANT_KEY])] if VARIANT_KEY in values else [])
+    model_name = os.path.basename(job.model or "model")
+    args = list(job.args) + override_args(values) + [
         "++task", "train",
         # one CPU worker: trained inside the trial's actor, which holds the CPU (Ray Train local
         # mode); else the trial's workers are Ray actors holding its CPUs/GPUs
-        "++ray_local_mode", str(bool(job.get("local_trials"))),
+        "++ray_local_mode", str(job.local_trials),
         "++model", os.path.join(directory, model_name),
         "++learning_rate_file", os.path.join(directory, "learning_rates"),
         "++log", os.path.join(directory, "train.log"),
@@ -53,8 +54,9 @@ def run_trial(trial_config: dict[str, Any], shared_datasets: dict[str, Any] | No
     from returnn_ray.tasks.train import check_before_start, run_on_workers
     from returnn_ray.training.worker import train_loop_per_worker
 
-    job, values = trial_config["job"], dict(trial_config["values"])
-    directory = trial_dir(job["sweep_dir"], values, tune.get_context().get_trial_id())
+    job: SweepJob = trial_config["job"]
+    values = dict(trial_config["values"])
+    directory = trial_dir(job.sweep_dir, values, tune.get_context().get_trial_id())
     os.makedirs(directory, exist_ok=True)
     files, args = trial_args(job, values, directory)
     atomic_write(os.path.join(directory, "variant.json"), json.dumps({"values": values, "files": files, "args": args}, indent=1, default=repr))
@@ -62,8 +64,8 @@ def run_trial(trial_config: dict[str, Any], shared_datasets: dict[str, Any] | No
     set_global_config(config)
     settings = load_settings(config)
     check_before_start(settings)
-    same_data = shared_datasets and data_fingerprint(settings) == job.get("data_fingerprint")
-    local = bool(job.get("local_trials"))
+    same_data = shared_datasets and data_fingerprint(settings) == job.data_fingerprint
+    local = job.local_trials
     run_on_workers(
         settings,
         config,
@@ -71,7 +73,7 @@ def run_trial(trial_config: dict[str, Any], shared_datasets: dict[str, Any] | No
         what="training",
         run_name="returnn_ray_train",
         extra={
-            "sweep_metric": job["metric"],
+            "sweep_metric": job.metric,
             "shared_datasets": shared_datasets if same_data else None,
             "report_to_tune": local,
         },
