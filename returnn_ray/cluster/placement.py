@@ -21,14 +21,23 @@ import dataclasses
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Literal, Mapping
+from typing import Literal, Mapping, Protocol
 
 from returnn_ray.cluster import env, ray_internals
 from returnn_ray.cluster.start import init_ray
 from returnn_ray.errors import UserError
 
-if TYPE_CHECKING:  # the settings' types only: cluster/ imports nothing of config/
-    from returnn_ray.config.settings import RunSettings
+
+class RunSettings(Protocol):
+    """What the decision reads of :class:`returnn_ray.config.settings.RunSettings` (cluster/
+    imports nothing of config/)."""
+
+    task: str
+    device: str | None
+    ray_address: str | None
+    ray_num_workers: int | None
+    ray_local_mode: bool | None
+    ray_placement_timeout: float
 
 Per = Literal["worker", "actor"]
 """What a run places: Ray Train workers (DDP ranks; train, eval, sweep trials) or Ray Data actors
