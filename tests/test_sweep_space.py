@@ -156,3 +156,9 @@ def test_a_trial_with_a_mid_epoch_checkpoint_counts_as_progress(tmp_path):
     assert not manifest.has_results(str(tmp_path))
     (trial / "model.001.partial.pt").write_bytes(b"")
     assert manifest.has_results(str(tmp_path))
+
+
+def test_the_sweep_job_comes_back_from_tunes_plain_data(tmp_path):
+    job = SweepJob(files=("/a.config",), args=("++x", "1"), model=None, sweep_dir=str(tmp_path), metric="dev_score",
+                   data_fingerprint="d", local_trials=True)
+    assert SweepJob.from_tune(json.loads(json.dumps(job.to_tune()))) == job

@@ -54,7 +54,7 @@ def run_trial(trial_config: dict[str, Any], shared_datasets: dict[str, Any] | No
     from returnn_ray.tasks.train import check_before_start, run_on_workers
     from returnn_ray.training.worker import train_loop_per_worker
 
-    job: SweepJob = trial_config["job"]
+    job = SweepJob.from_tune(trial_config["job"])
     values = dict(trial_config["values"])
     directory = trial_dir(job.sweep_dir, values, tune.get_context().get_trial_id())
     os.makedirs(directory, exist_ok=True)

@@ -101,7 +101,7 @@ def _run(settings: Settings, config: Config, job: SweepJob, space, sweep_dir: st
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space={**tune_param_space(space), "job": job},
+            param_space={**tune_param_space(space), "job": job.to_tune()},
             tune_config=tune.TuneConfig(
                 metric="objective",
                 mode=s.sweep_mode,
