@@ -13,11 +13,12 @@ from typing import Any, Sequence
 
 from returnn_ray.cluster.ray_internals import user_message
 from returnn_ray.errors import ConfigError, UserError
+from returnn_ray.sweep.job import SweepJob
 from returnn_ray.sweep.space import Dimension, check_points, variant_name
-from returnn_ray.sweep.trial import TrialJob, trial_args, trial_dir
+from returnn_ray.sweep.trial import trial_args, trial_dir
 
 
-def check_trials(job: TrialJob, space: Sequence[Dimension]) -> int:
+def check_trials(job: SweepJob, space: Sequence[Dimension]) -> int:
     """Loads and checks the config of every trial (:func:`check_points`); returns how many.
 
     Datasets are opened once per distinct data settings; nothing is written (the trials'
