@@ -25,7 +25,8 @@ import traceback
 from typing import Callable, Literal, Sequence
 
 from returnn_ray import __version__
-from returnn_ray.cluster import env, interrupts
+from returnn_ray.cluster import interrupts
+from returnn_ray.cluster.placement import lacks_local_gpu
 from returnn_ray.cluster.ray_internals import user_message
 from returnn_ray.config import Config, Settings, load_config, load_settings, set_global_config, warn_unread_keys
 from returnn_ray.config.command_line import OPTION_KEYS, split_command_line
@@ -320,16 +321,7 @@ def check_local_gpu(settings: Settings) -> None:
 
     Runs on Ray workers are checked when Ray places them (too few GPUs is an error there).
     """
-    run = settings.run
-    if run.device != "gpu" or run.task not in ("train", "eval") or run.ray_local_mode is False:
-        return
-    ray = sys.modules.get("ray")
-    joins_ray = run.ray_address or os.environ.get(env.ADDRESS) or (ray is not None and ray.is_initialized())
-    if run.ray_local_mode is None and (run.ray_num_workers is not None or joins_ray):
-        return
-    import torch
-
-    if not torch.cuda.is_available():
+    if lacks_local_gpu(settings.run):
         raise UserError(
             "device gpu: this machine has no GPU that torch can use (torch.cuda.is_available() is False);"
             " use ++device cpu, or run on a Ray cluster with GPUs (++ray_address, ++ray_num_workers)"

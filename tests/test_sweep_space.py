@@ -12,9 +12,10 @@ import pytest
 from returnn_ray.cli import main, parse_argv
 from returnn_ray.config import KNOWN_KEYS, load_config, load_settings
 from returnn_ray.errors import ConfigError
+from returnn_ray.sweep.job import SweepJob
 from returnn_ray.sweep.results import TrialSummary, best_config_text, format_table, ranked, write_plot
 from returnn_ray.sweep.space import Dimension, override_args, parse_space, warn_unknown_keys
-from returnn_ray.sweep.trial import TrialJob, trial_args
+from returnn_ray.sweep.trial import trial_args
 
 
 def test_sweep_dict_and_grid_args_give_typed_dimensions():
@@ -61,7 +62,7 @@ def test_a_variant_reaches_the_trial_as_the_config_a_user_would_get(tmp_path):
     base = tmp_path / "base.json"
     base.write_text(json.dumps({"learning_rate": 0.1, "optimizer": {"class": "sgd"}, "model": "/x/net", "batching": "random"}))
     values = {"learning_rate": 0.003, "optimizer": {"class": "adam"}, "batching": "sorted", "max_seqs": 7}
-    job = TrialJob(files=(str(base),), args=("++num_epochs", "3"), model="/x/net", sweep_dir=str(tmp_path), metric=None)
+    job = SweepJob(files=(str(base),), args=("++num_epochs", "3"), model="/x/net", sweep_dir=str(tmp_path), metric=None)
     files, args = trial_args(job, values, str(tmp_path / "trial"))
     settings = load_settings(load_config(files, args))
     assert settings.training.learning_rate == 0.003 and settings.training.optimizer == {"class": "adam"}
@@ -208,3 +209,9 @@ def test_trials_of_a_python_config_compare_its_functions_by_code_not_identity(tm
     trials = _trial_settings(tmp_path, text, ".config", ("++batch_size", "400"))
     trials += _trial_settings(tmp_path, other, "2.config", ("++batch_size", "800"))
     check_batches_differ(trials, open_dataset)
+
+
+def test_the_sweep_job_comes_back_from_tunes_plain_data(tmp_path):
+    job = SweepJob(files=("/a.config",), args=("++x", "1"), model=None, sweep_dir=str(tmp_path), metric="dev_score",
+                   data_fingerprint="d", local_trials=True)
+    assert SweepJob.from_tune(json.loads(json.dumps(job.to_tune()))) == job

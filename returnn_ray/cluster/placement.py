@@ -1,18 +1,158 @@
-"""Whether the Ray cluster can hold the workers or actors a task asks for, before asking Ray.
+"""Where a run's workers go, decided once per run, and whether the Ray cluster can hold them.
+
+:func:`place` makes the one decision of a run (:class:`Placement`: in this process or on Ray, GPU or
+not, how many workers or actors of what size); the tasks call it once and hand it down, and every
+part that used to decide reads it. :func:`runs_here` and :func:`decide` are its pure halves (the
+settings and the resources in, the answer out), so the rules are tested without Ray or GPUs.
 
 Ray queues a request it cannot place as PENDING, for ever on a cluster that will not grow. So
-training workers, forward/search actors and sweep trials are checked first: on a local Ray this
-process started, at once; on a joined cluster (which an autoscaler or ``ray start --address`` may
-grow) after up to ``ray_placement_timeout`` seconds of waiting. Either way one line says what was
-asked, what the cluster has, and what to do.
+training workers, forward/search actors and sweep trials are checked first
+(:func:`check_placeable`): on a local Ray this process started, at once; on a joined cluster (which
+an autoscaler or ``ray start --address`` may grow) after up to ``ray_placement_timeout`` seconds of
+waiting. Either way one line says what was asked, what the cluster has, and what to do.
+
+Ray and torch are imported inside functions: ``returnn-ray`` imports this module before it knows
+whether the run needs either.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import sys
 import time
+from typing import Literal, Mapping, Protocol
 
-from returnn_ray.cluster import ray_internals
+from returnn_ray.cluster import env, ray_internals
+from returnn_ray.cluster.start import init_ray
 from returnn_ray.errors import UserError
+
+
+class RunSettings(Protocol):
+    """What the decision reads of :class:`returnn_ray.config.settings.RunSettings` (cluster/
+    imports nothing of config/)."""
+
+    task: str
+    device: str | None
+    ray_address: str | None
+    ray_num_workers: int | None
+    ray_local_mode: bool | None
+    ray_placement_timeout: float
+
+Per = Literal["worker", "actor"]
+"""What a run places: Ray Train workers (DDP ranks; train, eval, sweep trials) or Ray Data actors
+(forward, search)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """A run's placement: made once (:func:`place`), read by everything that starts workers."""
+
+    local: bool
+    """In this process (Ray Train's local mode, one worker): no Ray started or joined."""
+    use_gpu: bool
+    """Each worker holds a GPU (``device gpu``; unset: when the cluster, or this machine in local mode, has one)."""
+    num_workers: int
+    """Workers (DDP ranks) or actors."""
+    bundle: Mapping[str, float]
+    """What each one holds on its node: Ray Train's worker (one GPU, else one CPU) or an actor (a CPU, and a GPU)."""
+
+    @property
+    def kind(self) -> str:
+        """``GPU`` or ``CPU``: the resource that counts the workers."""
+        return "GPU" if self.use_gpu else "CPU"
+
+
+def runs_here(run: RunSettings, *, joins_ray: bool, gpus_here: int) -> bool:
+    """Whether a train/eval run's one worker runs in this process (Ray Train's local mode).
+
+    Starting a Ray cluster costs a 2-core machine 15-20 s before the first step, RETURNN none; a
+    run that can only ever use one worker (no ``ray_num_workers``, no cluster to join, at most one
+    GPU) gets nothing for it. Same loop, same batches, same files; ``ray_local_mode False`` forces
+    Ray. ``joins_ray``: ``ray_address``, ``RAY_ADDRESS`` or a Ray this process already runs (a
+    notebook, a test, a sweep trial's actor).
+    """
+    if run.ray_local_mode is not None:
+        return run.ray_local_mode
+    if run.ray_num_workers is not None or joins_ray:
+        return False
+    return run.device == "cpu" or gpus_here <= 1
+
+
+def decide(run: RunSettings, resources: Mapping[str, float], *, local: bool, per: Per = "worker") -> Placement:
+    """The placement for ``resources`` (the Ray cluster's; in local mode this machine's ``GPU``s).
+
+    RETURNN picks the GPU when there is one and ``device`` is unset. Unless ``ray_num_workers``
+    says: a local run has one worker; training one per GPU with a GPU, else one; forward and search
+    one actor per GPU, or per CPU.
+    """
+    gpus = float(resources.get("GPU", 0))
+    use_gpu = run.device == "gpu" or (run.device is None and gpus > 0)
+    if local:
+        num = 1
+    elif run.ray_num_workers:
+        num = run.ray_num_workers
+    elif per == "actor":
+        num = max(1, int(resources.get("GPU" if use_gpu else "CPU", 0)))
+    else:
+        num = max(1, int(gpus)) if use_gpu else 1
+    if per == "actor":  # Ray Data's actor holds a CPU (and a GPU) on one node
+        bundle = {"CPU": 1, "GPU": 1} if use_gpu else {"CPU": 1}
+    else:  # Ray Train's worker: one GPU with use_gpu, else one CPU
+        bundle = {"GPU": 1} if use_gpu else {"CPU": 1}
+    return Placement(local=local, use_gpu=use_gpu, num_workers=num, bundle=bundle)
+
+
+def place(
+    run: RunSettings,
+    *,
+    per: Per = "worker",
+    may_run_here: bool = True,
+    what: str = "training workers",
+    env_vars: Mapping[str, str] | None = None,
+) -> Placement:
+    """The run's one placement decision. Off this process it starts or joins Ray (``env_vars``
+    reach its workers, :func:`~returnn_ray.cluster.start.init_ray`) and checks that the cluster
+    holds the workers (:func:`check_placeable`). ``may_run_here``: False for the tasks that always
+    run on Ray (forward, search, sweep)."""
+    local = may_run_here and runs_here(run, joins_ray=_joins_ray(run), gpus_here=_gpus_here(run))
+    if local:
+        return decide(run, {"GPU": _gpus_here(run)}, local=True, per=per)
+    import ray
+
+    init_ray(run.ray_address, env_vars=env_vars)
+    placement = decide(run, ray.cluster_resources(), local=False, per=per)
+    check_placeable(
+        placement.num_workers, placement.use_gpu, run.ray_placement_timeout, bundle=dict(placement.bundle), what=what
+    )
+    return placement
+
+
+def lacks_local_gpu(run: RunSettings) -> bool:
+    """Whether a train/eval run asks for a GPU in this process (``device gpu`` in local mode) on a
+    machine where torch has none: it would quietly run on the CPU. Runs on Ray workers are checked
+    when Ray places them (:func:`check_placeable`)."""
+    if run.device != "gpu" or run.task not in ("train", "eval"):
+        return False
+    gpus = _gpus_here(run)
+    return runs_here(run, joins_ray=_joins_ray(run), gpus_here=gpus) and gpus == 0
+
+
+def _joins_ray(run: RunSettings) -> bool:
+    """A cluster to join: ``ray_address``, ``RAY_ADDRESS``, or the Ray this process runs already
+    (not imported: not running, and not imported here for the question)."""
+    ray = sys.modules.get("ray")
+    return bool(run.ray_address or os.environ.get(env.ADDRESS) or (ray is not None and ray.is_initialized()))
+
+
+def _gpus_here(run: RunSettings) -> int:
+    """The GPUs torch can use in this process; not asked (torch not imported) with ``device cpu``,
+    where the answer changes nothing."""
+    if run.device == "cpu":
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def check_placeable(

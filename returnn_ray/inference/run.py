@@ -27,6 +27,7 @@ import numpy as np
 
 from returnn_ray.cluster import env
 from returnn_ray.cluster.data_context import configure_ray_data
+from returnn_ray.cluster.placement import place
 from returnn_ray.cluster.ray_internals import user_error_in
 from returnn_ray.config import Config, Settings
 from returnn_ray.data import BatchingOptions, plan_epoch
@@ -42,6 +43,7 @@ from returnn_ray.inference.model import (
     search_beams,
 )
 from returnn_ray.inference.files import batch_digest, changed_file, check_output_file, data_files, file_identity
+from returnn_ray.inference.job import ForwardJob
 from returnn_ray.inference.parts import DATA_FILES, PartStore, plan_digest, tags_digest
 from returnn_ray.model.build import build_model
 from returnn_ray.training import checkpoints
@@ -234,22 +236,18 @@ def _output_path(settings: Settings, *, search: bool, epoch: int, inputs: Sequen
 class InferenceActor:
     """One per GPU or CPU worker: loads the model once, then runs planned batches by id."""
 
-    def __init__(self, job: dict[str, Any]) -> None:
+    def __init__(self, job: ForwardJob) -> None:
         import ray
         import torch
-        from ray import cloudpickle
 
-        from returnn_ray.config.workers import use_worker_config
-
-        use_worker_config(job["worker_env"])
-        self.settings: Settings = cloudpickle.loads(job["settings"])
-        self.dataset = open_dataset(self.settings, job["dataset"])
+        self.settings = job.load_settings()
+        self.dataset = open_dataset(self.settings, job.dataset)
         self.specs = data_specs(self.settings, self.dataset)
         self.keys = [k for k in self.specs if k in self.dataset.specs]
-        self.plan: list[np.ndarray] = ray.get(job["plan"])
-        state = ray.get(job["state"])
-        self.device = torch.device("cuda" if job["use_gpu"] and torch.cuda.is_available() else "cpu")
-        self.epoch, self.search = job["epoch"], job["search"]
+        self.plan: list[np.ndarray] = ray.get(job.plan)
+        state = ray.get(job.state)
+        self.device = torch.device("cuda" if job.use_gpu and torch.cuda.is_available() else "cpu")
+        self.epoch, self.search = job.epoch, job.search
         self.model = build_model(self.settings, self.specs, epoch=self.epoch, step=int(state.get("step", 0)))
         load_weights(self.settings, self.model, state, training=False)
         self.model.to(self.device).eval()
@@ -351,35 +349,19 @@ def _run_batches(
     import ray
     from ray.data import ActorPoolStrategy
 
-    from returnn_ray.cluster.placement import check_placeable
-    from returnn_ray.cluster.start import init_ray
-
     if not settings.run.debug:
         # Ray Data's start/finish notices, and Ray's warning (from C++) that its actor pool's
         # constructor arguments live in the object store: nothing a returnn-ray user can act on.
         env.set_defaults(env.BACKEND_LOG_LEVEL.as_env())
         logging.getLogger("ray.data").setLevel(logging.ERROR)
-    init_ray(settings.run.ray_address)
-    use_gpu = settings.run.device == "gpu" or (settings.run.device is None and ray.cluster_resources().get("GPU", 0) > 0)
-    kind = "GPU" if use_gpu else "CPU"
-    num_actors = settings.run.ray_num_workers or max(1, int(ray.cluster_resources().get(kind, 0)))
-    # Each actor holds a CPU (and a GPU) on one node: Ray Data would wait for them forever.
-    actor = {"CPU": 1, "GPU": 1} if use_gpu else {"CPU": 1}
     task = "search" if search else "forward"
-    check_placeable(num_actors, use_gpu, settings.run.ray_placement_timeout, bundle=actor, what=f"{task} actors")
+    # Each actor holds a CPU (and a GPU) on one node; room for them is checked: Ray Data would wait forever.
+    placement = place(settings.run, per="actor", may_run_here=False, what=f"{task} actors")
+    num_actors = placement.num_workers
     configure_ray_data(preserve_order=False)  # results are keyed by batch id, not by arrival
-    from ray import cloudpickle
-
-    job = {
-        "settings": cloudpickle.dumps(settings),
-        "worker_env": config.worker_env(),
-        "dataset": name,
-        "plan": ray.put(plan),
-        "state": ray.put(state),
-        "use_gpu": use_gpu,
-        "epoch": epoch,
-        "search": search,
-    }
+    job = ForwardJob.build(
+        settings, config, dataset=name, plan=plan, state=state, placement=placement, epoch=epoch, search=search
+    )
     # A few batches per Ray Data task (its ~15-20 ms overhead, and the driver's, shrink 4x), but
     # at least 8 tasks per actor so the pool stays balanced to the end.
     num_blocks = min(len(todo), MAX_BLOCKS, max(num_actors * 8, len(todo) // BATCHES_PER_TASK))
@@ -389,11 +371,11 @@ def _run_batches(
         fn_constructor_kwargs={"job": job},
         batch_size=1,
         compute=ActorPoolStrategy(size=num_actors),
-        num_cpus=1,
-        num_gpus=1 if use_gpu else 0,
+        num_cpus=placement.bundle["CPU"],
+        num_gpus=placement.bundle.get("GPU", 0),
         zero_copy_batch=True,
     )
-    print(f"returnn-ray: {task} with {num_actors} actor(s) on Ray ({kind.lower()})", flush=True)
+    print(f"returnn-ray: {task} with {num_actors} actor(s) on Ray ({placement.kind.lower()})", flush=True)
     metrics.write("run_start", workers=num_actors, since_start=since_process_start())
     total = sum(len(plan[i]) for i in todo)
     progress = Progress(task, total=total, verbosity=settings.run.log_verbosity, metrics=metrics)

@@ -24,14 +24,15 @@ import numpy as np
 from returnn_ray.cluster.ray_internals import user_message
 from returnn_ray.data.batching import BatchingOptions, plan_batches
 from returnn_ray.errors import ConfigError, UserError
+from returnn_ray.sweep.job import SweepJob
 from returnn_ray.sweep.space import PER_TRIAL_KEYS, Dimension, check_points, variant_name
-from returnn_ray.sweep.trial import TrialJob, trial_args, trial_dir
+from returnn_ray.sweep.trial import trial_args, trial_dir
 
 BATCH_CHECK_EPOCHS = 3
 """Epochs whose batches two trials must share to be refused as the same (the first ones of the run)."""
 
 
-def check_trials(job: TrialJob, space: Sequence[Dimension]) -> int:
+def check_trials(job: SweepJob, space: Sequence[Dimension]) -> int:
     """Loads and checks the config of every trial (:func:`check_points`); returns how many.
 
     Datasets are opened once per distinct data settings; nothing is written (the trials'

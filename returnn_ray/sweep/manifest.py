@@ -16,8 +16,8 @@ import shutil
 from typing import Any, Sequence
 
 from returnn_ray.errors import ConfigError, UserError
+from returnn_ray.sweep.job import SweepJob
 from returnn_ray.sweep.space import VARIANT_KEY, Dimension
-from returnn_ray.sweep.trial import TrialJob
 
 MANIFEST = "sweep.json"
 """The definition's file in the sweep dir."""
@@ -29,7 +29,7 @@ STATE = ("tune", "trials", "results.txt", "best.config", "best.json", "metrics.j
 """What a sweep writes in its dir (and the plot, ``<metric>.png``)."""
 
 
-def definition(job: TrialJob, space: Sequence[Dimension], settings, files: Sequence[str]) -> dict[str, Any]:
+def definition(job: SweepJob, space: Sequence[Dimension], settings, files: Sequence[str]) -> dict[str, Any]:
     """The parts that decide a sweep's trials, as JSON data (named as a user would name them).
 
     ``files``: every config file the base config loaded (``--config`` and ``include`` too)."""

@@ -13,40 +13,21 @@ checks before Ray starts use this module's other functions without waiting for t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any
 
 from returnn_ray.atomic import atomic_write
 from returnn_ray.metrics import FILE_NAME
+from returnn_ray.sweep.job import SweepJob
 from returnn_ray.sweep.space import VARIANT_KEY, override_args, variant_name
-
-
-@dataclasses.dataclass(frozen=True)
-class TrialJob:
-    """What every trial of a sweep gets from the sweep's driver (in Tune's ``param_space``)."""
-
-    files: tuple[str, ...]
-    """The base config files."""
-    args: tuple[str, ...]
-    """The base ``++key value`` arguments."""
-    model: str | None
-    """The base config's ``model``: a trial's model files get its base name."""
-    sweep_dir: str
-    metric: str | None
-    """``sweep_metric``; None: the dev key newbob would pick."""
-    local_trials: bool = False
-    """One CPU worker per trial: it trains inside the trial's Tune actor (Ray Train local mode)."""
-    data_fingerprint: str | None = None
-    """:func:`data_fingerprint` of the base config when the sweep shares its opened datasets."""
 
 
 def trial_dir(sweep_dir: str, values: dict[str, Any], trial_id: str) -> str:
     return os.path.join(sweep_dir, "trials", f"{variant_name(values)}-{trial_id}")
 
 
-def trial_args(job: TrialJob, values: dict[str, Any], directory: str) -> tuple[list[str], list[str]]:
+def trial_args(job: SweepJob, values: dict[str, Any], directory: str) -> tuple[list[str], list[str]]:
     """The trial's command line: config files and ``++`` arguments, as a user would type it."""
     files = list(job.files) + ([str(values[VARIANT_KEY])] if VARIANT_KEY in values else [])
     model_name = os.path.basename(job.model or "model")
@@ -77,7 +58,7 @@ def run_trial(trial_config: dict[str, Any], shared_datasets: dict[str, Any] | No
     from returnn_ray.training.job import TrainJob, TrialReport
     from returnn_ray.training.recipe import train_loop_per_worker
 
-    job: TrialJob = trial_config["job"]
+    job = SweepJob.from_tune(trial_config["job"])
     values = dict(trial_config["values"])
     directory = trial_dir(job.sweep_dir, values, tune.get_context().get_trial_id())
     os.makedirs(directory, exist_ok=True)

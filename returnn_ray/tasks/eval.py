@@ -7,12 +7,13 @@ from __future__ import annotations
 import time
 
 from returnn_ray.cluster import env
+from returnn_ray.cluster.placement import place
 from returnn_ray.config import Config, Settings
 from returnn_ray.data.from_settings import data_specs, eval_dataset_names, open_dataset
 from returnn_ray.errors import ConfigError
 from returnn_ray.model.build import model_spec
 from returnn_ray.training import checkpoints
-from returnn_ray.training.driver import run_on_workers, use_local_mode
+from returnn_ray.training.driver import run_on_workers
 from returnn_ray.training.job import EvalJob
 
 
@@ -26,14 +27,18 @@ def run(settings: Settings, config: Config) -> int:
     if settings.forward.eval_output_file:
         checkpoints.check_model_dir_writable(settings.forward.eval_output_file, key="eval_output_file")
 
-    from returnn_ray.cluster.start import init_ray
     from returnn_ray.training.eval_worker import eval_loop_per_worker
 
     start = time.monotonic()
-    if not use_local_mode(settings):
-        init_ray(settings.run.ray_address, env_vars=env.TRAIN_ENV)
+    placement = place(settings.run, env_vars=env.TRAIN_ENV)
     run_on_workers(
-        settings, config, eval_loop_per_worker, EvalJob(tuple(names)), what="evaluating", run_name="returnn_ray_eval"
+        settings,
+        config,
+        eval_loop_per_worker,
+        EvalJob(tuple(names)),
+        what="evaluating",
+        run_name="returnn_ray_eval",
+        placement=placement,
     )
     print(f"returnn-ray: finished evaluation in {time.monotonic() - start:.1f} s", flush=True)
     return 0

@@ -21,11 +21,12 @@ import re
 import time
 
 from returnn_ray.cluster import env
+from returnn_ray.cluster.placement import place
 from returnn_ray.config import KNOWN_KEYS, Config, Settings
 from returnn_ray.errors import ConfigError, UserError
 from returnn_ray.metrics import FILE_NAME, MetricsWriter, metrics_path, since_process_start
+from returnn_ray.sweep.job import SweepJob
 from returnn_ray.sweep.space import parse_space, tune_param_space, warn_unknown_keys
-from returnn_ray.sweep.trial import TrialJob
 from returnn_ray.training.run_lock import ModelLock
 
 
@@ -54,8 +55,9 @@ def run(settings: Settings, config: Config, sweep_args: SweepArgs | None = None)
     warn_unknown_keys(space, KNOWN_KEYS, config.keys())
     _check_base(settings, has_variants=bool(variants))
     sweep_dir = os.path.abspath(s.sweep_dir or os.path.join(os.path.dirname(os.path.abspath(settings.run.model or "returnn_ray_out/model")), "sweep"))
-    job = TrialJob(
-        files=tuple(sweep_args.files), args=tuple(sweep_args.args), model=settings.run.model, sweep_dir=sweep_dir, metric=s.sweep_metric
+    job = SweepJob(
+        files=tuple(sweep_args.files), args=tuple(sweep_args.args), model=settings.run.model, sweep_dir=sweep_dir,
+        metric=s.sweep_metric,
     )
     _check(job, space, sweep_dir)
     # One sweep per dir at a time: a second one would clear or restore what the first still writes.
@@ -63,25 +65,20 @@ def run(settings: Settings, config: Config, sweep_args: SweepArgs | None = None)
         return _run(settings, config, job, space, sweep_dir, has_variants=bool(variants))
 
 
-def _run(settings: Settings, config: Config, job: TrialJob, space, sweep_dir: str, *, has_variants: bool) -> int:
+def _run(settings: Settings, config: Config, job: SweepJob, space, sweep_dir: str, *, has_variants: bool) -> int:
     """The sweep of :func:`run`, after its checks, with the sweep dir locked."""
     s = settings.sweep
     import ray
     from ray import tune
 
-    from returnn_ray.cluster.placement import check_placeable
-    from returnn_ray.cluster.start import init_ray
     from returnn_ray.sweep.trial import data_fingerprint, run_trial
-    from returnn_ray.training.driver import default_num_workers
 
     # env.TRAIN_ENV keeps trials in the command's working directory too (Tune would chdir).
     env.set_defaults(env.TRAIN_ENV)
-    init_ray(settings.run.ray_address, env_vars=env.TRAIN_ENV)
-    use_gpu = settings.run.device == "gpu" or (settings.run.device is None and ray.cluster_resources().get("GPU", 0) > 0)
-    workers = settings.run.ray_num_workers or default_num_workers(use_gpu)
     # Every trial needs room for its workers (a one-CPU trial: its Tune actor), or Tune waits forever.
-    check_placeable(workers, use_gpu, settings.run.ray_placement_timeout, what="workers of a sweep trial")
-    capacity = int(ray.cluster_resources().get("GPU" if use_gpu else "CPU", 0)) // workers
+    placement = place(settings.run, may_run_here=False, what="workers of a sweep trial", env_vars=env.TRAIN_ENV)
+    workers = placement.num_workers
+    capacity = int(ray.cluster_resources().get(placement.kind, 0)) // workers
     concurrent = min(s.sweep_max_concurrent_trials or capacity, capacity)
     resume = _prepare(settings, config, job, space, sweep_dir)  # changes the dir: after every check
 
@@ -90,7 +87,8 @@ def _run(settings: Settings, config: Config, job: TrialJob, space, sweep_dir: st
     # controller and worker actors to start per trial. Else the trial's workers hold the real
     # resources. The datasets are opened once, for all trials.
     job = dataclasses.replace(
-        job, data_fingerprint=data_fingerprint(settings) if shared else None, local_trials=workers == 1 and not use_gpu
+        job, data_fingerprint=data_fingerprint(settings) if shared else None,
+        local_trials=workers == 1 and not placement.use_gpu,
     )
     resources = {"CPU": 1} if job.local_trials else {"CPU": 0.01}
     trainable = tune.with_resources(tune.with_parameters(run_trial, shared_datasets=shared), resources)
@@ -103,7 +101,7 @@ def _run(settings: Settings, config: Config, job: TrialJob, space, sweep_dir: st
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space={**tune_param_space(space), "job": job},
+            param_space={**tune_param_space(space), "job": job.to_tune()},
             tune_config=tune.TuneConfig(
                 metric="objective",
                 mode=s.sweep_mode,
@@ -139,7 +137,7 @@ def _scheduler(settings: Settings):
     )
 
 
-def _check(job: TrialJob, space, sweep_dir: str) -> None:
+def _check(job: SweepJob, space, sweep_dir: str) -> None:
     """Before Ray starts: every trial's config, and that the sweep dir is writable."""
     from returnn_ray.sweep.checks import check_sweep_dir, check_trials
 
@@ -147,7 +145,7 @@ def _check(job: TrialJob, space, sweep_dir: str) -> None:
     check_sweep_dir(sweep_dir, SWEEP_DIR_KEY)
 
 
-def _prepare(settings: Settings, config: Config, job: TrialJob, space, sweep_dir: str) -> bool:
+def _prepare(settings: Settings, config: Config, job: SweepJob, space, sweep_dir: str) -> bool:
     """The sweep dir holds this sweep: the same one to resume, or none with results (cleared).
     Returns whether to resume."""
     from returnn_ray.sweep import manifest
@@ -221,7 +219,7 @@ def expected_score_keys(settings: Settings) -> list[str]:
     return sorted(keys)
 
 
-def _summarize(settings: Settings, grid, sweep_dir: str, job: TrialJob, secs: float, metrics: MetricsWriter) -> int:
+def _summarize(settings: Settings, grid, sweep_dir: str, job: SweepJob, secs: float, metrics: MetricsWriter) -> int:
     import json
 
     from returnn_ray.atomic import atomic_write

@@ -14,8 +14,9 @@ import contextlib
 import time
 
 from returnn_ray.cluster import env
+from returnn_ray.cluster.placement import Placement, place
 from returnn_ray.config import Config, Settings
-from returnn_ray.training.driver import check_before_start, run_on_workers, use_local_mode
+from returnn_ray.training.driver import check_before_start, run_on_workers
 from returnn_ray.training.job import TrainJob
 from returnn_ray.training.run_lock import ModelLock
 
@@ -23,20 +24,24 @@ from returnn_ray.training.run_lock import ModelLock
 def run(settings: Settings, config: Config) -> int:
     check_before_start(settings)
     env.set_defaults(env.TRAIN_ENV)
-
-    from returnn_ray.cluster.start import init_ray
-
     start = time.monotonic()
     # One training per model: a second run would write the same checkpoints (run_lock.py).
     with ModelLock(settings.run.model) if settings.run.model else contextlib.nullcontext():
-        if not use_local_mode(settings):
-            init_ray(settings.run.ray_address, env_vars=env.TRAIN_ENV)
-        return _fit(settings, config, start)
+        placement = place(settings.run, env_vars=env.TRAIN_ENV)
+        return _fit(settings, config, start, placement)
 
 
-def _fit(settings: Settings, config: Config, start: float) -> int:
+def _fit(settings: Settings, config: Config, start: float, placement: Placement) -> int:
     from returnn_ray.training.recipe import train_loop_per_worker
 
-    run_on_workers(settings, config, train_loop_per_worker, TrainJob(), what="training", run_name="returnn_ray_train")
+    run_on_workers(
+        settings,
+        config,
+        train_loop_per_worker,
+        TrainJob(),
+        what="training",
+        run_name="returnn_ray_train",
+        placement=placement,
+    )
     print(f"returnn-ray: finished training in {time.monotonic() - start:.1f} s", flush=True)
     return 0

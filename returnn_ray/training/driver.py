@@ -16,7 +16,7 @@ import shutil
 import time
 
 from returnn_ray.cluster import env
-from returnn_ray.cluster.placement import check_placeable
+from returnn_ray.cluster.placement import Placement, place
 from returnn_ray.cluster.ray_internals import user_error_in
 from returnn_ray.config import Config, Settings
 from returnn_ray.errors import UserError
@@ -42,26 +42,6 @@ def check_before_start(settings: Settings) -> None:
         checkpoints.check_model_dir_writable(settings.training.learning_rate_file, key="learning_rate_file")
 
 
-def use_local_mode(settings: Settings) -> bool:
-    """Whether to run the one worker in this process (Ray Train's local mode, ``num_workers=0``).
-
-    Starting a Ray cluster costs a 2-core machine 15-20 s before the first step, RETURNN none; a
-    run that can only ever use one worker (no ``ray_num_workers``, no cluster to join, at most one
-    GPU) gets nothing for it. Same loop, same batches, same files; ``ray_local_mode False`` forces Ray.
-    """
-    import ray
-
-    if settings.run.ray_local_mode is not None:
-        return settings.run.ray_local_mode
-    if settings.run.ray_num_workers is not None or settings.run.ray_address or os.environ.get(env.ADDRESS):
-        return False
-    if ray.is_initialized():  # e.g. a notebook or test that started Ray itself
-        return False
-    import torch
-
-    return settings.run.device == "cpu" or torch.cuda.device_count() <= 1
-
-
 def run_on_workers(
     settings: Settings,
     config: Config,
@@ -71,11 +51,13 @@ def run_on_workers(
     what: str,
     run_name: str,
     callbacks: list | None = None,
+    placement: Placement | None = None,
 ):
     """Run ``loop`` (a ``train_loop_per_worker``) on ``ray_num_workers`` DDP workers of a
     ``TorchTrainer``, each handed the job of ``task`` (:class:`WorkerJob`), printing rank 0's log
-    lines and writing the metrics file (:mod:`returnn_ray.metrics`); a worker's UserError becomes the driver's."""
-    import ray
+    lines and writing the metrics file (:mod:`returnn_ray.metrics`); a worker's UserError becomes the driver's.
+    ``placement``: the run's (:func:`~returnn_ray.cluster.placement.place` when not given: a sweep
+    trial's run decides its own)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
     from ray.util.queue import Queue
@@ -83,23 +65,14 @@ def run_on_workers(
     from returnn_ray.training.log import DriverLog
     from returnn_ray.training.ray_trainer import ReturnnTorchTrainer
 
-    local = use_local_mode(settings)
+    placement = placement or place(settings.run, env_vars=env.TRAIN_ENV)
+    local, use_gpu, num_workers = placement.local, placement.use_gpu, placement.num_workers
     if local:
         import queue as queue_module
 
-        import torch
-
-        use_gpu = settings.run.device == "gpu" or (settings.run.device is None and torch.cuda.is_available())
-        num_workers = 1
         queue = queue_module.Queue()  # the driver's log reads the same get/put API
         logging.getLogger("ray.train").setLevel(logging.WARNING)  # "Running in local mode", "Reported metrics"
     else:
-        # RETURNN picks the GPU when there is one and `device` is unset.
-        use_gpu = settings.run.device == "gpu" or (
-            settings.run.device is None and ray.cluster_resources().get("GPU", 0) > 0
-        )
-        num_workers = settings.run.ray_num_workers or default_num_workers(use_gpu)
-        check_placeable(num_workers, use_gpu, settings.run.ray_placement_timeout)
         queue = Queue(actor_options={"num_cpus": 0})
     metrics_file = metrics_path(settings.run.metrics_file, settings.run.model)
     metrics = MetricsWriter(metrics_file, task=settings.run.task)
@@ -148,13 +121,6 @@ def _fit_logged(trainer, settings: Settings, log, metrics: MetricsWriter):
         log.close()  # its last drain writes rank 0's last events
     metrics.write("run_end", secs=round(time.monotonic() - start, 3))
     return result
-
-
-def default_num_workers(use_gpu: bool) -> int:
-    """One worker per GPU of the cluster with ``device gpu``, else one."""
-    import ray
-
-    return max(1, int(ray.cluster_resources().get("GPU", 0))) if use_gpu else 1
 
 
 def _worker_death(exc: BaseException, settings: Settings) -> UserError | None:
