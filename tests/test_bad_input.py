@@ -259,6 +259,18 @@ TABLE = [
     row(["bad.config", "++maximize_grad_norm", "1e-6"], ("maximize_grad_norm", "torch engine", "set it to 0"),
         {"bad.config": "#!rnn.py\ntask = 'train'\ndef get_model(**kwargs): pass\ndef train_step(**kwargs): pass\n"},
         id="maximize-grad-norm-with-get-model"),
+    row(["bad.json"], ("torch_distributed", "reduce_type", "'sum'"),
+        {"bad.json": changed(BASE, torch_distributed={"reduce_type": "sum"})}, id="torch-distributed-unknown-reduce-type"),
+    row(["bad.json"], ("torch_distributed", "dataset_distribution", "'random_seed_offset'", "shard"),
+        {"bad.json": changed(BASE, torch_distributed={"dataset_distribution": "random_seed_offset"})},
+        id="torch-distributed-random-seed-offset"),
+    row(["bad.json"], ("torch_distributed", "unknown option", "'reduce_typ'"),
+        {"bad.json": changed(BASE, torch_distributed={"reduce_typ": "grad"})}, id="torch-distributed-unknown-option"),
+    row(["bad.config"], ("chunking 10:5", "forward each chunk", "'eval'", "++chunking 0"),
+        {"bad.config": "#!rnn.py\ntask = 'forward'\neval = {'class': 'Task12AXDataset', 'num_seqs': 5}\n"
+                       "num_inputs = 9\nnum_outputs = 2\nchunking = '10:5'\nmodel = '{tmp}/out/model'\n"
+                       "def get_model(**kwargs): pass\ndef forward_step(**kwargs): pass\n"},
+        id="forward-of-chunked-torch-config"),
     row(["bad.json", "++device", "tpu"], ("device", "'tpu'"), id="unknown-device"),
     row(["bad.json", "++device", "gpu"], ("device", "gpu", "no GPU"), id="device-gpu-without-gpu"),
     row(["dump-dataset", "bad.json", "--shard", "2/2"], ("--shard", "2/2"), id="dump-dataset-bad-shard"),

@@ -129,9 +129,9 @@ def _write_config(tmp_path: Path, model: str) -> Path:
     return config
 
 
-def _run(cmd: list[str], out: Path) -> dict:
+def _run(cmd: list[str], out: Path, *, epochs: int = 3) -> dict:
     out.mkdir()
-    args = cmd + ["++num_epochs", "3", "++model", str(out / "model"), "++learning_rate_file", str(out / "lr")]
+    args = cmd + ["++num_epochs", str(epochs), "++model", str(out / "model"), "++learning_rate_file", str(out / "lr")]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=900, cwd=out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -159,3 +159,16 @@ def test_returnn_ray_trains_like_returnns_torch_engine(tmp_path, model):
         if "dev_loss_train_flag" in scores_theirs:
             assert scores_theirs["train_loss_train_flag"] == 1.0 and scores_theirs["dev_loss_train_flag"] == 0.0
     assert len({lr for lr, _ in theirs.values()}) > 1  # newbob changed the rate: the files show it
+
+
+def test_chunked_dev_scores_like_returnns_torch_engine(tmp_path):
+    # RETURNN's torch engine chunks dev as it chunks train (Engine._create_data_loader): after one
+    # epoch on the same chunks, the same model scores the same chunked dev batches the same
+    config = _write_config(tmp_path, TORCH_MODEL)
+    config.write_text(config.read_text() + '\nchunking = "20:10"\nmin_chunk_size = 5\n')
+    theirs = _run([sys.executable, "-m", "returnn", str(config)], tmp_path / "returnn", epochs=1)
+    ours = _run([sys.executable, "-m", "returnn_ray", str(config)], tmp_path / "returnn_ray", epochs=1)
+    (_, scores_ours), (_, scores_theirs) = ours[1], theirs[1]
+    assert sorted(scores_ours) == sorted(scores_theirs) and "dev_loss_ce" in scores_theirs
+    for key, value in scores_theirs.items():
+        assert scores_ours[key] == pytest.approx(value, rel=1e-4), (key, scores_ours, scores_theirs)

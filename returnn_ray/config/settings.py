@@ -192,7 +192,7 @@ class BatchingSettings(_Checked):
     min_seq_length: int | dict | None = setting(None, "Drop seqs shorter than this (0/unset: keep all).", read="int_or_dict")
     chunking: str | int | tuple | list | dict | Callable | None = setting(
         None,
-        "Train on chunks of the seqs, as RETURNN: `\"size:step\"`, or {key: size} / ({key: size}, {key: step});"
+        "Cut the seqs into chunks as RETURNN's engine does (train; dev/eval too for torch configs): `\"size:step\"`, or {key: size} / ({key: size}, {key: step});"
         " each chunk is a seq of its own in the batches (README: Chunking). 0/unset: whole seqs (-c).",
     )
     min_chunk_size: int | dict = setting(0, "With chunking: drop (end) chunks shorter than this, per RETURNN's rule.", read="int_or_dict")

@@ -1,4 +1,5 @@
-"""RETURNN's ``chunking``: training seqs cut into chunks that are batched like seqs.
+"""RETURNN's ``chunking``: seqs cut into chunks that are batched like seqs (train, and for torch
+configs dev/eval too: :func:`returnn_ray.data.from_settings.chunking`).
 
 RETURNN has two rules, and a config gets the one its RETURNN engine applies:
 

@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 TRAIN_PHASE_DATASETS = ("train",)
 """Datasets batched with ``batch_size_train``; every other one uses ``batch_size_dev``."""
 
+INFERENCE_TASKS = ("forward", "search")
+"""Tasks that write one output per seq of their dataset."""
+
 
 def dataset_spec(settings: Settings, name: str):
     """The config's spec of dataset ``name`` (``train``, ``dev``, ``eval``, ... or an ``eval_datasets`` entry)."""
@@ -67,32 +70,45 @@ def data_specs(settings: Settings, train: Dataset) -> dict[str, DataSpec]:
 
 
 def batching_options(settings: Settings, name: str) -> BatchingOptions:
-    """The batching rule for dataset ``name`` (``batch_size_train`` for train, ``batch_size_dev`` else;
-    ``chunking`` for train only)."""
+    """The batching rule for dataset ``name`` (``batch_size_train`` for train, ``batch_size_dev``
+    else; ``chunking`` where RETURNN's engine for the config chunks it, :func:`chunking`)."""
     b = settings.batching
     return BatchingOptions(
         batch_size=b.batch_size_for(train=name in TRAIN_PHASE_DATASETS),
         max_seqs=b.max_seqs,
         max_seq_length=b.max_seq_length,
         min_seq_length=b.min_seq_length,
-        chunking=chunking(settings) if name in TRAIN_PHASE_DATASETS else None,
+        chunking=chunking(settings, name),
     )
 
 
-def chunking(settings: Settings) -> Chunking | None:
-    """The config's ``chunking`` of the training data, cut by the rule of the RETURNN engine that
-    runs such a config: a network dict RETURNN's TF engine (``Dataset.iterate_seqs``), any other
-    config its torch engine (``ChunkingIterDataPipe``).
+def chunking(settings: Settings, name: str = "train") -> Chunking | None:
+    """The config's ``chunking`` of dataset ``name``, cut by the rule of the RETURNN engine that
+    runs such a config, and on the datasets that engine chunks:
 
-    Only the train dataset is chunked: RETURNN's TF engine gives dev/eval ``chunking="0"``, and
-    here forward/search/eval need whole seqs (RETURNN's torch engine would chunk those too).
+    - a network dict: RETURNN's TF engine (``Dataset.iterate_seqs``), train only: it gives dev/eval
+      ``chunking="0"`` (``Dataset.get_default_kwargs_eval``);
+    - any other config: RETURNN's torch engine (``ChunkingIterDataPipe``) on every data loader it
+      makes (``Engine._create_data_loader``): train, dev, eval and ``eval_datasets`` alike, so their
+      scores are of the chunks. Its forward is chunked too, each chunk forwarded as a seq under its
+      seq's tag; forward/search here write one entry per seq, so a forward or search of a chunked
+      torch config is refused (a wrong output is worse than an error).
     """
     b = settings.batching
     rule = "tf" if settings.training.network is not None else "torch"
     result = parse_chunking(b.chunking, b.min_chunk_size, rule=rule)
-    if result is not None and rule == "tf" and b.chunking_variance:
+    if result is None or (rule == "tf" and name not in TRAIN_PHASE_DATASETS):
+        return None
+    if rule == "tf" and b.chunking_variance:
         raise ConfigError(
             f"chunking_variance {b.chunking_variance}: random chunk sizes are not supported; remove it (or set 0)"
+        )
+    task = settings.run.task
+    if task in INFERENCE_TASKS and name not in TRAIN_PHASE_DATASETS:
+        raise ConfigError(
+            f"{result}: RETURNN's torch engine would {task} each chunk of dataset {name!r} as a seq of its own"
+            f" (several outputs per seq tag), and {task} here writes whole seqs; unset chunking for the"
+            f" {task} (++chunking 0)"
         )
     return result
 

@@ -200,3 +200,49 @@ def test_an_epoch_without_chunks_is_refused_before_it_runs():
     assert "has no chunks" in empty_epoch_reason(ds, np.arange(ds.num_seqs), opts, 1)
     ok = dataclasses.replace(opts, chunking=parse_chunking("20:10"))
     assert empty_epoch_reason(ds, np.arange(ds.num_seqs), ok, 1) is None
+
+
+def _settings(**config):
+    from returnn_ray.config import Config, load_settings
+
+    return load_settings(Config({"train": {"class": "Task12AXDataset", "num_seqs": 5}, **config}))
+
+
+def test_dev_of_a_torch_config_is_chunked_as_returnns_torch_engine_chunks_it():
+    # RETURNN's torch engine chunks every data loader (Engine._create_data_loader), dev and eval too,
+    # batched with batch_size_dev
+    from returnn_ray.data.from_settings import batching_options
+
+    settings = _settings(chunking="10:5", min_chunk_size=3, batch_size=40, batch_size_dev=100, max_seqs=7)
+    seqs = _seqs(5)
+    order = np.arange(len(seqs))[::-1]
+    ds = StaticDataset(data=seqs)
+    for name, batch_size in (("dev", 100), ("eval", 100), ("train", 40)):
+        options = batching_options(settings, name)
+        theirs = _returnn_torch(seqs, "10:5", order, min_chunk_size=3, batch_size=batch_size, max_seqs=7)
+        ours = [[tuple(r) for r in b.tolist()] for b in plan_epoch(order, ds.seq_lens, options).batches]
+        assert ours == [_as_rows(b) for b in theirs], name
+
+
+def test_dev_of_a_network_dict_is_whole_as_returnns_tf_engine_gives_it():
+    from returnn.config import Config as ReturnnConfig
+    from returnn.datasets.basic import Dataset as ReturnnDataset
+
+    from returnn_ray.data.from_settings import batching_options
+
+    network = {"output": {"class": "softmax", "n_out": 2, "loss": "ce"}}
+    settings = _settings(chunking="10:5", network=network)
+    theirs = ReturnnDataset.get_default_kwargs_eval(ReturnnConfig({"chunking": "10:5"}))["chunking"]
+    assert parse_chunking(theirs) is None  # RETURNN: "0"
+    assert batching_options(settings, "dev").chunking is None
+    assert batching_options(settings, "train").chunking == parse_chunking("10:5", rule="tf")
+
+
+@pytest.mark.parametrize("task", ["forward", "search"])
+def test_forward_of_a_chunked_torch_config_is_refused_in_one_line(task):
+    from returnn_ray.data.from_settings import batching_options
+
+    settings = _settings(chunking="10:5", task=task)
+    with pytest.raises(ConfigError, match=rf"chunking 10:5: RETURNN's torch engine would {task} each chunk of dataset 'eval'"):
+        batching_options(settings, "eval")
+    assert batching_options(_settings(chunking="0", task=task), "eval").chunking is None
