@@ -1,6 +1,7 @@
 """Multi-worker training's rules end to end on the shared local Ray (2 DDP workers, gloo):
 a BatchNorm model's dev score is the saved checkpoint's, under returnn-ray's default rule and
-under RETURNN's ``torch_distributed`` ``reduce_type: "param"``."""
+under RETURNN's ``torch_distributed`` ``reduce_type: "param"``; and a padding step whose dummy batch
+would have an infinite loss leaves the update finite and the train score one worker's."""
 
 from __future__ import annotations
 
