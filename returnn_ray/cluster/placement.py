@@ -6,10 +6,11 @@ part that used to decide reads it. :func:`runs_here` and :func:`decide` are its 
 settings and the resources in, the answer out), so the rules are tested without Ray or GPUs.
 
 Ray queues a request it cannot place as PENDING, for ever on a cluster that will not grow. So
-training workers, forward/search actors and sweep trials are checked first
-(:func:`check_placeable`): on a local Ray this process started, at once; on a joined cluster (which
-an autoscaler or ``ray start --address`` may grow) after up to ``ray_placement_timeout`` seconds of
-waiting. Either way one line says what was asked, what the cluster has, and what to do.
+training workers, forward/search actors and sweep trials are checked first against the cluster's
+total resources (:func:`check_placeable`): a run that can never fit fails at once in one line (what
+was asked, what the cluster has, what to do), unless an autoscaler could add the room or
+``ray_placement_timeout`` says to wait for nodes to join. A run that fits but finds the cluster busy
+waits its turn (:func:`returnn_ray.cluster.queue.wait_for_room`).
 
 Ray and torch are imported inside functions: ``returnn-ray`` imports this module before it knows
 whether the run needs either.
@@ -24,6 +25,7 @@ import time
 from typing import Literal, Mapping, Protocol
 
 from returnn_ray.cluster import env, ray_internals
+from returnn_ray.cluster.queue import wait_for_room
 from returnn_ray.cluster.start import init_ray
 from returnn_ray.errors import UserError
 
@@ -37,7 +39,7 @@ class RunSettings(Protocol):
     ray_address: str | None
     ray_num_workers: int | None
     ray_local_mode: bool | None
-    ray_placement_timeout: float
+    ray_placement_timeout: float | None
 
 Per = Literal["worker", "actor"]
 """What a run places: Ray Train workers (DDP ranks; train, eval, sweep trials) or Ray Data actors
@@ -125,6 +127,7 @@ def place(
     check_placeable(
         placement.num_workers, placement.use_gpu, run.ray_placement_timeout, bundle=dict(placement.bundle), what=what
     )
+    wait_for_room([dict(placement.bundle)] * placement.num_workers, run.ray_placement_timeout, what=what)
     return placement
 
 
@@ -158,7 +161,7 @@ def _gpus_here(run: RunSettings) -> int:
 def check_placeable(
     num_workers: int,
     use_gpu: bool,
-    timeout: float = 0.0,
+    timeout: float | None = 0.0,
     *,
     bundle: dict[str, float] | None = None,
     what: str = "training workers",
@@ -169,7 +172,9 @@ def check_placeable(
     A cluster this process joined may grow (an autoscaler, ``ray start --address`` on more
     machines): wait up to ``timeout`` seconds (``ray_placement_timeout``) for the room, asking an
     autoscaler for it meanwhile (``request_resources``, withdrawn after the wait; a cluster-wide
-    request, it replaces another driver's). A local Ray this process started itself cannot grow: no wait.
+    request, it replaces another driver's). ``timeout`` None (the default setting): as long as it
+    takes where an autoscaler could add the room, else no wait. A local Ray this process started
+    itself cannot grow: no wait.
     """
     bundle = bundle or ({"GPU": 1} if use_gpu else {"CPU": 1})
     kind = "GPU" if use_gpu else "CPU"
@@ -181,9 +186,12 @@ def check_placeable(
     limit = _autoscaler_max(kind) if can_grow else None
     too_big = limit is not None and limit < need
     waited = 0.0
-    if can_grow and timeout > 0 and not too_big:
+    if timeout is None and limit is not None:
+        timeout = float("inf")  # an autoscaler that can add the room: wait for it, as a scheduler would
+    if can_grow and timeout and not too_big:
+        bound = "as long as it takes" if timeout == float("inf") else f"up to {timeout:g} s"
         print(
-            f"returnn-ray: waiting up to {timeout:g} s for the Ray cluster to have room for {num_workers} {what}"
+            f"returnn-ray: waiting {bound} for the Ray cluster to have room for {num_workers} {what}"
             f" ({_bundle_text(bundle)} each; it has {have:g} {kind}s now; ray_placement_timeout)",
             flush=True,
         )

@@ -61,6 +61,26 @@ def autoscaler_max_resources() -> dict | None:
         return None
 
 
+def fits_now(bundles: list[dict[str, float]]) -> bool:
+    """Whether the alive nodes' free resources hold ``bundles`` now, each bundle on one node (packed
+    greedily: a run's bundles are all alike). ``ray._private.state.available_resources_per_node``,
+    a DeveloperAPI of Ray 2.60; where it fails, False: the run then waits in Ray's queue
+    (:mod:`returnn_ray.cluster.queue`), which only costs a placement group more."""
+    try:
+        from ray._private.state import available_resources_per_node
+
+        free = [dict(node) for node in available_resources_per_node().values()]
+    except Exception:  # noqa: BLE001 - private API
+        return False
+    for bundle in bundles:
+        node = next((n for n in free if all(n.get(k, 0.0) >= v for k, v in bundle.items())), None)
+        if node is None:
+            return False
+        for name, amount in bundle.items():
+            node[name] -= amount
+    return True
+
+
 _REMOTE_ERROR_LINE = re.compile(r"(?<![\w.])returnn_ray\.errors\.(\w+): (.+)")
 
 

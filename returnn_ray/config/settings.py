@@ -126,10 +126,11 @@ class RunSettings(_Checked):
         0, "Worker-group restarts Ray Train may do after a failure (each resumes from the last checkpoint).",
         read="int",
     )
-    ray_placement_timeout: float = setting(
-        60.0,
-        "Seconds to wait for a joined Ray cluster to have room for the workers/actors (e.g. an autoscaler adding"
-        " nodes) before a one-line error; a local Ray that returnn-ray starts itself fails at once.",
+    ray_placement_timeout: float | None = setting(
+        None,
+        "Seconds a run may wait for room on the Ray cluster (busy with other jobs, or nodes still to join) before a"
+        " one-line error; unset: a run that fits the cluster waits its turn as long as it takes, printing where it"
+        " stands in line, and one that can never fit (no autoscaler to add the room) fails at once.",
         read="float",
     )
 
@@ -144,7 +145,7 @@ class RunSettings(_Checked):
             raise ConfigError(f"ray_num_workers must be >= 1, got {self.ray_num_workers}")
         if self.ray_max_failures < -1:
             raise ConfigError(f"ray_max_failures must be >= 0 (or -1: unlimited), got {self.ray_max_failures}")
-        if self.ray_placement_timeout < 0:
+        if self.ray_placement_timeout is not None and self.ray_placement_timeout < 0:
             raise ConfigError(f"ray_placement_timeout must be >= 0 seconds, got {self.ray_placement_timeout}")
 
 

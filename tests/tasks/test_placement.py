@@ -146,3 +146,62 @@ def test_a_node_joining_during_the_wait_ends_it_and_per_node_room_counts(tmp_pat
         "ray_num_workers 1 needs 1 GPU but the Ray cluster has 1 GPU, but its nodes have room for only 0 forward"
         " actors of 1 CPU + 1 GPU each (after 1 s of waiting, ray_placement_timeout); the forward actors cannot start"
     ), error
+
+
+def placement_groups(state: str) -> list[dict]:
+    from ray.util import placement_group_table
+
+    return [info for info in placement_group_table().values() if info["state"] == state]
+
+
+@pytest.mark.ray  # two drivers of their own, joined by address to the shared 2-CPU Ray
+def test_a_run_on_a_busy_cluster_waits_its_turn_and_a_timeout_bounds_the_wait(ray_session, tmp_path):
+    address = ray_session.get_runtime_context().gcs_address
+    joined = ["++ray_num_workers", "2", "++device", "cpu", "++ray_address", address]  # each run holds both CPUs
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    created_before = len(placement_groups("CREATED"))
+    first = subprocess.Popen([sys.executable, "-m", "returnn_ray", write_config(tmp_path / "a", num_epochs=6), *joined],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(placement_groups("CREATED")) == created_before and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # until the first run's workers hold the CPUs
+    second = subprocess.run([sys.executable, "-m", "returnn_ray", write_config(tmp_path / "b", num_epochs=1), *joined],
+                            capture_output=True, text=True, timeout=300)
+    first_out, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0, first_err[-3000:]
+    assert "busy" not in first_out
+    assert second.returncode == 0, second.stderr[-3000:]
+    queue_lines = [line for line in second.stdout.splitlines() if "the Ray cluster is busy" in line]
+    assert queue_lines and queue_lines[0].startswith(
+        "returnn-ray: the Ray cluster is busy: 2 training workers (2 CPU) wait for room, first in line; free now: 0 CPU;"
+        " waiting as long as it takes"), second.stdout
+    assert len(queue_lines) == 1, queue_lines  # said once, not every second
+    assert "returnn-ray: room for the training workers after " in second.stdout
+    assert (tmp_path / "b" / "model.001.pt").exists() and (tmp_path / "a" / "model.006.pt").exists()
+
+
+@pytest.mark.ray
+def test_with_ray_placement_timeout_a_busy_cluster_is_one_line_after_it(ray_session, tmp_path):
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    other_job = placement_group([{"CPU": 1}, {"CPU": 1}])  # another job holds both CPUs
+    assert other_job.wait(60)
+    try:
+        start = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-m", "returnn_ray", write_config(tmp_path), "++ray_num_workers", "1", "++device", "cpu",
+             "++ray_placement_timeout", "5", "++ray_address", ray_session.get_runtime_context().gcs_address],
+            capture_output=True, text=True, timeout=120)
+        wall = time.monotonic() - start
+    finally:
+        remove_placement_group(other_job)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "1 training workers (1 CPU) wait for room, first in line; free now: 0 CPU; waiting up to 5 s" in proc.stdout
+    (line,) = error_lines(proc.stderr)
+    assert line == proc.stderr.strip().splitlines()[-1], proc.stderr
+    assert line == (
+        "returnn-ray: error: the Ray cluster is busy: no room for 1 training workers (1 CPU) after 5 s of waiting"
+        " (ray_placement_timeout 5): run again when the cluster is less busy, or unset ray_placement_timeout to wait"
+        " as long as it takes"), line
+    assert wall < 60 and not (tmp_path / "learning_rates").exists()
+    assert not [g for g in placement_groups("PENDING") if g["name"] == "returnn-ray queue"]  # none left behind
