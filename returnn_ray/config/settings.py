@@ -350,6 +350,12 @@ class ForwardSettings(_Checked):
     output_file: str | None = setting(None, "forward: HDF file to write (-k).", read="str")
     forward_override_hdf_output: bool = setting(False, "forward: overwrite an existing output_file.", read="bool")
     model_outputs: dict | None = setting(None, "forward_step outputs: {name: {dim, shape, ...}}.")
+    forward_callback: Any = setting(
+        None, "forward: RETURNN's ForwardCallbackIface (instance or class), called per seq instead of writing output_file."
+    )
+    sort_dataset: bool = setting(
+        True, "forward with forward_callback: seqs longest first where the dataset can sort (as RETURNN).", read="bool"
+    )
     beam_size: int = setting(12, "search: beam size.", read="int")
     search_output_file: str | None = setting(None, "search: results file.", read="str")
     search_output_file_format: Literal["py", "txt"] = setting("py", "search: py (a dict by seq tag) or txt.", read="str")

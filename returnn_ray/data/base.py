@@ -70,6 +70,9 @@ class Dataset:
     seq_tags: list[str]
     labels: dict[str, list[str]]
     order: OrderOptions
+    supports_sorting: bool = False
+    """RETURNN's ``supports_seq_order_sorting()`` for this class: its forward with a callback then
+    reads the seqs longest first (``sorted_reverse``)."""
 
     @property
     def num_seqs(self) -> int:

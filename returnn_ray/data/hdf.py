@@ -183,6 +183,8 @@ class HDFDataset(Dataset):
     (1, ['s1'], (3, 2))
     """
 
+    supports_sorting = True  # RETURNN's HDFDataset.supports_seq_order_sorting()
+
     def __init__(
         self,
         files: Sequence[str],

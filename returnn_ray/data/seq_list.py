@@ -25,6 +25,7 @@ class SeqListFilteredDataset(Dataset):
         self.inner = inner
         self.name, self.specs, self.seq_lens = inner.name, inner.specs, inner.seq_lens
         self.seq_tags, self.labels, self.order = inner.seq_tags, inner.labels, inner.order
+        self.supports_sorting = inner.supports_sorting
         self.seq_list_filter_file = seq_list_filter_file
         wanted = set(load_seq_list(seq_list_filter_file, inner.name))
         self.keep = np.fromiter((tag in wanted for tag in inner.seq_tags), dtype=bool, count=len(inner.seq_tags))

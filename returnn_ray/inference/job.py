@@ -41,6 +41,8 @@ class ForwardJob:
     """The checkpoint's epoch (the model's ``epoch`` argument)."""
     search: bool
     """Beam search (CTC) instead of forward."""
+    callback: bool = False
+    """Forward for a config's forward_callback: each seq's outputs cut as RETURNN hands them to it."""
 
     @classmethod
     def build(
@@ -54,11 +56,14 @@ class ForwardJob:
         placement: Placement,
         epoch: int,
         search: bool,
+        callback: bool = False,
     ) -> ForwardJob:
         """The job of a run whose Ray is up: the plan and the state go to the object store here."""
         import ray
         from ray import cloudpickle
 
+        # The callback itself runs on the driver only (it may hold files, state): the actors do not get it.
+        settings = dataclasses.replace(settings, forward=dataclasses.replace(settings.forward, forward_callback=None))
         return cls(
             settings=cloudpickle.dumps(settings),
             worker_env=config.worker_env(),
@@ -68,6 +73,7 @@ class ForwardJob:
             use_gpu=placement.use_gpu,
             epoch=epoch,
             search=search,
+            callback=callback,
         )
 
     def load_settings(self) -> Settings:

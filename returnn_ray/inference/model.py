@@ -14,10 +14,12 @@ Both ways RETURNN users write models are served:
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from returnn.tensor import Dim, TensorDict
+from returnn.torch.data.extern_data import get_batch_dim_from_extern_data
 
 from returnn_ray.config import Settings
 from returnn_ray.data.base import DataSpec
@@ -51,23 +53,36 @@ def check_ctc_output(settings: Settings, model: torch.nn.Module) -> None:
         )
 
 
-def forward_outputs(settings: Settings, specs: Mapping[str, DataSpec], model, batch: Batch, *, epoch: int) -> Outputs:
+def forward_outputs(
+    settings: Settings, specs: Mapping[str, DataSpec], model, batch: Batch, *, epoch: int, seq_tags: Sequence[str]
+) -> Outputs:
     """The outputs of one batch, as numpy on the CPU."""
     if settings.training.network is not None:
         out = model(batch.data, batch.lens)[model.output_layer_name]
         return {"output": (out.value.detach().cpu().numpy(), out.lens.cpu().numpy().astype(np.int32))}
-    data = torch_engine.extern_data(
-        torch_engine.extern_data_template(settings.data.extern_data, specs), batch, with_eval_targets=False
-    )
+    marked, _ = forward_marked(settings, specs, model, batch, epoch=epoch, seq_tags=seq_tags)
+    return {name: _per_seq_axis(name, tensor, batch.num_seqs) for name, tensor in marked.data.items()}
+
+
+def forward_marked(
+    settings: Settings, specs: Mapping[str, DataSpec], model, batch: Batch, *, epoch: int, seq_tags: Sequence[str]
+) -> tuple[TensorDict, Dim]:
+    """What a torch-style ``forward_step`` marked for one batch (``extern_data`` with the seqs' tags,
+    as RETURNN's), and the batch dim."""
     expected = torch_engine.expected_outputs(settings.forward.model_outputs)
+    if expected is not None:
+        expected.reset_content()  # before extern_data fills the sizes of dims the outputs may share
+    data = torch_engine.extern_data(
+        torch_engine.extern_data_template(settings.data.extern_data, specs), batch, seq_tags=seq_tags,
+        with_eval_targets=False,
+    )
     with torch.no_grad():
         outputs = torch_engine.run_forward_step(
             settings.training.forward_step, model, data, epoch=epoch, step=0, expected_outputs=expected
         )
-    marked = dict(outputs.data)
-    if not marked:
+    if not outputs.data:
         raise UserError("forward_step marked no output: call rf.get_run_ctx().mark_as_default_output(tensor)")
-    return {name: _per_seq_axis(name, tensor, batch.num_seqs) for name, tensor in marked.items()}
+    return outputs, get_batch_dim_from_extern_data(data)
 
 
 def _per_seq_axis(name: str, tensor: Any, num_seqs: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,12 +103,14 @@ def _per_seq_axis(name: str, tensor: Any, num_seqs: int) -> tuple[np.ndarray, np
 
 
 def search_beams(
-    settings: Settings, specs: Mapping[str, DataSpec], model, batch: Batch, *, epoch: int, beam_size: int
+    settings: Settings, specs: Mapping[str, DataSpec], model, batch: Batch, *, epoch: int, beam_size: int,
+    seq_tags: Sequence[str],
 ) -> list[Beam]:
     """Per seq of the batch, its hypotheses best first (at most ``beam_size``)."""
     if settings.training.network is None:
         data = torch_engine.extern_data(
-            torch_engine.extern_data_template(settings.data.extern_data, specs), batch, with_eval_targets=False
+            torch_engine.extern_data_template(settings.data.extern_data, specs), batch, seq_tags=seq_tags,
+            with_eval_targets=False,
         )
         result = torch_engine.call_user(
             settings.training.search_step, model=torch_engine.orig_model(model), extern_data=data,

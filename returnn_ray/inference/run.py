@@ -39,9 +39,11 @@ from returnn_ray.metrics import MetricsWriter, metrics_path, since_process_start
 from returnn_ray.inference.model import (
     check_ctc_output,
     check_inference_model,
+    forward_marked,
     forward_outputs,
     search_beams,
 )
+from returnn_ray.inference.callback import callback_payload, forward_order, load_callback, load_part, run_callback
 from returnn_ray.inference.files import batch_digest, changed_file, check_output_file, data_files, file_identity
 from returnn_ray.inference.job import ForwardJob
 from returnn_ray.inference.parts import DATA_FILES, PartStore, plan_digest, tags_digest
@@ -74,7 +76,8 @@ def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
     dataset = open_dataset(settings, name)
     dataset.check_unique_tags(f"the {task} output")
     options = batching_options(settings, name)
-    order = dataset.seq_order_for_epoch(1)
+    callback = load_callback(settings, search=search)
+    order = forward_order(dataset, settings) if callback is not None else dataset.seq_order_for_epoch(1)
     check_every_seq_kept(dataset, order, options, task=task)
     check_inference_model(settings, search=search)
     check_preload_files(settings, training=False)
@@ -82,8 +85,8 @@ def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
     which = checkpoints.checkpoint_to_load(settings.run.model, settings.run.load_epoch, load=settings.run.load)
     epoch = which.epoch or 1
     files = data_files(dataset)
-    out_path = _output_path(settings, search=search, epoch=epoch, inputs=[*(files or []), which.path])
-    state = _checked_state(settings, specs, which.path, epoch=epoch, search=search)
+    out_path = _output_path(settings, search=search, epoch=epoch, inputs=[*(files or []), which.path], callback=callback)
+    state, model = _checked_state(settings, specs, which.path, epoch=epoch, search=search)
     metrics = MetricsWriter(metrics_path(settings.run.metrics_file, out_path), task=task)
 
     plan = plan_epoch(order, dataset.seq_lens, options, 1).for_rank(0)
@@ -98,6 +101,7 @@ def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
         "dataset_tags": tags_digest(dataset.seq_tags),
         "plan": plan_digest(plan),
         DATA_FILES: identity,
+        **({"forward_callback": True} if callback is not None else {}),
         **({"beam_size": settings.forward.beam_size, "ctc_blank_index": settings.forward.ctc_blank_index} if search else {}),
     }
     store = PartStore(out_path, manifest)
@@ -113,7 +117,8 @@ def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
     rate = None
     if todo:
         nodes, rate = _run_batches(
-            settings, config, state, plan, todo, store, dataset, name, search=search, epoch=epoch, metrics=metrics
+            settings, config, state, plan, todo, store, dataset, name, search=search, epoch=epoch, metrics=metrics,
+            callback=callback is not None,
         )
     else:
         metrics.write("run_start", workers=0, since_start=since_process_start())
@@ -125,6 +130,10 @@ def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
         )
     if search:
         scores = _assemble_search(settings, dataset, specs, plan, store, out_path)
+    elif callback is not None:
+        parts = _parts_in_plan_order(plan, store, load_part)
+        run_callback(callback, model, dataset, parts, settings.forward.model_outputs)
+        scores, out_path = {}, "forward_callback"
     else:
         scores = _assemble_hdf(settings, dataset, plan, store, out_path)
     store.remove()
@@ -144,8 +153,9 @@ def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
     return 0
 
 
-def _checked_state(settings: Settings, specs, path: str, *, epoch: int, search: bool) -> dict[str, Any]:
-    """The checkpoint's state, checked to fit the config's model (and to give CTC output for search)."""
+def _checked_state(settings: Settings, specs, path: str, *, epoch: int, search: bool) -> tuple[dict[str, Any], Any]:
+    """The checkpoint's state, checked to fit the config's model (and to give CTC output for search),
+    and that model with it loaded (a forward_callback's ``init`` gets it, as in RETURNN)."""
     state = checkpoints.load_checkpoint_file(path)
     model = build_model(settings, specs, epoch=epoch, step=int(state.get("step", 0)))
     try:
@@ -155,7 +165,7 @@ def _checked_state(settings: Settings, specs, path: str, *, epoch: int, search: 
         raise UserError(f"checkpoint {path!r} does not fit the config's model: {first}") from exc
     if search:
         check_ctc_output(settings, model)
-    return state
+    return state, model
 
 
 def check_every_seq_kept(dataset: Dataset, order: np.ndarray, options: BatchingOptions, *, task: str) -> None:
@@ -212,7 +222,8 @@ def _parts_of_other_data(store: PartStore, dataset: Dataset, plan, done: set[int
     return stale
 
 
-def _output_path(settings: Settings, *, search: bool, epoch: int, inputs: Sequence[str]) -> str:
+def _output_path(settings: Settings, *, search: bool, epoch: int, inputs: Sequence[str], callback: Any = None) -> str:
+    """The output file; with a forward_callback (no file written, as in RETURNN) only where its parts go."""
     f = settings.forward
     if search:
         if not f.search_output_file:
@@ -222,7 +233,7 @@ def _output_path(settings: Settings, *, search: bool, epoch: int, inputs: Sequen
     else:
         path = f.output_file or f"dump-fwd-epoch{epoch:03d}.hdf"  # RETURNN's default name
         check_output_file(path, "output_file", inputs)
-        if os.path.exists(path) and not f.forward_override_hdf_output:
+        if os.path.exists(path) and not f.forward_override_hdf_output and callback is None:
             raise UserError(
                 f"output_file {path!r} exists; delete it, choose another output_file,"
                 " or set forward_override_hdf_output True"
@@ -247,7 +258,7 @@ class InferenceActor:
         self.plan: list[np.ndarray] = ray.get(job.plan)
         state = ray.get(job.state)
         self.device = torch.device("cuda" if job.use_gpu and torch.cuda.is_available() else "cpu")
-        self.epoch, self.search = job.epoch, job.search
+        self.epoch, self.search, self.callback = job.epoch, job.search, job.callback
         self.model = build_model(self.settings, self.specs, epoch=self.epoch, step=int(state.get("step", 0)))
         load_weights(self.settings, self.model, state, training=False)
         self.model.to(self.device).eval()
@@ -278,16 +289,22 @@ class InferenceActor:
         from returnn_ray.data.ray_data import Batch
 
         indices = self.plan[batch_id]
+        tags = [self.dataset.seq_tags[int(i)] for i in indices]
         batch = Batch.from_columns(cols, self.keys)
         if self.device.type != "cpu":
             batch = Batch(batch.seq_idx, {k: v.to(self.device) for k, v in batch.data.items()}, batch.lens)
         with torch.no_grad():
             if self.search:
                 beams = search_beams(
-                    self.settings, self.specs, self.model, batch, epoch=self.epoch, beam_size=self.settings.forward.beam_size
+                    self.settings, self.specs, self.model, batch, epoch=self.epoch,
+                    beam_size=self.settings.forward.beam_size, seq_tags=tags,
                 )
                 return _search_payload(indices, beams, batch, self.reference, self.dataset)
-            return _forward_payload(indices, forward_outputs(self.settings, self.specs, self.model, batch, epoch=self.epoch))
+            if self.callback:
+                marked, batch_dim = forward_marked(self.settings, self.specs, self.model, batch, epoch=self.epoch, seq_tags=tags)
+                return callback_payload(indices, marked, batch_dim)
+            outputs = forward_outputs(self.settings, self.specs, self.model, batch, epoch=self.epoch, seq_tags=tags)
+            return _forward_payload(indices, outputs)
 
 
 def reference_key(settings: Settings, model, dataset: Dataset) -> str | None:
@@ -342,7 +359,8 @@ def _words(labels: Sequence[int], vocab: Sequence[str]) -> list[str]:
 
 
 def _run_batches(
-    settings, config, state, plan, todo, store: PartStore, dataset, name, *, search: bool, epoch: int, metrics: MetricsWriter
+    settings, config, state, plan, todo, store: PartStore, dataset, name, *, search: bool, epoch: int, metrics: MetricsWriter,
+    callback: bool = False,
 ) -> tuple[dict[str, int], float | None]:
     """Run the batches ``todo`` on the actor pool, writing each result to ``store`` as it comes;
     returns how many batches ran on each node (by Ray node id), and the seqs/s after the first result."""
@@ -360,7 +378,8 @@ def _run_batches(
     num_actors = placement.num_workers
     configure_ray_data(preserve_order=False)  # results are keyed by batch id, not by arrival
     job = ForwardJob.build(
-        settings, config, dataset=name, plan=plan, state=state, placement=placement, epoch=epoch, search=search
+        settings, config, dataset=name, plan=plan, state=state, placement=placement, epoch=epoch, search=search,
+        callback=callback,
     )
     # A few batches per Ray Data task (its ~15-20 ms overhead, and the driver's, shrink 4x), but
     # at least 8 tasks per actor so the pool stays balanced to the end.

@@ -175,7 +175,7 @@ def extern_data(
     if seq_tags is None:
         template = _without_seq_tag(template)
     else:
-        raw["seq_tag"] = np.array(list(seq_tags), dtype=object)
+        raw["seq_tag"] = np.array(list(seq_tags), dtype=str)  # as RETURNN collates str_to_numpy_array tags
     missing = [k for k, v in template.data.items() if k not in raw and (with_eval_targets or v.available_for_inference)]
     if missing:
         raise UserError(f"extern_data declares {missing} but the dataset has only {sorted(batch.data)}; fix extern_data")
@@ -202,9 +202,10 @@ def run_forward_step(
     forward_step: Callable, model: torch.nn.Module, data: TensorDict, *, epoch: int, step: int,
     expected_outputs: TensorDict | None,
 ) -> TensorDict:
-    """``forward_step`` on RETURNN's run context; the outputs it marked (checked against ``model_outputs``)."""
-    if expected_outputs is not None:
-        expected_outputs.reset_content()  # as forward_with_callback: the previous batch's sizes go
+    """``forward_step`` on RETURNN's run context; the outputs it marked (checked against ``model_outputs``).
+
+    ``expected_outputs`` must have been reset (``reset_content()``) before ``data`` was built, as
+    ``forward_with_callback`` does: its dims may be ``extern_data``'s, whose sizes ``data`` just set."""
     rf.init_forward_step_run_ctx(expected_outputs=expected_outputs, step=step, epoch=epoch)
     with rf.set_default_device_ctx(_device_of(data)):
         call_user(forward_step, model=orig_model(model), extern_data=data)

@@ -91,12 +91,16 @@ def train_step(*, model, extern_data, **_kwargs):
 '''
 
 
-def test_a_bug_in_train_step_is_one_line_with_the_configs_frame(tmp_path):
+@pytest.mark.parametrize(
+    "workers", [[], pytest.param(["++ray_num_workers", "2"], marks=pytest.mark.ray)], ids=["local", "2-ray-workers"]
+)
+def test_a_bug_in_train_step_is_one_line_with_the_configs_frame(tmp_path, workers):
+    """Local mode, and 2 Ray Train workers with DDP: both ranks fail, the user sees one line, not pages of Ray."""
     path = tmp_path / "bug.config"
     path.write_text(BUGGY_TRAIN_STEP)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run(
-        [sys.executable, "-m", "returnn_ray", str(path), "++model", str(tmp_path / "m" / "model")],
+        [sys.executable, "-m", "returnn_ray", str(path), "++model", str(tmp_path / "m" / "model"), *workers],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
