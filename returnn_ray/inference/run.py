@@ -92,19 +92,7 @@ def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
     plan = plan_epoch(order, dataset.seq_lens, options, 1).for_rank(0)
     plan = [np.asarray(b, dtype=np.int64) for b in plan if len(b)]
     identity = file_identity(files)  # before any seq is read: a later change shows at the end
-    manifest = {
-        "task": task,
-        "checkpoint": os.path.abspath(which.path),
-        "checkpoint_bytes": os.path.getsize(which.path),
-        "checkpoint_mtime_ns": os.stat(which.path).st_mtime_ns,
-        "dataset_seqs": dataset.num_seqs,
-        "dataset_tags": tags_digest(dataset.seq_tags),
-        "plan": plan_digest(plan),
-        DATA_FILES: identity,
-        **({"forward_callback": True} if callback is not None else {}),
-        **({"beam_size": settings.forward.beam_size, "ctc_blank_index": settings.forward.ctc_blank_index} if search else {}),
-    }
-    store = PartStore(out_path, manifest)
+    store = PartStore(out_path, _manifest(settings, task, which.path, dataset, plan, identity, callback=callback is not None))
     done = store.open()
     if done:
         done -= _parts_of_other_data(store, dataset, plan, done, identity, task=task)
@@ -151,6 +139,23 @@ def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
     metrics.write("inference_end", seqs=num_seqs, run_now=ran, resumed=resumed, nodes=len(nodes), secs=round(secs, 3),
                   seqs_per_s_after_first=rate, output=os.path.abspath(out_path), scores=scores)
     return 0
+
+
+def _manifest(settings: Settings, task: str, checkpoint: str, dataset, plan, identity, *, callback: bool) -> dict:
+    """What the parts of a run were made from: a resumed run's parts of anything else are not reused."""
+    return {
+        "task": task,
+        "checkpoint": os.path.abspath(checkpoint),
+        "checkpoint_bytes": os.path.getsize(checkpoint),
+        "checkpoint_mtime_ns": os.stat(checkpoint).st_mtime_ns,
+        "dataset_seqs": dataset.num_seqs,
+        "dataset_tags": tags_digest(dataset.seq_tags),
+        "plan": plan_digest(plan),
+        DATA_FILES: identity,
+        **({"forward_callback": True} if callback else {}),
+        **({"beam_size": settings.forward.beam_size, "ctc_blank_index": settings.forward.ctc_blank_index}
+           if task == "search" else {}),
+    }
 
 
 def _checked_state(settings: Settings, specs, path: str, *, epoch: int, search: bool) -> tuple[dict[str, Any], Any]:
