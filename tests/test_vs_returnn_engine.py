@@ -5,7 +5,8 @@ worker, Ray Train's local mode): a torch-style model and an RF model (``rf.Modul
 their initial weights loaded from one file in ``get_model`` (so both sides start from the same
 parameters), no dropout, Task12AX data with fixed seeds (the same seqs and batches on both sides).
 Over 3 epochs the per-epoch train and dev scores agree to 1e-4 relative, and the learning-rate
-files hold the same learning rates and the same score keys.
+files hold the same learning rates and the same score keys. Train and dev steps get the same
+``extern_data["seq_tag"]``, step by step.
 """
 
 from __future__ import annotations
@@ -172,3 +173,37 @@ def test_chunked_dev_scores_like_returnns_torch_engine(tmp_path):
     assert sorted(scores_ours) == sorted(scores_theirs) and "dev_loss_ce" in scores_theirs
     for key, value in scores_theirs.items():
         assert scores_ours[key] == pytest.approx(value, rel=1e-4), (key, scores_ours, scores_theirs)
+
+
+RECORD_TAGS = '''
+TAGS_FILE = %(tags)r
+
+
+_train_step_unrecorded = train_step
+
+
+def train_step(*, model, extern_data, **kwargs):
+    # one line per step: train or dev, then the tags the step got, in batch order
+    tags = extern_data["seq_tag"].raw_tensor.tolist()
+    with open(TAGS_FILE, "a") as f:
+        f.write(repr((bool(rf.get_run_ctx().train_flag), [str(t) for t in tags])) + "\\n")
+    _train_step_unrecorded(model=model, extern_data=extern_data, **kwargs)
+'''
+
+
+def test_train_and_dev_steps_get_the_seq_tags_returnns_torch_engine_gives(tmp_path):
+    # RETURNN's engine gives every step extern_data["seq_tag"] (extern_data_template_from_config_opts
+    # adds it, ReturnnDatasetIterDataPipe sets it per seq, chunking keeps it per chunk): train and
+    # dev steps here get the same tags, step by step, chunked
+    recorded = {}
+    for name, cmd in (("returnn", "returnn"), ("returnn_ray", "returnn_ray")):
+        config = _write_config(tmp_path, TORCH_MODEL)
+        tags = tmp_path / f"{name}.tags"
+        config.write_text(config.read_text() + '\nchunking = "20:10"\nmin_chunk_size = 5\n' + RECORD_TAGS % {"tags": str(tags)})
+        _run([sys.executable, "-m", cmd, str(config)], tmp_path / name, epochs=1)
+        recorded[name] = [eval(line) for line in tags.read_text().splitlines()]
+    ours, theirs = recorded["returnn_ray"], recorded["returnn"]
+    assert {train for train, _ in theirs} == {True, False}  # train and dev steps both recorded
+    steps = [tags for _, tags in theirs]
+    assert any(len(set(t)) < len(t) for t in steps)  # chunks of one seq in one batch: each has its seq's tag
+    assert ours == theirs

@@ -104,6 +104,9 @@ class Batch:
     """Data key -> padded tensor ``[B, T, ...]``."""
     lens: dict[str, "torch.Tensor"]
     """Data key -> int32 seq lengths ``[B]``."""
+    seq_tags: list[str] | None = None
+    """The seqs' tags (a chunk: its seq's), as RETURNN's collated batch has them for every step;
+    set by :func:`rank_batches` from the dataset, never part of the padded columns (their digests)."""
 
     @property
     def num_seqs(self) -> int:
@@ -281,9 +284,17 @@ def rank_batches(
     import ray
 
     if ray.is_initialized() and not in_process:
-        yield from iter_batches(rank_dataset(dataset, batches, concurrency=concurrency), keys)
-        return
-    yield from _prefetched(dataset, batches, keys)
+        read = iter_batches(rank_dataset(dataset, batches, concurrency=concurrency), keys)
+    else:
+        read = _prefetched(dataset, batches, keys)
+    for batch in read:
+        yield with_tags(batch, dataset)
+
+
+def with_tags(batch: Batch, dataset: Dataset) -> Batch:
+    """``batch`` with its seqs' tags, looked up here (the reading side) by ``seq_idx``: the tags
+    stay out of the padded rows that Ray moves and out of their digests."""
+    return dataclasses.replace(batch, seq_tags=[dataset.seq_tags[int(i)] for i in batch.seq_idx])
 
 
 def _prefetched(dataset: Dataset, batches: Sequence[np.ndarray], keys: Sequence[str]) -> Iterator[Batch]:

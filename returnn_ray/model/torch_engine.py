@@ -165,9 +165,13 @@ def extern_data(
 ) -> TensorDict:
     """One batch as RETURNN's ``raw_dict_to_extern_data`` makes it from its collated batch.
 
-    Without ``seq_tags`` (training and scoring), ``seq_tag`` is left out: a step that reads it
-    gets a KeyError naming it rather than made-up tags.
+    ``seq_tag`` holds ``seq_tags``, else the batch's own (``Batch.seq_tags``), in training and
+    scoring too: RETURNN's template always has it and its dataset wrapper gives every seq (every
+    chunk) its tag. A batch with no tags (a rank's padding step) has no ``seq_tag``: a step that
+    reads it gets a KeyError naming it rather than made-up tags.
     """
+    if seq_tags is None:
+        seq_tags = batch.seq_tags
     raw: dict[str, Any] = {"num_seqs": batch.num_seqs}
     for key, value in batch.data.items():
         raw[key] = value

@@ -162,6 +162,7 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
         seq_idx=batch.seq_idx,
         data={k: v.to(device, non_blocking=True) for k, v in batch.data.items()},
         lens={k: v.to(device, non_blocking=True) for k, v in batch.lens.items()},
+        seq_tags=batch.seq_tags,
     )
 
 

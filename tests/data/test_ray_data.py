@@ -82,6 +82,16 @@ def test_in_process_reader_gives_the_ray_data_batches_without_ray(hdf_dataset):
             np.testing.assert_array_equal(batch.lens[key].numpy(), want[key + ":lens"])
 
 
+def test_batches_carry_their_seqs_tags_and_each_chunk_its_seqs(hdf_dataset):
+    # RETURNN gives every train/dev step extern_data["seq_tag"]; the corpus wrote tag utt-<i> for seq i
+    from returnn_ray.data.ray_data import rank_batches
+
+    ds, _ = hdf_dataset
+    chunks = np.array([[4, 0, 1, 0, 1], [4, 1, 2, 1, 2], [9, 0, 1, 0, 1]])  # two chunks of seq 4, one of seq 9
+    got = list(rank_batches(ds, [np.array([3, 0, 11]), chunks], ds.data_keys, in_process=True))
+    assert [b.seq_tags for b in got] == [["utt-3", "utt-0", "utt-11"], ["utt-4", "utt-4", "utt-9"]]
+
+
 def test_in_process_reader_stops_early_and_passes_errors_on(hdf_dataset):
     import threading
 

@@ -79,7 +79,7 @@ def test_extern_data_has_the_configs_own_dims_with_this_batchs_sizes():
     data = torch_engine.extern_data(template, _batch())["data"]
     assert data.dims[1] is time_dim and data.dims[2] is in_dim  # what RF model code refers to
     assert time_dim.dyn_size_ext.raw_tensor.tolist() == [4, 2]
-    with pytest.raises(KeyError):  # no made-up seq tags in training
+    with pytest.raises(KeyError):  # a batch without tags (a padding step) gets no made-up ones
         torch_engine.extern_data(template, _batch())["seq_tag"]
 
 
