@@ -16,7 +16,7 @@ from returnn_ray.data.ray_data import Batch
 
 
 def dummy_batch(specs: Mapping[str, DataSpec], device: torch.device) -> Batch:
-    """One seq of one frame per key (zeros, label 0): what a rank runs on its empty padding step.
+    """One seq of one frame per key (zeros, label 0, seq tag ``returnn-ray-no-batch``).
 
     Used to learn a model's loss names on a rank that saw no batch; training's padding steps
     run no data at all (:class:`~returnn_ray.model.build.Padded`).
@@ -26,4 +26,5 @@ def dummy_batch(specs: Mapping[str, DataSpec], device: torch.device) -> Batch:
         shape = (1, 1) if spec.sparse else (1, 1, spec.dim)
         data[key] = torch.zeros(shape, dtype=getattr(torch, spec.dtype), device=device)
         lens[key] = torch.ones((1,), dtype=torch.int32, device=device)
-    return Batch(seq_idx=np.zeros((0,), dtype=np.int64), data=data, lens=lens)
+    # a tag as every batch has one: a train_step that reads extern_data["seq_tag"] works here too
+    return Batch(seq_idx=np.zeros((0,), dtype=np.int64), data=data, lens=lens, seq_tags=["returnn-ray-no-batch"])

@@ -79,8 +79,18 @@ def test_extern_data_has_the_configs_own_dims_with_this_batchs_sizes():
     data = torch_engine.extern_data(template, _batch())["data"]
     assert data.dims[1] is time_dim and data.dims[2] is in_dim  # what RF model code refers to
     assert time_dim.dyn_size_ext.raw_tensor.tolist() == [4, 2]
-    with pytest.raises(KeyError):  # a batch without tags (a padding step) gets no made-up ones
+    with pytest.raises(KeyError):  # a batch built without tags gets no made-up ones
         torch_engine.extern_data(template, _batch())["seq_tag"]
+
+
+def test_the_no_batch_probe_has_a_seq_tag_as_every_batch():
+    """A rank that saw no batch runs train_step on dummy_batch to learn the loss names: a step that
+    reads extern_data["seq_tag"] must not fail there."""
+    from returnn_ray.training.steps import dummy_batch
+
+    template = torch_engine.extern_data_template({"data": {"dim": 3}, "classes": {"dim": 2, "sparse": True}}, SPECS)
+    tags = torch_engine.extern_data(template, dummy_batch(SPECS, torch.device("cpu")))["seq_tag"]
+    assert tags.raw_tensor.tolist() == ["returnn-ray-no-batch"]
 
 
 def test_train_flag_reaches_the_run_ctx():
