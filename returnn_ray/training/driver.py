@@ -24,6 +24,7 @@ from returnn_ray.metrics import MetricsWriter, metrics_path, since_process_start
 from returnn_ray.training import checkpoints
 from returnn_ray.training.checks import check_trainable
 from returnn_ray.training.job import JOB_KEY, EvalJob, TrainJob, WorkerJob
+from returnn_ray.training.log import DriverLog
 
 DEFAULT_MODEL = "returnn_ray_out/model"
 """Where the model dir is taken to be when ``model`` is unset (Ray Train's run state, the metrics file)."""
@@ -62,7 +63,6 @@ def run_on_workers(
     from ray.train.torch import TorchConfig
     from ray.util.queue import Queue
 
-    from returnn_ray.training.log import DriverLog
     from returnn_ray.training.ray_trainer import ReturnnTorchTrainer
 
     placement = placement or place(settings.run, env_vars=env.TRAIN_ENV)

@@ -17,6 +17,7 @@ from typing import Mapping
 import torch
 
 from returnn_ray.config import Settings
+from returnn_ray.config.workers import use_worker_config
 from returnn_ray.data.ray_data import READ_TASK_CONCURRENCY, read_task_concurrency
 from returnn_ray.errors import UserError
 from returnn_ray.training.job import TrialReport, WorkerJob
@@ -74,8 +75,6 @@ def _local_context(use_gpu: bool) -> WorkerContext:
 
 def start_worker(job: WorkerJob) -> tuple[Settings, WorkerContext, WorkerLog]:
     """The settings (unpickled once this process knows which config to rebuild), rank and log."""
-    from returnn_ray.config.workers import use_worker_config
-
     use_worker_config(job.worker_env)
     settings = job.settings()
     ctx = _local_context(job.use_gpu) if job.local else _context(job.use_gpu)
