@@ -1,5 +1,6 @@
 """Starting or joining Ray, once per process, with the settings returnn-ray relies on."""
 
+# Imports inside functions: Ray loads only when it starts (the CLI imports this module) (start-up time).
 from __future__ import annotations
 
 import os

@@ -12,6 +12,7 @@ output file is assembled from the parts in plan order, atomically. The run's eve
 with seqs/s and, for search, LER/WER) go to its metrics file (:mod:`returnn_ray.metrics`).
 """
 
+# Imports inside functions: Ray and Ray Data load only when inference runs on the cluster (start-up time).
 from __future__ import annotations
 
 import dataclasses

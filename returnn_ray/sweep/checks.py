@@ -10,6 +10,7 @@ swept ``batch_size`` does), two grid values train the same model, and the sweep 
 setting against itself (:func:`same_batch_pairs`, planned from the train data's seq lengths).
 """
 
+# Imports inside functions: training.checks (torch) loads only when trials are checked (start-up time).
 from __future__ import annotations
 
 import dataclasses

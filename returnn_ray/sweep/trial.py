@@ -11,6 +11,7 @@ Ray, Tune and the training modules (torch) are imported inside :func:`run_trial`
 checks before Ray starts use this module's other functions without waiting for them.
 """
 
+# Imports inside functions: Ray Tune and the training modules (torch) load only in a trial (start-up time).
 from __future__ import annotations
 
 import json

@@ -13,6 +13,7 @@ the end: a table of trials, ``best.config``, ``<metric>.png`` and a ``sweep_end`
 metrics file (``metrics.jsonl``) in ``sweep_dir``; each trial writes its own in its directory.
 """
 
+# Imports inside functions: Ray, torch and the modules that import them load only when they are used (a sweep with --variants needs no torch before its trials) (start-up time).
 from __future__ import annotations
 
 import dataclasses

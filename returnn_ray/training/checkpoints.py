@@ -17,6 +17,7 @@ is plain Python over file names and numbers (torch is imported inside those thre
 (False, True)
 """
 
+# Imports inside functions: torch loads only when a checkpoint is read (start-up time).
 from __future__ import annotations
 
 import contextlib

@@ -8,6 +8,7 @@ sweep's trials (``sweep/trial.py``). Ray and torch are imported inside the funct
 them, so that the checks before Ray starts do not wait for those imports.
 """
 
+# Imports inside functions: Ray Train and ray_trainer load only when workers run (start-up time).
 from __future__ import annotations
 
 import logging

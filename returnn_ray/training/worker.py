@@ -5,6 +5,7 @@ and :mod:`returnn_ray.training.eval_worker` (``task = "eval"``). Ray is imported
 functions that talk to it, so that the loops' parts load (and are tested) without starting it.
 """
 
+# Imports inside functions: Ray and Ray Train load only in a worker (start-up time).
 from __future__ import annotations
 
 import dataclasses
