@@ -22,6 +22,7 @@ the path and the OS error.
 ('new', ['a.txt'])
 """
 
+# Imports inside functions: torch loads only when a checkpoint is saved (start-up time).
 from __future__ import annotations
 
 import contextlib

@@ -217,3 +217,69 @@ def test_a_long_function_is_found_and_a_short_one_is_not(tmp_path):
     code = f"def ok():\n{textwrap.indent(body, '    ')}\n\nclass C:\n    def long(self):\n{textwrap.indent(body, '        ')}        y = 2\n"
     root = _write(tmp_path, {"__init__.py": "", "errors.py": code})
     assert long_functions(root) == [("returnn_ray.errors", "long", MAX_FUNCTION_LINES + 1)]
+
+
+# -- imports inside functions ----------------------------------------------------------------------
+
+NOTE = "start-up time"
+"""What a module that imports inside functions says once (docstring or first 40 lines): why."""
+
+LAZY_ROOTS = ("torch", "ray")
+"""Heavy packages whose imports inside functions need that note (as do the package's own modules)."""
+
+
+def unexplained_function_imports(root: pathlib.Path, package: str = PACKAGE) -> list[tuple[str, int, str]]:
+    """(module, line, imported) for each import of the package's own modules, torch or Ray inside a
+    function of a module that does not say why (:data:`NOTE` in its docstring or first 40 lines)."""
+    found = []
+    for name, path in package_modules(root, package).items():
+        text = path.read_text(encoding="utf-8")
+        tree = ast.parse(text)
+        if NOTE in (ast.get_docstring(tree) or "") or NOTE in "\n".join(text.splitlines()[:40]):
+            continue
+        for func in ast.walk(tree):
+            if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                found += [(name, line, m) for line, m in _imports_in(func) if _is_lazy(m, package)]
+    return sorted(set(found))
+
+
+def _imports_in(func: ast.AST) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(func):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.lineno, "." * node.level + (node.module or "")))
+    return found
+
+
+def _is_lazy(module: str, package: str) -> bool:
+    return module.startswith(".") or module.split(".")[0] in (package, *LAZY_ROOTS)
+
+
+def test_imports_inside_functions_say_why():
+    """An import inside a function only where it saves start-up time, and the module says so once."""
+    found = unexplained_function_imports(ROOT)
+    assert not found, (
+        f"imports inside functions in modules that do not say why ({NOTE!r} in the docstring or first 40"
+        " lines): move them to module level, or say once why they stay:\n"
+        + "\n".join(f"{m} (line {line}) imports {i}" for m, line, i in found)
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "found"),
+    [
+        ("def f():\n    import torch\n", True),
+        ("def f():\n    from ray import tune\n", True),
+        ("class C:\n    def f(self):\n        from returnn_ray.errors import X\n", True),
+        ("def f():\n    from . import other\n", True),
+        ("def f():\n    import json\n", False),  # the standard library: cheap
+        ("import torch\n", False),  # module level
+        ("# Imports inside functions: torch loads only when used (start-up time).\ndef f():\n    import torch\n", False),
+        ('"""Doc: torch is imported when used (start-up time)."""\ndef f():\n    import torch\n', False),
+    ],
+)
+def test_an_unexplained_import_inside_a_function_is_found(tmp_path, code, found):
+    root = _write(tmp_path, {"__init__.py": "", "atomic.py": code})
+    assert bool(unexplained_function_imports(root)) is found

@@ -6,6 +6,7 @@ process uses it, so these are process-wide: the training workers' readers
 (:mod:`returnn_ray.inference.run`) set them right before they build their dataset. Seen on Ray 2.60.
 """
 
+# Imports inside functions: Ray loads only when Ray Data is configured (start-up time).
 from __future__ import annotations
 
 

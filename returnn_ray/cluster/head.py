@@ -6,6 +6,7 @@ from its temp dir. ``ray stop`` is never used: it stops every Ray of the user on
 Drivers that attach to it need :func:`driver_env` in their environment (:func:`use_head`).
 """
 
+# Imports inside functions: Ray loads only when a head is stopped (start-up time).
 from __future__ import annotations
 
 import os

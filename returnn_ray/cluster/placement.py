@@ -16,6 +16,7 @@ Ray and torch are imported inside functions: ``returnn-ray`` imports this module
 whether the run needs either.
 """
 
+# Imports inside functions: Ray and torch load only when placing (the CLI imports this module) (start-up time).
 from __future__ import annotations
 
 import dataclasses

@@ -13,6 +13,7 @@ workers take the room at once. ``ray_placement_timeout`` bounds the wait when se
 Ray is imported inside functions, as in :mod:`returnn_ray.cluster.placement`.
 """
 
+# Imports inside functions: Ray loads only when waiting for room (start-up time).
 from __future__ import annotations
 
 import time

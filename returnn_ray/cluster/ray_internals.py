@@ -10,6 +10,7 @@ Importing this module imports no Ray: ``returnn-ray`` imports it on every start 
 line's one-line errors), so each function imports what it needs of Ray itself.
 """
 
+# Imports inside functions: Ray's private modules load only when called (the CLI imports this module) (start-up time).
 from __future__ import annotations
 
 import logging

@@ -1,11 +1,13 @@
 """Starting or joining Ray, once per process, with the settings returnn-ray relies on."""
 
+# Imports inside functions: Ray loads only when it starts (the CLI imports this module) (start-up time).
 from __future__ import annotations
 
 import os
 from typing import Mapping
 
 from returnn_ray.cluster import env, interrupts, ray_internals
+from returnn_ray.cluster.reaper import start_reaper
 from returnn_ray.errors import UserError
 
 
@@ -55,7 +57,6 @@ def init_ray(
         ) from exc
     interrupts.install()  # ray.init replaced our SIGTERM handler with one that exits without a word
     if embedded:  # the Ray we just started must not outlive this process, even after kill -9
-        from returnn_ray.cluster.reaper import start_reaper
 
         start_reaper()
 

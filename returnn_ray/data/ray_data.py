@@ -20,6 +20,7 @@ in order and ``preserve_order`` keeps Ray from reordering their outputs (Ray Dat
 ((2, 3, 2), [1, 3], [1, 0])
 """
 
+# Imports inside functions: Ray and torch load only when a Ray dataset or a torch batch is made (start-up time).
 from __future__ import annotations
 
 import dataclasses

@@ -17,6 +17,7 @@ thread pool, no CUDA context) and starts no threads of its own before a fork. Li
 callers start the command as a plain subprocess.
 """
 
+# Imports inside functions: returnn_ray.cli and Ray are imported in the forked child; the parent imports only what preload() is given (and times) (start-up time).
 from __future__ import annotations
 
 import io

@@ -22,6 +22,7 @@ import json
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+import torch
 from returnn.forward_iface import ForwardCallbackIface
 from returnn.tensor import Dim, Tensor, TensorDict
 
@@ -95,8 +96,6 @@ def callback_payload(indices: np.ndarray, outputs: TensorDict, batch_dim: Dim) -
 
 def _numpy(raw: Any) -> np.ndarray:
     """A raw tensor as numpy, bfloat16 as float32 (as RETURNN does for the callback)."""
-    import torch
-
     if isinstance(raw, torch.Tensor):
         raw = raw.detach().cpu()
         return (raw.float() if raw.dtype == torch.bfloat16 else raw).numpy()

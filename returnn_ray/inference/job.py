@@ -9,6 +9,7 @@ rebuilt the config (:meth:`ForwardJob.load_settings`).
 Ray is imported inside :meth:`ForwardJob.build`: only a run that reaches its actors needs it.
 """
 
+# Imports inside functions: Ray loads only when a job is built or read (start-up time).
 from __future__ import annotations
 
 import dataclasses

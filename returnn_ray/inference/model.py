@@ -27,6 +27,7 @@ from returnn_ray.data.ray_data import Batch
 from returnn_ray.errors import ConfigError, UserError
 from returnn_ray.model import torch_engine
 from returnn_ray.model.build import check_model
+from returnn_ray.search import ctc_beam_search
 
 Outputs = dict[str, tuple[np.ndarray, np.ndarray]]
 """Output name -> (padded values ``[B, T, ...]``, seq lengths ``[B]``)."""
@@ -117,7 +118,6 @@ def search_beams(
             beam_size=beam_size, epoch=epoch,
         )
         return _checked_beams(result, batch.num_seqs)
-    from returnn_ray.search import ctc_beam_search
 
     out = model(batch.data, batch.lens)[model.output_layer_name]
     logits = out.logits if out.logits is not None else out.value  # a linear output layer gives logits

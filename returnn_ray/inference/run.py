@@ -12,6 +12,7 @@ output file is assembled from the parts in plan order, atomically. The run's eve
 with seqs/s and, for search, LER/WER) go to its metrics file (:mod:`returnn_ray.metrics`).
 """
 
+# Imports inside functions: Ray and Ray Data load only when inference runs on the cluster (start-up time).
 from __future__ import annotations
 
 import dataclasses
@@ -24,6 +25,7 @@ import time
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from returnn_ray.cluster import env
 from returnn_ray.cluster.data_context import configure_ray_data
@@ -31,9 +33,11 @@ from returnn_ray.cluster.placement import place
 from returnn_ray.cluster.ray_internals import user_error_in
 from returnn_ray.config import Config, Settings
 from returnn_ray.data import BatchingOptions, plan_epoch
-from returnn_ray.data.batching import filter_by_length
 from returnn_ray.data.base import Dataset, DataSpec
+from returnn_ray.data.batching import filter_by_length
 from returnn_ray.data.from_settings import batching_options, data_specs, open_dataset
+from returnn_ray.data.hdf import HDFWriter
+from returnn_ray.data.ray_data import Batch, pad_batch
 from returnn_ray.errors import ConfigError, UserError
 from returnn_ray.metrics import MetricsWriter, metrics_path, since_process_start
 from returnn_ray.inference.model import (
@@ -48,6 +52,7 @@ from returnn_ray.inference.files import batch_digest, changed_file, check_output
 from returnn_ray.inference.job import ForwardJob
 from returnn_ray.inference.parts import DATA_FILES, PartStore, plan_digest, tags_digest
 from returnn_ray.model.build import build_model
+from returnn_ray.search import edit_distance, labels_to_string, write_search_output
 from returnn_ray.training import checkpoints
 from returnn_ray.training.log import hms
 from returnn_ray.training.preload import check_preload_files, load_weights
@@ -210,8 +215,6 @@ def _parts_of_other_data(store: PartStore, dataset: Dataset, plan, done: set[int
     """The finished parts that were computed from other data than the dataset's now: deleted (they
     run again). Only checked when a data file's identity changed since the parts were written, or
     the dataset has no files (it is then read again, batch by batch: see :mod:`~returnn_ray.inference.files`)."""
-    from returnn_ray.data.ray_data import pad_batch
-
     why = changed_file(store.previous_data_files, identity)
     if why is None:
         return set()
@@ -254,7 +257,6 @@ class InferenceActor:
 
     def __init__(self, job: ForwardJob) -> None:
         import ray
-        import torch
 
         self.settings = job.load_settings()
         self.dataset = open_dataset(self.settings, job.dataset)
@@ -283,16 +285,10 @@ class InferenceActor:
 
     def _run(self, batch_id: int) -> tuple[bytes, bytes]:
         """The batch's result, and the digest of the input arrays it was computed from."""
-        from returnn_ray.data.ray_data import pad_batch
-
         cols = pad_batch(self.dataset, self.plan[batch_id])
         return self._compute(batch_id, cols), batch_digest(cols)
 
     def _compute(self, batch_id: int, cols: dict[str, np.ndarray]) -> bytes:
-        import torch
-
-        from returnn_ray.data.ray_data import Batch
-
         indices = self.plan[batch_id]
         tags = [self.dataset.seq_tags[int(i)] for i in indices]
         batch = Batch.from_columns(cols, self.keys)
@@ -336,8 +332,6 @@ def _forward_payload(indices: np.ndarray, outputs: dict[str, tuple[np.ndarray, n
 
 def _search_payload(indices, beams, batch, reference: str | None, dataset: Dataset) -> bytes:
     """The batch's beams (and, with references, the best hypotheses' label edit counts), as JSON."""
-    from returnn_ray.search import edit_distance
-
     record: dict[str, Any] = {
         "seq_idx": [int(i) for i in indices],
         "beams": [[[score, list(labels)] for score, labels in beam] for beam in beams],
@@ -358,8 +352,6 @@ def _search_payload(indices, beams, batch, reference: str | None, dataset: Datas
 
 def _words(labels: Sequence[int], vocab: Sequence[str]) -> list[str]:
     """The words of a label sequence: labels joined by spaces, BPE's ``@@ `` continuation merged."""
-    from returnn_ray.search import labels_to_string
-
     return labels_to_string(labels, vocab).replace("@@ ", "").split()
 
 
@@ -501,8 +493,6 @@ def _load_npz(payload: bytes) -> dict[str, np.ndarray]:
 
 def _assemble_hdf(settings: Settings, dataset: Dataset, plan, store: PartStore, out_path: str) -> dict:
     """The forward outputs in RETURNN's HDF layout: ``output`` as ``inputs``, others as targets."""
-    from returnn_ray.data.hdf import HDFWriter
-
     specs = _output_specs(settings, _parts_in_plan_order(plan, store, _load_npz))
     keys = {name: ("data" if name == "output" else name) for name in specs}
     with HDFWriter(out_path, {keys[n]: s for n, s in specs.items()}) as writer:
@@ -544,8 +534,6 @@ def _output_specs(settings: Settings, parts) -> dict[str, DataSpec]:
 def _assemble_search(settings: Settings, dataset: Dataset, specs, plan, store: PartStore, out_path: str) -> dict:
     """RETURNN's search output file, seqs in corpus order; returns the LER/WER (:func:`_rates_text`) if there
     were references."""
-    from returnn_ray.search import labels_to_string, write_search_output
-
     vocab_key = "classes" if "classes" in dataset.labels else next(iter(dataset.labels), None)
     vocab = dataset.labels.get(vocab_key) if vocab_key else None
     by_seq: dict[int, list] = {}

@@ -10,6 +10,7 @@ swept ``batch_size`` does), two grid values train the same model, and the sweep 
 setting against itself (:func:`same_batch_pairs`, planned from the train data's seq lengths).
 """
 
+# Imports inside functions: training.checks (torch) loads only when trials are checked (start-up time).
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +22,11 @@ from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 
+from returnn_ray.atomic import atomic_write
 from returnn_ray.cluster.ray_internals import user_message
+from returnn_ray.config import USER_CONFIG_MODULE, get_global_config, load_config, load_settings, set_global_config
 from returnn_ray.data.batching import BatchingOptions, plan_batches
+from returnn_ray.data.from_settings import batching_options, open_dataset
 from returnn_ray.errors import ConfigError, UserError
 from returnn_ray.sweep.job import SweepJob
 from returnn_ray.sweep.space import PER_TRIAL_KEYS, Dimension, check_points, variant_name
@@ -38,8 +42,6 @@ def check_trials(job: SweepJob, space: Sequence[Dimension]) -> int:
     Datasets are opened once per distinct data settings; nothing is written (the trials'
     directories are made when they start, in the checked sweep dir).
     """
-    from returnn_ray.config import USER_CONFIG_MODULE, get_global_config, load_config, load_settings, set_global_config
-    from returnn_ray.data.from_settings import open_dataset
     from returnn_ray.training.checks import check_trainable
 
     opened: dict[tuple[str, str], Any] = {}
@@ -81,8 +83,6 @@ def check_batches_differ(trials: Sequence[tuple[str, Any]], opener) -> None:
     """Trials whose settings differ only in their batching must differ in their batches
     (:func:`same_batch_pairs` on the train data of their first epochs); one line naming two that
     do not, and what binds. ``trials``: ``(name, Settings)``; ``opener(settings, name)`` opens a dataset."""
-    from returnn_ray.data.from_settings import batching_options
-
     groups: dict[Hashable, list[tuple[str, Any]]] = {}
     for name, settings in trials:
         groups.setdefault(_all_but_batching(settings), []).append((name, settings))
@@ -204,8 +204,6 @@ def _restore_module(name: str, module) -> None:
 def check_sweep_dir(sweep_dir: str, key: str) -> None:
     """Makes ``sweep_dir`` (if needed) and writes and removes a file there: permission bits alone
     do not tell (root ignores them; read-only mounts, /proc)."""
-    from returnn_ray.atomic import atomic_write
-
     if os.path.exists(sweep_dir) and not os.path.isdir(sweep_dir):
         raise ConfigError(f"{key} {sweep_dir!r} is a file, not a directory; give another {key}")
     try:

@@ -15,9 +15,11 @@ import os
 import shutil
 from typing import Any, Sequence
 
+from returnn_ray.atomic import atomic_write
 from returnn_ray.errors import ConfigError, UserError
 from returnn_ray.sweep.job import SweepJob
 from returnn_ray.sweep.space import VARIANT_KEY, Dimension
+from returnn_ray.training.lr_file import load_learning_rate_file
 
 MANIFEST = "sweep.json"
 """The definition's file in the sweep dir."""
@@ -72,8 +74,6 @@ def prepare(sweep_dir: str, new: dict[str, Any], key: str) -> tuple[str, str]:
     """Makes ``sweep_dir`` hold the sweep ``new``; returns ``("resume", "")``, ``("new", "")`` or
     ``("anew", <what differed>)`` (another sweep's dir without trial results, cleared). Raises
     for another sweep with results."""
-    from returnn_ray.atomic import atomic_write
-
     path = os.path.join(sweep_dir, MANIFEST)
     old = _read(path)
     has_state = any(os.path.exists(os.path.join(sweep_dir, name)) for name in STATE[:2])
@@ -136,8 +136,6 @@ def _show(part: str, value: Any) -> str:
 def has_results(sweep_dir: str) -> bool:
     """Whether a trial of the sweep made progress: finished an epoch (its ``learning_rates`` holds
     one) or saved a mid-epoch checkpoint."""
-    from returnn_ray.training.lr_file import load_learning_rate_file
-
     trials = os.path.join(sweep_dir, "trials")
     if not os.path.isdir(trials):
         return False

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 from returnn_ray.atomic import atomic_write
 from returnn_ray.sweep.space import VARIANT_KEY
+from returnn_ray.training.lr_control import error_key_for_scores
+from returnn_ray.training.lr_file import load_learning_rate_file
 
 
 @dataclasses.dataclass
@@ -31,9 +33,6 @@ class TrialSummary:
 
 def metric_per_epoch(lr_file: str, metric: str | None) -> tuple[dict[int, float], str | None]:
     """``{epoch: value}`` of ``metric`` (None: the key newbob picks) from a learning_rate_file."""
-    from returnn_ray.training.lr_control import error_key_for_scores
-    from returnn_ray.training.lr_file import load_learning_rate_file
-
     if not os.path.exists(lr_file):
         return {}, metric
     epochs = load_learning_rate_file(lr_file)

@@ -15,6 +15,7 @@ A trial's variant reaches its training run as ``++key value`` arguments, after t
 'learning_rate=0.001+batch_size=2000'
 """
 
+# Imports inside functions: Ray Tune loads only when the Tune search space is made (start-up time).
 from __future__ import annotations
 
 import ast

@@ -11,6 +11,7 @@ Ray, Tune and the training modules (torch) are imported inside :func:`run_trial`
 checks before Ray starts use this module's other functions without waiting for them.
 """
 
+# Imports inside functions: Ray Tune and the training modules (torch) load only in a trial (start-up time).
 from __future__ import annotations
 
 import json
@@ -18,9 +19,11 @@ import os
 from typing import Any
 
 from returnn_ray.atomic import atomic_write
+from returnn_ray.config import load_config, load_settings, set_global_config
 from returnn_ray.metrics import FILE_NAME
 from returnn_ray.sweep.job import SweepJob
 from returnn_ray.sweep.space import VARIANT_KEY, override_args, variant_name
+from returnn_ray.training.job import TrainJob, TrialReport
 
 
 def trial_dir(sweep_dir: str, values: dict[str, Any], trial_id: str) -> str:
@@ -53,9 +56,7 @@ def run_trial(trial_config: dict[str, Any], shared_datasets: dict[str, Any] | No
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from returnn_ray.config import load_config, load_settings, set_global_config
     from returnn_ray.training.driver import check_before_start, run_on_workers
-    from returnn_ray.training.job import TrainJob, TrialReport
     from returnn_ray.training.recipe import train_loop_per_worker
 
     job = SweepJob.from_tune(trial_config["job"])

@@ -14,6 +14,7 @@ from returnn_ray.errors import ConfigError
 from returnn_ray.model.build import model_spec
 from returnn_ray.training import checkpoints
 from returnn_ray.training.driver import run_on_workers
+from returnn_ray.training.eval_worker import eval_loop_per_worker
 from returnn_ray.training.job import EvalJob
 
 
@@ -26,8 +27,6 @@ def run(settings: Settings, config: Config) -> int:
     checkpoints.checkpoint_to_load(settings.run.model, settings.run.load_epoch, load=settings.run.load)
     if settings.forward.eval_output_file:
         checkpoints.check_model_dir_writable(settings.forward.eval_output_file, key="eval_output_file")
-
-    from returnn_ray.training.eval_worker import eval_loop_per_worker
 
     start = time.monotonic()
     placement = place(settings.run, env_vars=env.TRAIN_ENV)

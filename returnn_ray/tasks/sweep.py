@@ -13,20 +13,31 @@ the end: a table of trials, ``best.config``, ``<metric>.png`` and a ``sweep_end`
 metrics file (``metrics.jsonl``) in ``sweep_dir``; each trial writes its own in its directory.
 """
 
+# Imports inside functions: Ray, torch and the modules that import them load only when they are used (a sweep with --variants needs no torch before its trials) (start-up time).
 from __future__ import annotations
 
 import dataclasses
+import glob
+import json
 import os
 import re
 import time
 
+from returnn_ray.atomic import atomic_write
 from returnn_ray.cluster import env
 from returnn_ray.cluster.placement import place
 from returnn_ray.config import KNOWN_KEYS, Config, Settings
+from returnn_ray.data.from_settings import data_specs, eval_dataset_names, open_dataset
 from returnn_ray.errors import ConfigError, UserError
 from returnn_ray.metrics import FILE_NAME, MetricsWriter, metrics_path, since_process_start
+from returnn_ray.sweep import manifest
+from returnn_ray.sweep.checks import check_sweep_dir, check_trials
 from returnn_ray.sweep.job import SweepJob
+from returnn_ray.sweep.results import (
+    TrialSummary, best_config_text, best_epoch, format_table, metric_per_epoch, ranked, write_plot,
+)
 from returnn_ray.sweep.space import parse_space, tune_param_space, warn_unknown_keys
+from returnn_ray.sweep.trial import data_fingerprint, run_trial, trial_args, trial_dir
 from returnn_ray.training.run_lock import ModelLock
 
 
@@ -70,8 +81,6 @@ def _run(settings: Settings, config: Config, job: SweepJob, space, sweep_dir: st
     s = settings.sweep
     import ray
     from ray import tune
-
-    from returnn_ray.sweep.trial import data_fingerprint, run_trial
 
     # env.TRAIN_ENV keeps trials in the command's working directory too (Tune would chdir).
     env.set_defaults(env.TRAIN_ENV)
@@ -139,8 +148,6 @@ def _scheduler(settings: Settings):
 
 def _check(job: SweepJob, space, sweep_dir: str) -> None:
     """Before Ray starts: every trial's config, and that the sweep dir is writable."""
-    from returnn_ray.sweep.checks import check_sweep_dir, check_trials
-
     check_trials(job, space)
     check_sweep_dir(sweep_dir, SWEEP_DIR_KEY)
 
@@ -148,8 +155,6 @@ def _check(job: SweepJob, space, sweep_dir: str) -> None:
 def _prepare(settings: Settings, config: Config, job: SweepJob, space, sweep_dir: str) -> bool:
     """The sweep dir holds this sweep: the same one to resume, or none with results (cleared).
     Returns whether to resume."""
-    from returnn_ray.sweep import manifest
-
     new = manifest.definition(job, space, settings, config.files)
     outcome, differs = manifest.prepare(sweep_dir, new, SWEEP_DIR_KEY)
     if outcome == "anew":
@@ -166,8 +171,6 @@ def _shared_datasets(settings: Settings, *, has_variants: bool) -> dict | None:
     if has_variants and settings.data.train is None:
         return None
     import ray
-
-    from returnn_ray.data.from_settings import eval_dataset_names, open_dataset
 
     return {name: ray.put(open_dataset(settings, name)) for name in ["train", *eval_dataset_names(settings)]}
 
@@ -189,9 +192,6 @@ def _check_base(settings: Settings, *, has_variants: bool) -> None:
 def _trial_values(result, sweep_dir: str, trial_id: str) -> dict | None:
     """The trial's swept values: from Tune's record, else (a restored failed trial has no
     config there) from the ``variant.json`` its run wrote."""
-    import glob
-    import json
-
     if result.config and "values" in result.config:
         return dict(result.config["values"])
     for path in glob.glob(os.path.join(glob.escape(sweep_dir), "trials", f"*-{trial_id}", "variant.json")):
@@ -204,7 +204,6 @@ def expected_score_keys(settings: Settings) -> list[str]:
     """The score keys each epoch of this config reports (``train_*`` and per evaluated dataset)."""
     import torch
 
-    from returnn_ray.data.from_settings import data_specs, eval_dataset_names, open_dataset
     from returnn_ray.model.build import model_spec
     from returnn_ray.training.scores import score_keys
     from returnn_ray.training.steps import dummy_batch
@@ -220,14 +219,6 @@ def expected_score_keys(settings: Settings) -> list[str]:
 
 
 def _summarize(settings: Settings, grid, sweep_dir: str, job: SweepJob, secs: float, metrics: MetricsWriter) -> int:
-    import json
-
-    from returnn_ray.atomic import atomic_write
-    from returnn_ray.sweep.results import (
-        TrialSummary, best_config_text, best_epoch, format_table, metric_per_epoch, ranked, write_plot,
-    )
-    from returnn_ray.sweep.trial import trial_args, trial_dir
-
     trials = []
     for result in grid:
         # Tune names a trial's directory after its id; a restored trial's gets a suffix (`<id>_e2ef`).

@@ -18,6 +18,7 @@ from returnn_ray.cluster.placement import Placement, place
 from returnn_ray.config import Config, Settings
 from returnn_ray.training.driver import check_before_start, run_on_workers
 from returnn_ray.training.job import TrainJob
+from returnn_ray.training.recipe import train_loop_per_worker
 from returnn_ray.training.run_lock import ModelLock
 
 
@@ -32,8 +33,6 @@ def run(settings: Settings, config: Config) -> int:
 
 
 def _fit(settings: Settings, config: Config, start: float, placement: Placement) -> int:
-    from returnn_ray.training.recipe import train_loop_per_worker
-
     run_on_workers(
         settings,
         config,

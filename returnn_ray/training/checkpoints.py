@@ -17,6 +17,7 @@ is plain Python over file names and numbers (torch is imported inside those thre
 (False, True)
 """
 
+# Imports inside functions: torch loads only when a checkpoint is read (start-up time).
 from __future__ import annotations
 
 import contextlib
@@ -27,6 +28,7 @@ from dataclasses import dataclass, fields
 from itertools import count
 from typing import Any, Mapping, Sequence
 
+from returnn_ray import __version__
 from returnn_ray.atomic import atomic_torch_save, atomic_write, is_temp_path
 from returnn_ray.config.validators import cleanup_options
 from returnn_ray.errors import ConfigError, UserError
@@ -325,8 +327,6 @@ def save_checkpoint(
     is then either its old version or the new one, never partly written (when an epoch is saved
     over, a failure on the ``.pt`` leaves the new ``.opt.pt`` next to the old ``.pt``).
     """
-    from returnn_ray import __version__
-
     common = {"epoch": epoch, "step": step, "effective_learning_rate": effective_learning_rate}
     common["returnn_ray_version"] = __version__
     model_dict = {"model": model_state, **common}
@@ -414,8 +414,6 @@ class MidEpochState:
 
 def save_partial(model: str, epoch: int, state: MidEpochState) -> str:
     """Write the mid-epoch state of ``epoch`` atomically."""
-    from returnn_ray import __version__
-
     path = partial_path(model, epoch)
     atomic_torch_save({**state.to_dict(), "epoch": epoch, "returnn_ray_version": __version__}, path)
     return path

@@ -8,6 +8,7 @@ sweep's trials (``sweep/trial.py``). Ray and torch are imported inside the funct
 them, so that the checks before Ray starts do not wait for those imports.
 """
 
+# Imports inside functions: Ray Train and ray_trainer load only when workers run (start-up time).
 from __future__ import annotations
 
 import logging
@@ -24,6 +25,7 @@ from returnn_ray.metrics import MetricsWriter, metrics_path, since_process_start
 from returnn_ray.training import checkpoints
 from returnn_ray.training.checks import check_trainable
 from returnn_ray.training.job import JOB_KEY, EvalJob, TrainJob, WorkerJob
+from returnn_ray.training.log import DriverLog
 
 DEFAULT_MODEL = "returnn_ray_out/model"
 """Where the model dir is taken to be when ``model`` is unset (Ray Train's run state, the metrics file)."""
@@ -62,7 +64,6 @@ def run_on_workers(
     from ray.train.torch import TorchConfig
     from ray.util.queue import Queue
 
-    from returnn_ray.training.log import DriverLog
     from returnn_ray.training.ray_trainer import ReturnnTorchTrainer
 
     placement = placement or place(settings.run, env_vars=env.TRAIN_ENV)

@@ -5,6 +5,7 @@ the sums are all-reduced, so the scores equal a one-worker evaluation. Rank 0 pr
 writes ``eval_output_file`` (atomically); the driver writes its ``eval_end`` metrics event.
 """
 
+# Imports inside functions: Ray Train loads only in a worker (start-up time).
 from __future__ import annotations
 
 import pprint

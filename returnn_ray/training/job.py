@@ -8,6 +8,7 @@ job (cloudpickle) to each worker, so it holds only picklable values. Ray's cloud
 imported where it is used: importing this module (as the sweep's checks do) starts no Ray.
 """
 
+# Imports inside functions: Ray's cloudpickle loads only when settings are packed or unpacked (start-up time).
 from __future__ import annotations
 
 import dataclasses

@@ -7,6 +7,7 @@ driver prints them as RETURNN does (to stdout and to the ``log`` files). On an i
 terminal the driver also shows a live progress line (steps, loss, time remaining).
 """
 
+# Imports inside functions: Ray's queue loads only when it is drained (start-up time).
 from __future__ import annotations
 
 import datetime

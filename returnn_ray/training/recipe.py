@@ -19,6 +19,7 @@ there, on any number of workers: the rest of the order is planned again and deal
 world size, so no seq is lost or used twice.
 """
 
+# Imports inside functions: Ray loads only in a worker (start-up time).
 from __future__ import annotations
 
 import dataclasses

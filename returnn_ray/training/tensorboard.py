@@ -8,6 +8,7 @@ writes to ``./runs/<date>_<host>``; we write next to the checkpoints, ``<model d
 where the chief worker's working directory is on another machine. Only rank 0 writes.
 """
 
+# Imports inside functions: torch's TensorBoard writer loads only when it is used (start-up time).
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ and :mod:`returnn_ray.training.eval_worker` (``task = "eval"``). Ray is imported
 functions that talk to it, so that the loops' parts load (and are tested) without starting it.
 """
 
+# Imports inside functions: Ray and Ray Train load only in a worker (start-up time).
 from __future__ import annotations
 
 import dataclasses
@@ -17,6 +18,7 @@ from typing import Mapping
 import torch
 
 from returnn_ray.config import Settings
+from returnn_ray.config.workers import use_worker_config
 from returnn_ray.data.ray_data import READ_TASK_CONCURRENCY, read_task_concurrency
 from returnn_ray.errors import UserError
 from returnn_ray.training.job import TrialReport, WorkerJob
@@ -74,8 +76,6 @@ def _local_context(use_gpu: bool) -> WorkerContext:
 
 def start_worker(job: WorkerJob) -> tuple[Settings, WorkerContext, WorkerLog]:
     """The settings (unpickled once this process knows which config to rebuild), rank and log."""
-    from returnn_ray.config.workers import use_worker_config
-
     use_worker_config(job.worker_env)
     settings = job.settings()
     ctx = _local_context(job.use_gpu) if job.local else _context(job.use_gpu)
