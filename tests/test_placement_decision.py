@@ -5,14 +5,21 @@ resource dicts as a Ray cluster or this machine reports them; no Ray is started.
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from returnn_ray.cluster import env
+
 from returnn_ray.cluster.placement import Placement, decide, lacks_local_gpu, place, runs_here
 from returnn_ray.config import load_config, load_settings
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_settings(*args: str):
@@ -76,19 +83,42 @@ def test_a_placement_is_frozen_and_pickles():
         placement.num_workers = 2  # type: ignore[misc]
 
 
-def test_place_in_local_mode_starts_no_ray():
-    import ray
+def _in_a_fresh_process(code: str) -> str:
+    """``code``'s output in a new Python process: the questions below depend on whether Ray runs in
+    the process, and other tests of this session may have started one here."""
+    environ = {k: v for k, v in os.environ.items() if k != env.ADDRESS}
+    environ["PYTHONPATH"] = os.pathsep.join([ROOT, environ.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip()
 
+
+SETTINGS = "from returnn_ray.config import load_config, load_settings\n" \
+    "def run_settings(*args): return load_settings(load_config([], list(args))).run\n"
+
+
+def test_place_in_local_mode_starts_no_ray():
     placement = place(run_settings("++ray_local_mode", "True", "++device", "cpu"))
     assert placement == Placement(local=True, use_gpu=False, num_workers=1, bundle={"CPU": 1})
-    assert not ray.is_initialized()
+    out = _in_a_fresh_process(SETTINGS + (
+        "import ray\n"
+        "from returnn_ray.cluster.placement import place\n"
+        "place(run_settings('++ray_local_mode', 'True', '++device', 'cpu'))\n"
+        "print(ray.is_initialized())\n"
+    ))
+    assert out == "False"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the case of a machine without a GPU")
 def test_device_gpu_in_this_process_without_a_gpu_is_caught(monkeypatch):
     monkeypatch.delenv(env.ADDRESS, raising=False)
-    assert lacks_local_gpu(run_settings("++device", "gpu"))
-    assert lacks_local_gpu(run_settings("++device", "gpu", "++task", "eval", "++ray_local_mode", "True"))
+    # without a Ray running in the process (with one, a run joins it and its workers are placed by Ray)
+    out = _in_a_fresh_process(SETTINGS + (
+        "from returnn_ray.cluster.placement import lacks_local_gpu\n"
+        "print(lacks_local_gpu(run_settings('++device', 'gpu')),"
+        " lacks_local_gpu(run_settings('++device', 'gpu', '++task', 'eval', '++ray_local_mode', 'True')))\n"
+    ))
+    assert out == "True True"
     assert not lacks_local_gpu(run_settings("++device", "gpu", "++task", "forward"))  # its actors are placed by Ray
     assert not lacks_local_gpu(run_settings("++device", "gpu", "++ray_num_workers", "1"))
     assert not lacks_local_gpu(run_settings("++device", "gpu", "++ray_local_mode", "False"))

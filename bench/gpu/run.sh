@@ -72,7 +72,7 @@ fi
 
 if [ "$DRY" = 1 ]; then
     DEVICE=cpu
-    TRAIN_ARGS=(--num-seqs 60 --min-len 20 --max-len 60 --units 32 --layers 1 --batch-size 1000 --max-seqs 20 --epochs 2)
+    TRAIN_ARGS=(--num-seqs 60 --min-len 20 --max-len 60 --units 32 --layers 1 --batch-size 1000 --max-seqs 20 --epochs 2 --loss-tol 0.02)  # bf16: the two paths round differently
     FORWARD_ARGS=(--num-seqs 200 --actors 1)  # enough batches for a rate after the first result
     T_TRAIN=240; T_FORWARD=150; T_TESTS=120  # a loaded 2-core CI machine: Ray starts slowly
 else
