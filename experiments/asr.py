@@ -25,7 +25,8 @@ all with ``experiments/asr.config``:
 Ray starts once: unless ``--address`` or ``RAY_ADDRESS`` names a cluster, a local head
 (``ray start --head`` with a private temp dir and free ports) serves every stage and is stopped
 at the end by killing exactly its processes (never ``ray stop``, which stops every Ray of the
-user). While it starts, this script imports torch, Ray and returnn_ray once; on Linux each
+user); it starts while the data stage runs, which needs no Ray (the table counts only the wait
+after the data as Ray's start-up). Meanwhile this script imports torch, Ray and returnn_ray once; on Linux each
 returnn-ray command then runs in a fork of it (:mod:`returnn_ray.experiment.warm_start`: the same command,
 its own process and Ray job, without 3-4 s of imports each; ``--cold`` starts them afresh).
 At the end a table gives each stage's wall time and how much of it was Ray start-up or
@@ -49,6 +50,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Sequence
 
@@ -361,23 +363,30 @@ class LocalHead:
         return StageResult("ray stop", time.monotonic() - t, time.monotonic() - t, "(all shut-down)")
 
 
-def connect_ray(args: argparse.Namespace, env: dict, exp: Experiment, local: LocalHead) -> StageResult:
-    """Ray, once for all stages: the cluster named, else a local head (kept in ``local``).
-    Meanwhile this process imports what every returnn-ray command needs, once (``runner.warm``:
-    the stages are its forks). Sets the workers and the address of every stage."""
-    t = time.monotonic()
+def connect_ray(args: argparse.Namespace, env: dict, exp: Experiment, local: LocalHead, meanwhile=lambda: None):
+    """Ray, once for all stages: the cluster named, else a local head (kept in ``local``), started
+    in a thread while ``meanwhile`` runs here (the data stage: the head does not need its files).
+    Meanwhile this process also imports what every returnn-ray command needs, once (``runner.warm``:
+    the stages are its forks). Sets the workers and the address of every stage. Returns what
+    ``meanwhile`` returned and the Ray stage, whose wall time is only the wait after ``meanwhile``."""
     address = args.address or os.environ.get("RAY_ADDRESS")
     if not address:  # before the imports: Ray reads it then, and the stages run with it
         local.temp_dir = f"/tmp/asr-ray-{os.getpid()}"  # short: Ray's socket paths live under it
         use_head(env, local.temp_dir)
         use_head(os.environ, local.temp_dir)
     preloading = warm_start.Preload() if exp.runner.warm else None
-    if address:
-        print(f"\n== ray: using the cluster at {address}", flush=True)
+    head = None if address else _HeadStart(local.temp_dir, args.num_cpus or usable_cpus())
+    try:
+        before = meanwhile()
+    finally:
+        t = time.monotonic()
+        if head is not None:  # also when meanwhile failed: the head must be stopped (local.stop)
+            local.head, address = head.join()
+    if head is not None:
+        print(f"\n== ray: a local head for all stages (started with the data stage; {time.monotonic() - t:.1f} s after it)",
+              flush=True)
     else:
-        num_cpus = args.num_cpus or usable_cpus()
-        print("\n== ray: a local head for all stages", flush=True)
-        local.head, address = start_head(local.temp_dir, num_cpus)
+        print(f"\n== ray: using the cluster at {address}", flush=True)
     env["RAY_ADDRESS"] = address
     if preloading is not None:  # this process stays free of Ray: its forks run the stages
         preloaded = preloading.join()
@@ -388,13 +397,35 @@ def connect_ray(args: argparse.Namespace, env: dict, exp: Experiment, local: Loc
     exp.workers = args.workers or gpus or cpus
     print(f"cluster {address}: {cpus} CPUs, {gpus} GPUs -> {exp.workers} worker(s)", flush=True)
     exp.base += ["++ray_address", address]
-    how = "(all start-up)"
+    how = "(all start-up, after the data stage it ran alongside)"
     if preloading is not None:
         print(f"warm start: torch, Ray and returnn_ray imported once in {preloaded:.1f} s, "
               "each returnn-ray command below runs in a fork of this process", flush=True)
-        how = "(all start-up; with the imports of the warm start)"
+        how = "(all start-up after the data stage; with the imports of the warm start)"
     wall = time.monotonic() - t
-    return StageResult("ray start" if local.head is not None else "ray attach", wall, wall, how)
+    return before, StageResult("ray start" if local.head is not None else "ray attach", wall, wall, how)
+
+
+class _HeadStart(threading.Thread):
+    """``start_head`` in a thread (it waits on ``ray start``, a process); :meth:`join` returns its
+    result or raises its error."""
+
+    def __init__(self, temp_dir: str, num_cpus: int):
+        super().__init__(name="ray-head-start", daemon=True)
+        self.args, self.result, self.error = (temp_dir, num_cpus), None, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.result = start_head(*self.args)
+        except BaseException as exc:  # noqa: BLE001 - raised by join()
+            self.error = exc
+
+    def join(self, timeout: float | None = None):
+        super().join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 def run_stages(args: argparse.Namespace, exp: Experiment, best: dict, stages: list[StageResult]) -> dict | None:
@@ -427,8 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        stages.append(exp.data())
-        stages.append(connect_ray(args, env, exp, local))
+        data, ray_start = connect_ray(args, env, exp, local, meanwhile=exp.data)
+        stages += [data, ray_start]
         wer = run_stages(args, exp, best, stages)
     except StageFailed as exc:
         print(f"asr.py: error: {exc}", file=sys.stderr)

@@ -50,6 +50,9 @@ HELD = ("run_start", "first_step")
 """Start-up events, written with the run's first result (any other event) rather than at once."""
 
 
+_IMPORTED_AT = time.time()
+
+
 def metrics_path(setting: str | None, next_to: str | None) -> str | None:
     """``metrics_file`` if set, else :data:`FILE_NAME` in the directory of ``next_to``, the run's main
     output: the model prefix (train, eval), the output file (forward, search), a file in the sweep dir.
@@ -65,9 +68,24 @@ def metrics_path(setting: str | None, next_to: str | None) -> str | None:
 
 
 def process_started_at() -> float:
-    """When this process (``returnn-ray``) started, in Unix seconds: the ``since_start`` figures count from it."""
-    import psutil  # ships with ray[default]
+    """When this process (``returnn-ray``) started, in Unix seconds: the ``since_start`` figures count from it.
 
+    Read from ``/proc`` as psutil does on Linux (boot time + the process's start in clock ticks):
+    psutil ships inside Ray, and a run in this process does not import Ray. Elsewhere psutil, or
+    failing that the time returnn_ray's metrics module was imported.
+    """
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rpartition(")")[2].split()[19])  # field 22, starttime (after "comm)")
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        pass
+    try:
+        import psutil
+    except ImportError:
+        return _IMPORTED_AT
     return psutil.Process().create_time()
 
 

@@ -24,6 +24,7 @@ in order and ``preserve_order`` keeps Ray from reordering their outputs (Ray Dat
 from __future__ import annotations
 
 import dataclasses
+import sys
 import warnings
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -282,9 +283,8 @@ def rank_batches(
     Both give the same batches (:func:`pad_batch` of the same plan); the in-process reader
     keeps up to :data:`PREFETCH_BATCHES` batches ahead of the consumer.
     """
-    import ray
-
-    if ray.is_initialized() and not in_process:
+    ray = None if in_process else sys.modules.get("ray")  # not imported: no Ray running here
+    if ray is not None and ray.is_initialized():
         read = iter_batches(rank_dataset(dataset, batches, concurrency=concurrency), keys)
     else:
         read = _prefetched(dataset, batches, keys)

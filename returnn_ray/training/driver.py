@@ -59,24 +59,51 @@ def run_on_workers(
     ``TorchTrainer``, each handed the job of ``task`` (:class:`WorkerJob`), printing rank 0's log
     lines and writing the metrics file (:mod:`returnn_ray.metrics`); a worker's UserError becomes the driver's.
     ``placement``: the run's (:func:`~returnn_ray.cluster.placement.place` when not given: a sweep
-    trial's run decides its own)."""
+    trial's run decides its own).
+
+    A local placement (one worker, no cluster) calls ``loop`` in this process, as Ray Train's own
+    local mode (``ScalingConfig(num_workers=0)``) does, but without importing Ray Train: that import
+    (pandas and Ray Data with it) is about 1 s of a short run's start-up (``bench/vs_returnn.py``),
+    and local mode gives the loop nothing it uses (no context: rank 0 of 1; no report: the driver
+    reads the log queue and the checkpoints are the model files).
+    """
+    placement = placement or place(settings.run, env_vars=env.TRAIN_ENV)
+    metrics = MetricsWriter(metrics_path(settings.run.metrics_file, settings.run.model), task=settings.run.task)
+    if placement.local:
+        return _run_here(settings, config, loop, task, what=what, use_gpu=placement.use_gpu, metrics=metrics)
+    return _run_on_ray(settings, config, loop, task, what=what, run_name=run_name, callbacks=callbacks,
+                       placement=placement, metrics=metrics)
+
+
+def _run_here(settings: Settings, config: Config, loop, task: TrainJob | EvalJob, *, what: str, use_gpu: bool,
+              metrics: MetricsWriter):
+    """The loop in this process: rank 0 of 1, its log through an in-process queue."""
+    import queue as queue_module
+
+    queue = queue_module.Queue()  # the driver's log reads the same get/put API as Ray's Queue
+    log = DriverLog(queue, log_files=settings.run.log, metrics=metrics).start()
+    job = WorkerJob.from_settings(settings, config, task, use_gpu=use_gpu, local=True, log_queue=queue)
+    log.print(f"returnn-ray: {what} with 1 worker(s) in this process ({'gpu' if job.use_gpu else 'cpu'})")
+    metrics.write("run_start", workers=1, since_start=since_process_start())
+    start = time.monotonic()
+    try:
+        result = loop({JOB_KEY: job})
+    finally:
+        log.close()  # its last drain writes the loop's last events
+    metrics.write("run_end", secs=round(time.monotonic() - start, 3))
+    return result
+
+
+def _run_on_ray(settings: Settings, config: Config, loop, task: TrainJob | EvalJob, *, what: str, run_name: str,
+                callbacks: list | None, placement: Placement, metrics: MetricsWriter):
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
     from ray.util.queue import Queue
 
     from returnn_ray.training.ray_trainer import ReturnnTorchTrainer
 
-    placement = placement or place(settings.run, env_vars=env.TRAIN_ENV)
-    local, use_gpu, num_workers = placement.local, placement.use_gpu, placement.num_workers
-    if local:
-        import queue as queue_module
-
-        queue = queue_module.Queue()  # the driver's log reads the same get/put API
-        logging.getLogger("ray.train").setLevel(logging.WARNING)  # "Running in local mode", "Reported metrics"
-    else:
-        queue = Queue(actor_options={"num_cpus": 0})
-    metrics_file = metrics_path(settings.run.metrics_file, settings.run.model)
-    metrics = MetricsWriter(metrics_file, task=settings.run.task)
+    use_gpu, num_workers = placement.use_gpu, placement.num_workers
+    queue = Queue(actor_options={"num_cpus": 0})
     log = DriverLog(queue, log_files=settings.run.log, metrics=metrics).start()
     model_dir = os.path.dirname(os.path.abspath(settings.run.model or DEFAULT_MODEL))
     # Ray Train keeps its run state (the epoch markers its failure handling restarts from) here;
@@ -87,9 +114,9 @@ def run_on_workers(
     trainer = ReturnnTorchTrainer(
         loop,
         train_loop_config={
-            JOB_KEY: WorkerJob.from_settings(settings, config, task, use_gpu=use_gpu, local=local, log_queue=queue)
+            JOB_KEY: WorkerJob.from_settings(settings, config, task, use_gpu=use_gpu, local=False, log_queue=queue)
         },
-        scaling_config=ScalingConfig(num_workers=0 if local else num_workers, use_gpu=use_gpu),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(
             name=run_name,
@@ -98,8 +125,7 @@ def run_on_workers(
             callbacks=callbacks,
         ),
     )
-    where = "in this process (Ray Train local mode)" if local else "on Ray"
-    log.print(f"returnn-ray: {what} with {num_workers} worker(s) {where} ({'gpu' if use_gpu else 'cpu'})")
+    log.print(f"returnn-ray: {what} with {num_workers} worker(s) on Ray ({'gpu' if use_gpu else 'cpu'})")
     metrics.write("run_start", workers=num_workers, since_start=since_process_start())
     try:
         return _fit_logged(trainer, settings, log, metrics)

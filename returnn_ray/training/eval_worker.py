@@ -44,9 +44,10 @@ def eval_loop_per_worker(config: Mapping[str, WorkerJob]) -> dict:
         log.line(f"{name}: {format_scores(scores)}")
     if ctx.is_chief and settings.forward.eval_output_file:
         atomic_write(settings.forward.eval_output_file, pprint.pformat(results, sort_dicts=True) + "\n")
-    import ray.train
-
     flat = {k: v for scores in results.values() for k, v in scores.items()}
     log.event("eval_end", epoch=which.epoch, checkpoint=which.path, scores=flat)
-    ray.train.report(flat)
+    if not ctx.local:
+        import ray.train
+
+        ray.train.report(flat)
     return results

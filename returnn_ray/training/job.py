@@ -57,9 +57,9 @@ class EvalJob:
 class WorkerJob:
     """What every worker of a run gets; built by :meth:`from_settings` in the driver."""
 
-    settings_pickle: bytes
+    settings_pickle: bytes | None
     """The settings, cloudpickled: they hold functions of a Python config, which a worker can
-    unpickle only once it knows which config to rebuild (``worker_env``)."""
+    unpickle only once it knows which config to rebuild (``worker_env``). None in local mode."""
     worker_env: Mapping[str, str]
     """Environment that lets a worker rebuild the config (:meth:`Config.worker_env`)."""
     log_queue: Any
@@ -67,20 +67,28 @@ class WorkerJob:
     mode a ``queue.Queue``)."""
     use_gpu: bool
     local: bool
-    """Ray Train's local mode: the loop runs in the driver's (or sweep trial's) process."""
+    """Local mode: the loop runs in the driver's (or sweep trial's) process, called by
+    :func:`returnn_ray.training.driver.run_on_workers` itself (no Ray Train)."""
     task: TrainJob | EvalJob
     process_start: float | None = None
     """When returnn-ray started (``time.time()``), for the start-up figures; None: unknown."""
     seed: int = DEFAULT_SEED
+    local_settings: Settings | None = dataclasses.field(default=None, repr=False, compare=False)
+    """Local mode: the driver's own settings (the loop runs in its process; no pickling, no Ray import)."""
 
     @classmethod
     def from_settings(
         cls, settings: Settings, config: Config, task: TrainJob | EvalJob, *, use_gpu: bool, local: bool, log_queue: Any
     ) -> WorkerJob:
-        from ray import cloudpickle
+        if local:
+            pickled = None
+        else:
+            from ray import cloudpickle
 
+            pickled = cloudpickle.dumps(settings)
         return cls(
-            settings_pickle=cloudpickle.dumps(settings),
+            settings_pickle=pickled,
+            local_settings=settings if local else None,
             worker_env=config.worker_env(),
             log_queue=log_queue,
             use_gpu=use_gpu,
@@ -91,6 +99,8 @@ class WorkerJob:
 
     def settings(self) -> Settings:
         """The settings; call after :func:`returnn_ray.config.workers.use_worker_config`."""
+        if self.settings_pickle is None:
+            return self.local_settings
         from ray import cloudpickle
 
         return cloudpickle.loads(self.settings_pickle)

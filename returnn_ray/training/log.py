@@ -140,12 +140,10 @@ class DriverLog:
             self._drain(timeout=0.2)
 
     def _drain(self, timeout: float | None = None) -> None:
-        import ray.util.queue
-
         while True:
             try:
                 kind, payload = self._queue.get(block=timeout is not None, timeout=timeout)
-            except (ray.util.queue.Empty, Exception):  # noqa: BLE001 - the queue actor may be gone at shutdown
+            except Exception:  # noqa: BLE001 - empty (queue.Empty, ray.util.queue.Empty), or the queue actor gone at shutdown
                 return
             timeout = None
             if kind == "line":

@@ -424,7 +424,7 @@ def _tensorboard_log(settings: Settings) -> TensorBoardLog | None:
 
 
 def _step_scores(losses: Mapping[str, Any]) -> dict[str, float]:
-    return {n: float(v.sum) / max(float(v.num_frames), 1.0) for n, v in losses.items()}
+    return {n: float(v.sum.detach()) / max(float(v.num_frames), 1.0) for n, v in losses.items()}
 
 
 def _epoch_scores(totals: Mapping[str, tuple[float, float]], epoch: int, num_seqs: int, log: WorkerLog) -> dict[str, float]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import tempfile
 import time
 from typing import Mapping
@@ -64,8 +65,8 @@ def _node_cpus() -> float:
 
 
 def _local_context(use_gpu: bool) -> WorkerContext:
-    """Rank 0 of 1 in this process (Ray Train's local mode; inside a Tune trial Ray Train's
-    context API is off limits, so it is not asked)."""
+    """Rank 0 of 1 in this process (no Ray Train: :func:`returnn_ray.training.driver.run_on_workers`
+    calls the loop itself, also inside a sweep trial's Tune actor)."""
     if use_gpu and not torch.cuda.is_available():
         raise UserError("device gpu: no GPU that torch can use in this process; use ++device cpu")
     device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
@@ -89,9 +90,8 @@ def log_up(job: WorkerJob, settings: Settings, ctx: WorkerContext) -> None:
     and ``bench/startup.py`` read the line)."""
     if job.process_start is None:
         return
-    import ray
-
-    node = f"node {ray.get_runtime_context().get_node_id()}" if ray.is_initialized() else "no Ray node (local mode)"
+    ray = sys.modules.get("ray")  # not imported for a run in this process: nothing to ask it
+    node = f"node {ray.get_runtime_context().get_node_id()}" if ray and ray.is_initialized() else "no Ray node (local mode)"
     WorkerLog(job.log_queue, enabled=True, verbosity=settings.run.log_verbosity).line(
         f"training worker {ctx.rank} up {time.time() - job.process_start:.1f} s after returnn-ray started on {node}",
         level=4,
@@ -107,8 +107,6 @@ def report(ctx: WorkerContext, epoch: int, step: int, scores: Mapping[str, float
     by: ``trial.metric``, or (None) the dev key newbob would pick. With ``trial.to_tune`` the
     trial reports to Tune itself (:class:`returnn_ray.training.job.TrialReport`).
     """
-    import ray.train
-
     metrics = {"epoch": epoch, "global_step": step, "learning_rate": lr, **scores}
     if trial is not None:
         key = trial.metric or error_key_for_scores(scores)
@@ -120,6 +118,10 @@ def report(ctx: WorkerContext, epoch: int, step: int, scores: Mapping[str, float
 
             tune.report(metrics)
             return
+    if ctx.local:
+        return  # no Ray Train to tell: the driver reads the log queue, the checkpoints are the model files
+    import ray.train
+
     if not ctx.is_chief:
         ray.train.report(metrics)
         return

@@ -241,9 +241,16 @@ def test_tensorboard_curves_and_a_live_progress_line_on_a_terminal(ray_session, 
     )
 
 
+RUN_AND_SAY_IF_RAY_WAS_IMPORTED = (
+    "import sys; from returnn_ray.cli import main; rc = main(sys.argv[1:]); "
+    "print('ray imported:', 'ray' in sys.modules); sys.exit(rc)"
+)
+
+
 def test_local_mode_trains_exactly_like_one_ray_worker(ray_session, tmp_path):
-    # The plain command with one worker to give runs Ray Train's local mode in its own process
-    # (no Ray started); the same config on a Ray worker must give the same scores and weights.
+    # The plain command with one worker to give runs the loop in its own process (as Ray Train's
+    # local mode would, but without importing Ray: about 1 s of a short run's start-up); the same
+    # config on a Ray worker must give the same scores and weights.
     import subprocess
 
     ray_dir, local_dir = tmp_path / "ray", tmp_path / "local"
@@ -251,11 +258,12 @@ def test_local_mode_trains_exactly_like_one_ray_worker(ray_session, tmp_path):
     assert main([write_config(ray_dir), "++ray_num_workers", "1"]) == 0
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run(
-        [sys.executable, "-m", "returnn_ray", write_config(local_dir), "++log_verbosity", "4"],
+        [sys.executable, "-c", RUN_AND_SAY_IF_RAY_WAS_IMPORTED, write_config(local_dir), "++log_verbosity", "4"],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "in this process (Ray Train local mode)" in proc.stdout
+    assert "worker(s) in this process (cpu)" in proc.stdout
+    assert proc.stdout.rstrip().endswith("ray imported: False"), proc.stdout[-500:]
     assert proc.stderr == "", proc.stderr  # Ray Train's local-mode notices stay out of the way
     assert scores(local_dir).keys() == scores(ray_dir).keys() == {1, 2}
     for epoch in (1, 2):
