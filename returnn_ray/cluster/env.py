@@ -43,6 +43,14 @@ TRAIN_PREEMPTION_WATCHER = RayEnvVar(
     "The preemption watcher is for cloud spot nodes; off, a run starts sooner.",
     "train, eval and sweep: driver (unless set) and Ray Train workers (runtime env)",
 )
+TRAIN_WORKER_GROUP_START_TIMEOUT = RayEnvVar(
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "31536000",
+    "A year: Ray Train's placement group waits in Ray's queue, keeping its place, as long as the room takes."
+    " At the default 60 s, Ray Train's controller gives the group up and makes a new one, silently and for"
+    " ever (controller_failure_limit -1), at the back of the line each time. The driver says when the group"
+    " waits, and ray_placement_timeout bounds the wait (cluster/queue.py, Watch).",
+    "train, eval and sweep: driver (unless set) and Ray Train workers and controller (runtime env)",
+)
 CHDIR_TO_TRIAL_DIR = RayEnvVar(
     "RAY_CHDIR_TO_TRIAL_DIR", "0",
     "Ray Train and Tune would run workers and trials in their own artifacts directory; relative paths"
@@ -116,7 +124,8 @@ USAGE_STATS = RayEnvVar(
 )
 
 ALL: tuple[RayEnvVar, ...] = (
-    TRAIN_HEALTH_CHECK_INTERVAL, TRAIN_PREEMPTION_WATCHER, CHDIR_TO_TRIAL_DIR, AIR_NEW_OUTPUT, BACKEND_LOG_LEVEL,
+    TRAIN_HEALTH_CHECK_INTERVAL, TRAIN_PREEMPTION_WATCHER, TRAIN_WORKER_GROUP_START_TIMEOUT, CHDIR_TO_TRIAL_DIR,
+    AIR_NEW_OUTPUT, BACKEND_LOG_LEVEL,
     WORKER_SOFT_LIMIT, PRESTART_WORKERS, AUTH_MODE, AUTH_TOKEN, AUTH_TOKEN_PATH, USAGE_STATS,
 )
 
@@ -125,7 +134,7 @@ ADDRESS = "RAY_ADDRESS"
 ``experiments/asr.py`` and the benchmarks set it for the commands they start)."""
 
 TRAIN_ENV: dict[str, str] = {v.name: v.value for v in (TRAIN_HEALTH_CHECK_INTERVAL, TRAIN_PREEMPTION_WATCHER,
-                                                     CHDIR_TO_TRIAL_DIR)}
+                                                     TRAIN_WORKER_GROUP_START_TIMEOUT, CHDIR_TO_TRIAL_DIR)}
 """What Ray Train runs need, in the driver and (as ``init_ray(env_vars=...)``) in every worker."""
 
 

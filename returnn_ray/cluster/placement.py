@@ -59,6 +59,9 @@ class Placement:
     """Workers (DDP ranks) or actors."""
     bundle: Mapping[str, float]
     """What each one holds on its node: Ray Train's worker (one GPU, else one CPU) or an actor (a CPU, and a GPU)."""
+    waited_since: float | None = dataclasses.field(default=None, compare=False)
+    """On Ray: when the wait for room began (``time.monotonic()``), from which ``ray_placement_timeout``
+    counts until the workers' own group is placed (:class:`~returnn_ray.cluster.queue.Watch`)."""
 
     @property
     def kind(self) -> str:
@@ -128,8 +131,8 @@ def place(
     check_placeable(
         placement.num_workers, placement.use_gpu, run.ray_placement_timeout, bundle=dict(placement.bundle), what=what
     )
-    wait_for_room([dict(placement.bundle)] * placement.num_workers, run.ray_placement_timeout, what=what)
-    return placement
+    since = wait_for_room([dict(placement.bundle)] * placement.num_workers, run.ray_placement_timeout, what=what)
+    return dataclasses.replace(placement, waited_since=since)
 
 
 def lacks_local_gpu(run: RunSettings) -> bool:

@@ -2,13 +2,21 @@
 
 :func:`~returnn_ray.cluster.placement.check_placeable` has made sure the cluster's *total*
 resources hold the run; other jobs may still hold them now. Left to Ray Train, such a run would
-sit in a placement group that it gives up and re-creates every 60 s
-(``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S``), silently and losing its place each time; a forward's
-actor pool would wait silently. So before the run starts its workers, :func:`wait_for_room` puts
-a placement group of the run's bundles into Ray's queue (Ray places pending groups in turn) and
-waits for it, saying once where the run stands in line and what it waits for, and again only when
-its place in line changes (or every few minutes). Once placed, the group is handed back and the run's own
-workers take the room at once. ``ray_placement_timeout`` bounds the wait when set.
+wait silently in a placement group of its own; a forward's actor pool too. So before the run
+starts its workers, :func:`wait_for_room` puts a placement group of the run's bundles into Ray's
+queue and waits for it, saying once where the run stands in line and what it waits for, and again
+only when its place in line changes (or every few minutes). Once placed, the group is handed back
+and the run's own workers (Ray Train's placement group) take the room.
+
+Ray cannot hand a placed group over, and its GCS does not place pending groups first come, first
+served: it retries each one on a backoff of 0.1-1 s, in the order the retries fall due, and a new
+group is tried at once. So in the second or two before Ray Train's group exists, another job's
+group can take the freed room. The run then goes back in line visibly: :class:`Watch` (Ray Train
+runs) sees its own group wait, says so and what for, and says when it is placed. Ray Train's group
+keeps its place meanwhile (``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S`` is a year,
+:mod:`returnn_ray.cluster.env`). ``ray_placement_timeout`` bounds the whole wait when set: at the
+deadline the watch removes the run's waiting group, Ray Train gives up its start (no controller
+retries then, :mod:`returnn_ray.training.driver`) and the driver fails with :func:`Watch.error`'s line.
 
 Ray is imported inside functions, as in :mod:`returnn_ray.cluster.placement`.
 """
@@ -16,6 +24,7 @@ Ray is imported inside functions, as in :mod:`returnn_ray.cluster.placement`.
 # Imports inside functions: Ray loads only when waiting for room (start-up time).
 from __future__ import annotations
 
+import threading
 import time
 from typing import Callable
 
@@ -28,6 +37,10 @@ REPEAT_S = 300.0
 """A line unchanged for this long is printed again, so a long wait shows it is alive."""
 QUEUE_NAME = "returnn-ray queue"
 """The name of the waiting placement group (``ray list placement-groups`` shows it)."""
+GRACE_S = 5.0
+"""How long the run's own group may wait after the hand-over before the run says it waits again
+(placed at once when the room is still free; Ray Train creates it 1-3 s after the hand-over)."""
+WAITING = ("PENDING", "RESCHEDULING")
 
 
 def wait_for_room(
@@ -36,18 +49,20 @@ def wait_for_room(
     *,
     what: str,
     say: Callable[[str], None] = lambda line: print(line, flush=True),
-) -> None:
-    """Return once the cluster's nodes have room for ``bundles`` now, waiting in Ray's queue for it.
+) -> float:
+    """Return once the cluster's nodes have room for ``bundles`` now, waiting in Ray's queue for it;
+    returns when the wait began (``time.monotonic()``; :class:`Watch` counts the timeout from there).
 
     ``timeout``: ``ray_placement_timeout`` (None: as long as it takes); after it, one line.
     """
+    start = time.monotonic()
     if ray_internals.fits_now(bundles):
-        return
+        return start
     from ray.util.placement_group import placement_group, remove_placement_group
 
     ahead = set(_pending_groups())  # waiting before us: ahead in line
     group = placement_group(bundles, strategy="PACK", name=QUEUE_NAME)
-    start, shown, shown_at = time.monotonic(), None, 0.0
+    shown, shown_at = None, 0.0
     try:
         while not group.wait(POLL_S):
             waited = time.monotonic() - start
@@ -57,15 +72,85 @@ def wait_for_room(
                 say(_queue_line(bundles, what, [pending[g] for g in ahead], timeout))
                 shown, shown_at = len(ahead), time.monotonic()
             if timeout is not None and waited >= timeout:
-                raise UserError(
-                    f"the Ray cluster is busy: no room for {len(bundles)} {what} ({_need_text(bundles)}) after"
-                    f" {waited:.0f} s of waiting (ray_placement_timeout {timeout:g}): run again when the cluster"
-                    " is less busy, or unset ray_placement_timeout to wait as long as it takes"
-                )
+                raise _busy_error(bundles, what, waited, timeout)
     finally:
         remove_placement_group(group)  # the run's own workers take the room from here on
     if shown is not None:
         say(f"returnn-ray: room for the {what} after {time.monotonic() - start:.0f} s in line; starting")
+    return start
+
+
+def _busy_error(bundles: list[dict[str, float]], what: str, waited: float, timeout: float) -> UserError:
+    return UserError(
+        f"the Ray cluster is busy: no room for {len(bundles)} {what} ({_need_text(bundles)}) after"
+        f" {waited:.0f} s of waiting (ray_placement_timeout {timeout:g}): run again when the cluster"
+        " is less busy, or unset ray_placement_timeout to wait as long as it takes"
+    )
+
+
+class Watch(threading.Thread):
+    """Watches a Ray Train run's own placement group from the hand-over until it is placed: says
+    when it waits in line again (another job took the room first) and when it is placed, and at
+    ``ray_placement_timeout`` (counted from ``since``, the start of the whole wait) removes it,
+    so that Ray Train gives up its start (:func:`error` then says why, in one line).
+
+    The run's groups are told from other jobs' by the job id that Ray puts at the end of every
+    placement group id (Ray Train's controller creates its group in the driver's job)."""
+
+    def __init__(self, bundles: list[dict[str, float]], timeout: float | None, *, what: str, since: float,
+                 say: Callable[[str], None]):
+        super().__init__(name="returnn-ray placement watch", daemon=True)
+        self.bundles, self.timeout, self.what, self.since, self.say = bundles, timeout, what, since, say
+        self._stop_event = threading.Event()
+        self._error: UserError | None = None
+
+    def stop(self) -> None:
+        """The run is over (or never made a group): stop watching."""
+        self._stop_event.set()
+
+    def error(self) -> UserError | None:
+        """The one-line error when the watch gave up the run's wait at ``ray_placement_timeout``."""
+        return self._error
+
+    def run(self) -> None:
+        import ray
+
+        job = ray.get_runtime_context().get_job_id()
+        waiting_since, said = None, False
+        while not self._stop_event.wait(POLL_S):
+            states = _own_groups(job)
+            if "CREATED" in states.values():
+                if said:
+                    self.say(f"returnn-ray: room for the {self.what} after {time.monotonic() - self.since:.0f} s;"
+                             " starting")
+                return
+            waiting = [gid for gid, state in states.items() if state in WAITING]
+            if not waiting:
+                continue
+            waiting_since = waiting_since or time.monotonic()
+            if not said and time.monotonic() - waiting_since >= GRACE_S:
+                self.say(self._again_line())
+                said = True
+            waited = time.monotonic() - self.since
+            if self.timeout is not None and waited >= self.timeout:
+                self._give_up(waiting, waited)
+                return
+
+    def _again_line(self) -> str:
+        line = _queue_line(self.bundles, self.what, [], self.timeout).replace(", first in line", "")
+        return line.replace("the Ray cluster is busy:", "the Ray cluster is busy again: another job took the room"
+                            " before the run's own placement group;", 1)
+
+    def _give_up(self, waiting: list[str], waited: float) -> None:
+        self._error = _busy_error(self.bundles, self.what, waited, self.timeout or 0.0)
+        for gid in waiting:
+            ray_internals.remove_placement_group(gid)
+
+
+def _own_groups(job_hex: str) -> dict[str, str]:
+    """This job's placement groups but the queue's (Ray Train's): id -> state."""
+    return {gid: info.get("state", "") for gid, info in ray_internals.job_placement_groups(job_hex).items()
+            if info.get("name") != QUEUE_NAME}
 
 
 def _pending_groups() -> dict[str, list[dict[str, float]]]:

@@ -62,6 +62,25 @@ def autoscaler_max_resources() -> dict | None:
         return None
 
 
+def job_placement_groups(job_hex: str) -> dict[str, dict]:
+    """The placement groups of the job ``job_hex`` (``ray.get_runtime_context().get_job_id()``),
+    Ray Train's among them: id -> ``placement_group_table`` entry. Ray 2.60's table names no creator
+    job, but a placement group id ends with its job's id (``PlacementGroupID::Of(job_id)``); without
+    this, the driver could not tell its run's waiting group from another job's."""
+    from ray.util import placement_group_table
+
+    return {gid: info for gid, info in placement_group_table().items() if gid.endswith(job_hex)}
+
+
+def remove_placement_group(group_hex: str) -> None:
+    """Removes the placement group of id ``group_hex`` (``ray._raylet.PlacementGroupID``, Ray 2.60:
+    Ray's public API removes only a group whose handle one holds, and Ray Train keeps its own)."""
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, remove_placement_group as remove
+
+    remove(PlacementGroup(PlacementGroupID(bytes.fromhex(group_hex))))
+
+
 def fits_now(bundles: list[dict[str, float]]) -> bool:
     """Whether the alive nodes' free resources hold ``bundles`` now, each bundle on one node (packed
     greedily: a run's bundles are all alike). ``ray._private.state.available_resources_per_node``,

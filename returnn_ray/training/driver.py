@@ -18,6 +18,7 @@ import time
 
 from returnn_ray.cluster import env
 from returnn_ray.cluster.placement import Placement, place
+from returnn_ray.cluster.queue import Watch
 from returnn_ray.cluster.ray_internals import user_error_in
 from returnn_ray.config import Config, Settings
 from returnn_ray.errors import UserError
@@ -121,29 +122,48 @@ def _run_on_ray(settings: Settings, config: Config, loop, task: TrainJob | EvalJ
         run_config=RunConfig(
             name=run_name,
             storage_path=storage,
-            failure_config=FailureConfig(max_failures=settings.run.ray_max_failures),
+            # ray_placement_timeout: a start that Watch gave up at the deadline fails the run, not retried.
+            failure_config=FailureConfig(max_failures=settings.run.ray_max_failures, controller_failure_limit=(
+                -1 if settings.run.ray_placement_timeout is None else 0)),
             callbacks=callbacks,
         ),
     )
     log.print(f"returnn-ray: {what} with {num_workers} worker(s) on Ray ({'gpu' if use_gpu else 'cpu'})")
     metrics.write("run_start", workers=num_workers, since_start=since_process_start())
+    watch = _watch(placement, settings)
     try:
-        return _fit_logged(trainer, settings, log, metrics)
+        return _fit_logged(trainer, settings, log, metrics, watch)
     finally:
+        if watch is not None:
+            watch.stop()
         if storage_is_ours:
             shutil.rmtree(storage, ignore_errors=True)
 
 
-def _fit_logged(trainer, settings: Settings, log, metrics: MetricsWriter):
+def _watch(placement: Placement, settings: Settings) -> Watch | None:
+    """The watch over the run's own placement group (:class:`~returnn_ray.cluster.queue.Watch`), in
+    a driver on Ray. Not in a sweep trial: its trials share the driver's job, so one trial's group
+    cannot be told from another's (Tune queues its trials itself)."""
+    import ray
+
+    if placement.local or placement.waited_since is None or ray.get_runtime_context().worker.mode != ray.SCRIPT_MODE:
+        return None
+    watch = Watch([dict(placement.bundle)] * placement.num_workers, settings.run.ray_placement_timeout,
+                  what="training workers", since=placement.waited_since, say=lambda line: print(line, flush=True))
+    watch.start()
+    return watch
+
+
+def _fit_logged(trainer, settings: Settings, log, metrics: MetricsWriter, watch: Watch | None = None):
     """``trainer.fit()``, then rank 0's last lines and events and the ``run_end`` event; a worker's
-    error as one line."""
+    error as one line, and so is a wait for room that ``watch`` gave up at ``ray_placement_timeout``."""
     import ray.train
 
     start = time.monotonic()
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
-        raise _user_error_from(exc) or _worker_death(exc, settings) or exc
+        raise (watch and watch.error()) or _user_error_from(exc) or _worker_death(exc, settings) or exc
     finally:
         log.close()  # its last drain writes rank 0's last events
     metrics.write("run_end", secs=round(time.monotonic() - start, 3))

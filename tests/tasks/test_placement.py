@@ -205,3 +205,65 @@ def test_with_ray_placement_timeout_a_busy_cluster_is_one_line_after_it(ray_sess
         " as long as it takes"), line
     assert wall < 60 and not (tmp_path / "learning_rates").exists()
     assert not [g for g in placement_groups("PENDING") if g["name"] == "returnn-ray queue"]  # none left behind
+
+
+def lose_the_turn_in_the_hand_over(address: str, tmp_path, *args: str, hold_s: float):
+    """A run that waits for both CPUs of the shared Ray gets its turn, and at that moment a third job
+    asks for them; Ray tries a new group at once, while Ray Train's group comes 1-3 s after the
+    hand-over, so the third job takes the room for ``hold_s``. Returns the run's exit code, stdout, stderr."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    def queue_states() -> list[str]:
+        from ray.util import placement_group_table
+
+        return [g["state"] for g in placement_group_table().values() if g["name"] == "returnn-ray queue"]
+
+    queued_before = len(queue_states())
+    other_job = placement_group([{"CPU": 1}, {"CPU": 1}])  # holds both CPUs while the run starts
+    assert other_job.wait(60)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "returnn_ray", write_config(tmp_path, num_epochs=1), "++ray_num_workers", "2",
+         "++device", "cpu", "++ray_address", address, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while len(queue_states()) == queued_before and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)  # until the run waits in line
+    remove_placement_group(other_job)
+    while "PENDING" in queue_states()[queued_before:] and time.monotonic() < deadline:
+        time.sleep(0.02)  # until the run's turn comes
+    third_job = placement_group([{"CPU": 1}, {"CPU": 1}])
+    try:
+        assert third_job.wait(10), "the third job did not get the room in the hand-over"
+        time.sleep(hold_s)
+    finally:
+        remove_placement_group(third_job)
+    out, err = run.communicate(timeout=300)
+    return run.returncode, out, err
+
+
+@pytest.mark.ray
+def test_a_run_that_loses_its_turn_in_the_hand_over_says_it_waits_again_and_finishes(ray_session, tmp_path):
+    code, out, err = lose_the_turn_in_the_hand_over(ray_session.get_runtime_context().gcs_address, tmp_path, hold_s=25)
+    assert code == 0, err[-3000:]
+    again = [line for line in out.splitlines() if "busy again" in line]
+    assert len(again) == 1 and again[0].startswith(
+        "returnn-ray: the Ray cluster is busy again: another job took the room before the run's own placement group;"
+        " 2 training workers (2 CPU) wait for room; free now: ") and again[0].endswith(
+        " CPU; waiting as long as it takes"), out  # free now: a moment's count
+    starts = [line for line in out.splitlines() if line.startswith("returnn-ray: room for the training workers after")]
+    assert len(starts) == 1 and out.index(again[0]) < out.index(starts[0]), out  # the queue's wait: under 1 s, no line
+    assert (tmp_path / "model.001.pt").exists()
+
+
+@pytest.mark.ray
+def test_ray_placement_timeout_bounds_the_wait_again_after_a_lost_turn(ray_session, tmp_path):
+    start = time.monotonic()
+    code, out, err = lose_the_turn_in_the_hand_over(ray_session.get_runtime_context().gcs_address, tmp_path,
+                                                    "++ray_placement_timeout", "20", hold_s=45)
+    assert code == 2, err[-3000:]
+    assert "busy again" in out and "waiting up to 20 s (ray_placement_timeout)" in out, out
+    (line,) = error_lines(err)
+    assert line == err.strip().splitlines()[-1], err
+    assert line.startswith("returnn-ray: error: the Ray cluster is busy: no room for 2 training workers (2 CPU) after 2"), line
+    assert "(ray_placement_timeout 20)" in line, line
+    assert time.monotonic() - start < 180
+    assert not (tmp_path / "model.001.pt").exists()
