@@ -21,6 +21,8 @@ all with ``experiments/asr.config``:
    equals one worker accumulating their batches).
 4. **forward**: ``++task forward``, the eval set through the model into an HDF file, on all nodes.
 5. **search**: ``++task search``, CTC beam search on the eval set; its WER is the result.
+   Forward and search run at once, each with half the workers: both need only the trained model,
+   and their start-ups (actors loading torch and the model) overlap.
 
 Ray starts once: unless ``--address`` or ``RAY_ADDRESS`` names a cluster, a local head
 (``ray start --head`` with a private temp dir and free ports) serves every stage and is stopped
@@ -60,7 +62,7 @@ from returnn_ray.cluster.start import usable_cpus
 from returnn_ray.data.batching import per_worker_batch_size
 from returnn_ray.experiment import warm_start
 from returnn_ray.experiment.stages import (
-    CommandOutput, Runner, StageFailed, StageResult, busy_seconds, inference_work, print_table, training_interval,
+    Command, CommandOutput, Runner, StageFailed, StageResult, busy_seconds, inference_work, print_table, training_interval,
 )
 from returnn_ray.metrics import FILE_NAME, read_metrics
 
@@ -324,17 +326,39 @@ class Experiment:
         work = interval[1] - interval[0] if interval else 0.0
         return StageResult("train", result.wall, result.wall - work, "first training step .. last epoch's end")
 
-    def inference(self, task: str) -> tuple[StageResult, list[dict]]:
-        """``forward`` or ``search`` of the eval set, one actor per worker over all nodes; with its events."""
-        args = [self.config, "++task", task, *self.base, "++ray_num_workers", str(self.workers),
+    def inference_args(self, task: str, workers: int) -> list[str]:
+        """``forward`` or ``search`` of the eval set with ``workers`` actors over all nodes."""
+        args = [self.config, "++task", task, *self.base, "++ray_num_workers", str(workers),
                 "++metrics_file", self.metrics_file(task)]
         if task == "forward":
             args += ["++forward_override_hdf_output", "True"]  # a rerun writes it anew
-        result = self.returnn_ray(task, args)
-        events = self.events(task, result)
-        work = inference_work(events)
-        overhead = None if work is None else max(0.0, result.wall - work)
-        return StageResult(task, result.wall, overhead, "seqs / (seqs/s after the first result)"), events
+        return args
+
+    def inference(self) -> tuple[StageResult, list[dict]]:
+        """Forward and search at once (both need only the trained model), each with half the
+        workers, as two returnn-ray commands; one row of the table, with the search's events.
+
+        Their work is each one's seqs over its seqs/s after the first result, ending at its
+        ``inference_end``; where the two overlap, that time counts once."""
+        tasks = ("forward", "search")
+        each = max(1, self.workers // len(tasks))
+        argss = {task: self.inference_args(task, each) for task in tasks}
+        outputs = self.runner.run_together(
+            [Command(task, self.cli + args, ["returnn-ray", *args], args) for task, args in argss.items()]
+        )
+        events = {task: self.events(task, out) for task, out in zip(tasks, outputs)}
+        start = min(out.start for out in outputs)
+        wall = max(out.start + out.wall for out in outputs) - start
+        intervals = []
+        for task in tasks:
+            end = next((e["time"] for e in reversed(events[task]) if e["event"] == "inference_end"), None)
+            work = inference_work(events[task])
+            if end is None or work is None:
+                return StageResult("fwd+search", wall, None, "(work not known)"), events["search"]
+            intervals.append((end - work, end))
+        overhead = max(0.0, wall - busy_seconds(intervals))
+        how = f"at once, {each} actor(s) each; seqs / (seqs/s after the first result), overlap once"
+        return StageResult("fwd+search", wall, overhead, how), events["search"]
 
 
 def plan_from_args(args: argparse.Namespace) -> Plan:
@@ -435,8 +459,7 @@ def run_stages(args: argparse.Namespace, exp: Experiment, best: dict, stages: li
         best.update(values)
         stages.append(stage)
     stages.append(exp.train(best))
-    stages.append(exp.inference("forward")[0])
-    stage, search = exp.inference("search")
+    stage, search = exp.inference()
     stages.append(stage)
     return next((e["scores"] for e in search if e["event"] == "inference_end" and "wer" in e["scores"]), None)
 
@@ -477,7 +500,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             stages.append(stopped)
 
     print_table(stages)
-    print(f"whole experiment: {time.monotonic() - start:.1f} s")
+    whole = time.monotonic() - start
+    ray_part = sum(s.overhead for s in stages if s.overhead is not None)
+    print(f"whole experiment: {whole:.1f} s, of it Ray start-up/scheduling {ray_part:.1f} s ({100 * ray_part / whole:.0f}%)")
     if wer is None:
         print("WER: the search printed none (no reference transcriptions?)")
         return 1

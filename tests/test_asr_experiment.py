@@ -119,11 +119,15 @@ def test_asr_experiment_runs_every_stage_and_prints_stage_times_and_wer(tmp_path
 
     # the stage table and the WER line
     table = output[output.index("\nstage ") :]
-    for stage in ("data", "ray start", "sweep", "train", "forward", "search", "ray stop", "total"):
-        assert re.search(rf"^{stage}\s+\d+\.\d", table, re.M), f"no row {stage!r} in\n{table}"
-    for stage in ("sweep", "train"):
-        row = re.search(rf"^{stage}\s+([\d.]+)\s+([\d.]+) s\s+(\d+)%", table, re.M)
+    for stage in ("data", "ray start", "sweep", "train", "fwd+search", "ray stop", "total"):
+        assert re.search(rf"^{re.escape(stage)}\s+\d+\.\d", table, re.M), f"no row {stage!r} in\n{table}"
+    for stage in ("sweep", "train"):  # (fwd+search: 4 eval seqs leave no rate after the first result)
+        row = re.search(rf"^{re.escape(stage)}\s+([\d.]+)\s+([\d.]+) s\s+(\d+)%", table, re.M)
         assert row and 0 <= float(row.group(2)) <= float(row.group(1)), table
+    # forward and search ran at once, one actor each: both started before either was done
+    started = output.index("++task search")
+    assert started < output.index("[forward] returnn-ray: forward done") and "[search] " in output, output[-5000:]
+    assert re.search(r"\+\+task forward .*\+\+ray_num_workers 1 ", output), output[-5000:]
     searched = re.search(r"search done: .* WER ([\d.]+)% \((\d+)/(\d+) words\)", output)
     final = re.search(r"^WER ([\d.]+)% \((\d+)/(\d+) words\) on the eval set", output, re.M)
     assert searched and final and final.groups() == searched.groups(), output[-3000:]

@@ -15,6 +15,7 @@ import math
 import os
 import shlex
 import subprocess
+import threading
 import time
 from typing import Any, Sequence
 
@@ -44,48 +45,91 @@ class CommandOutput:
     """When the command started, in Unix seconds: its metrics file's older events are from earlier runs."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One stage's command: what runs, what is printed, and (for a returnn-ray command) its arguments."""
+
+    stage: str
+    cmd: list[str]
+    shown: list[str]
+    returnn_ray_args: list[str] | None = None
+
+
 class Runner:
     """Runs the stages' commands: prints each command and its output, keeps a log per stage."""
 
     def __init__(self, log_dir: str, env: dict[str, str], *, warm: bool = False):
         self.log_dir, self.env, self.warm = log_dir, env, warm
-        self.current: subprocess.Popen | warm_start.WarmCommand | None = None
+        self.running: list[subprocess.Popen | warm_start.WarmCommand] = []
+        self._print_lock = threading.Lock()
         os.makedirs(log_dir, exist_ok=True)
 
     def run(self, stage: str, cmd: list[str], shown: list[str], *, returnn_ray_args: list[str] | None = None) -> CommandOutput:
         """Runs ``cmd``; a returnn-ray command (``returnn_ray_args``) as a warm fork if ``warm``."""
-        print(f"\n== {stage}\n$ {shlex.join(shown)}", flush=True)
-        lines: list[tuple[float, str]] = []
-        started_at = time.time()
-        start = time.monotonic()
-        with open(os.path.join(self.log_dir, f"{stage}.log"), "a", encoding="utf-8") as log:
-            log.write(f"$ {shlex.join(shown)}\n")
-            if self.warm and returnn_ray_args is not None:
-                self.current = proc = warm_start.WarmCommand(returnn_ray_args, self.env)
-            else:
-                self.current = proc = subprocess.Popen(
-                    cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-                )
-            for line in proc.stdout:
-                lines.append((time.monotonic() - start, line.rstrip("\n")))
-                print("  " + line, end="", flush=True)
+        return self.run_together([Command(stage, cmd, shown, returnn_ray_args)])[0]
+
+    def run_together(self, commands: Sequence[Command]) -> list[CommandOutput]:
+        """Runs ``commands`` at once (stages that need only what is done: forward and search);
+        their output lines are shown as they come, each prefixed with its stage when there are
+        several. All are started from this thread before any reader thread runs (a fork while
+        another thread holds a lock, e.g. stdout's, would leave the child that lock held)."""
+        procs, logs, outputs, starts = [], [], [], []
+        try:
+            for c in commands:
+                print(f"\n== {c.stage}\n$ {shlex.join(c.shown)}", flush=True)
+                log = open(os.path.join(self.log_dir, f"{c.stage}.log"), "a", encoding="utf-8")
+                logs.append(log)
+                log.write(f"$ {shlex.join(c.shown)}\n")
+                outputs.append(CommandOutput([], 0.0, time.time()))
+                starts.append(time.monotonic())
+                procs.append(self._start(c))
+                self.running.append(procs[-1])
+            prefix = len(commands) > 1
+            readers = [
+                threading.Thread(target=self._show, args=(c, p, log, out, t, prefix), daemon=True)
+                for c, p, log, out, t in zip(commands, procs, logs, outputs, starts)
+            ]
+            for r in readers:
+                r.start()
+            for r in readers:
+                r.join()
+            self.running = []  # (not on Ctrl-C: stop() ends what still runs)
+        finally:
+            for log in logs:
+                log.close()
+        for c, p in zip(commands, procs):
+            if p.returncode != 0:
+                raise StageFailed(c.stage, p.returncode, os.path.join(self.log_dir, f"{c.stage}.log"))
+        return outputs
+
+    def _start(self, c: Command) -> subprocess.Popen | warm_start.WarmCommand:
+        if self.warm and c.returnn_ray_args is not None:
+            return warm_start.WarmCommand(c.returnn_ray_args, self.env)
+        return subprocess.Popen(c.cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+
+    def _show(self, c: Command, proc, log, out: CommandOutput, start: float, prefix: bool) -> None:
+        """One command's lines to the screen and its log, until it ends; its wall time into ``out``."""
+        lead = f"  [{c.stage}] " if prefix else "  "
+        for line in proc.stdout:
+            out.lines.append((time.monotonic() - start, line.rstrip("\n")))
+            with self._print_lock:
+                print(lead + line, end="", flush=True)
+            if not log.closed:  # closed: Ctrl-C ended run_together while this command still printed
                 log.write(line)
-            proc.wait()
-            proc.stdout.close()
-            self.current = None
-        wall = time.monotonic() - start
-        if proc.returncode != 0:
-            raise StageFailed(stage, proc.returncode, os.path.join(self.log_dir, f"{stage}.log"))
-        return CommandOutput(lines, wall, started_at)
+        proc.wait()
+        proc.stdout.close()
+        out.wall = time.monotonic() - start
 
     def stop(self) -> None:
-        """Ends the command that runs now, if any (Ctrl-C already reached it; SIGTERM did not)."""
-        if self.current is not None and self.current.poll() is None:
-            self.current.terminate()
+        """Ends the commands that run now, if any (Ctrl-C already reached them; SIGTERM did not)."""
+        for proc in list(self.running):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in list(self.running):
             try:
-                self.current.wait(timeout=20)
+                proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                self.current.kill()
+                proc.kill()
 
 
 class StageFailed(Exception):
