@@ -93,7 +93,7 @@ def epoch_batches(
     check_epoch(train, order, batching_options(settings, "train"), epoch)  # else a NaN score that reads as divergence
     plan = plan_epoch(order, train.seq_lens, batching_options(settings, "train"), ctx.world_size, skip_seqs=skip)
     mine = plan.for_rank(ctx.rank)
-    reader = rank_batches(train, mine, list(train.specs), in_process=ctx.local, concurrency=ctx.read_concurrency)
+    reader = rank_batches(train, mine, list(train.specs), in_process=ctx.reads_in_process, concurrency=ctx.read_concurrency)
     return EpochBatches(epoch, plan, skip, mine, StartedReader(reader) if started else reader)
 
 
@@ -145,7 +145,7 @@ def eval_epoch(
     padding = dummy_batch(specs, ctx.device)
     with torch.no_grad():
         for batch in rank_batches(
-            dataset, plan.for_rank(ctx.rank), list(dataset.specs), in_process=ctx.local, concurrency=ctx.read_concurrency
+            dataset, plan.for_rank(ctx.rank), list(dataset.specs), in_process=ctx.reads_in_process, concurrency=ctx.read_concurrency
         ):
             if batch.num_seqs:
                 acc.add(spec.step(model, to_device(batch, ctx.device), epoch=epoch, step=step, train_flag=False))

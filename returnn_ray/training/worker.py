@@ -20,7 +20,7 @@ import torch
 
 from returnn_ray.config import Settings
 from returnn_ray.config.workers import use_worker_config
-from returnn_ray.data.ray_data import READ_TASK_CONCURRENCY, read_task_concurrency
+from returnn_ray.data.ray_data import READ_TASK_CONCURRENCY, read_task_concurrency, reads_in_process
 from returnn_ray.errors import UserError
 from returnn_ray.training.job import TrialReport, WorkerJob
 from returnn_ray.training.log import WorkerLog
@@ -38,6 +38,12 @@ class WorkerContext:
     """Ray Train's local mode: the loop runs in the driver (or a sweep trial) process, reads in-process."""
     read_concurrency: int = READ_TASK_CONCURRENCY
     """Ray Data read tasks in flight for this rank (:func:`read_task_concurrency`)."""
+    read_here: bool = False
+    """This rank reads its batches in its own process, not through Ray Data (:func:`reads_in_process`)."""
+
+    @property
+    def reads_in_process(self) -> bool:
+        return self.local or self.read_here
 
     @property
     def is_chief(self) -> bool:
@@ -54,7 +60,9 @@ def _context(use_gpu: bool) -> WorkerContext:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    return WorkerContext(rank, world, device, read_concurrency=read_task_concurrency(_node_cpus(), ctx.get_local_world_size()))
+    cpus, ranks = _node_cpus(), ctx.get_local_world_size()
+    return WorkerContext(rank, world, device, read_concurrency=read_task_concurrency(cpus, ranks),
+                         read_here=reads_in_process(cpus, ranks, use_gpu=device.type == "cuda"))
 
 
 def _node_cpus() -> float:
@@ -93,7 +101,8 @@ def log_up(job: WorkerJob, settings: Settings, ctx: WorkerContext) -> None:
     ray = sys.modules.get("ray")  # not imported for a run in this process: nothing to ask it
     node = f"node {ray.get_runtime_context().get_node_id()}" if ray and ray.is_initialized() else "no Ray node (local mode)"
     WorkerLog(job.log_queue, enabled=True, verbosity=settings.run.log_verbosity).line(
-        f"training worker {ctx.rank} up {time.time() - job.process_start:.1f} s after returnn-ray started on {node}",
+        f"training worker {ctx.rank} up {time.time() - job.process_start:.1f} s after returnn-ray started on {node}"
+        + ("; it reads its batches itself (its node has no CPU for Ray Data's read tasks)" if ctx.read_here else ""),
         level=4,
     )
 

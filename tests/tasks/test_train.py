@@ -61,7 +61,7 @@ def assert_same_params(a: dict, b: dict) -> None:
 
 
 @pytest.mark.parametrize("l2", [None, 0.05], ids=["no-l2", "l2"])
-def test_two_workers_equal_one_worker_accumulating_the_same_batches(ray_session, tmp_path, l2):
+def test_two_workers_equal_one_worker_accumulating_the_same_batches(ray_session, tmp_path, capsys, l2):
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
     # W=2 runs batch 2s on rank 0 and 2s+1 on rank 1 in step s; W=1 accumulating 2 steps
@@ -70,7 +70,11 @@ def test_two_workers_equal_one_worker_accumulating_the_same_batches(ray_session,
     # included. (An even batch count: RETURNN drops an unfinished accumulation.)
     network = {**NETWORK, "hidden": {**NETWORK["hidden"], "L2": l2}} if l2 else NETWORK
     assert main([write_config(one, accum_grad_multiple_step=2, network=network)]) == 0
-    assert main([write_config(two, network=network), "++ray_num_workers", "2"]) == 0
+    capsys.readouterr()
+    assert main([write_config(two, network=network), "++ray_num_workers", "2", "++log_verbosity", "4"]) == 0
+    # 2 workers on the session's 2-CPU Ray: no CPU left for Ray Data's read tasks, each rank reads
+    # its batches itself (the 1-worker Ray run of test_local_mode_... goes through Ray Data)
+    assert capsys.readouterr().out.count("it reads its batches itself") == 2
     s1, s2 = scores(one), scores(two)
     assert s1.keys() == s2.keys() == {1, 2}
     for epoch in (1, 2):
