@@ -144,7 +144,7 @@ def main() -> None:
 
     # RAY_ADDRESS=local: an embedded Ray even if another Ray runs on this machine (ray.init() would join it)
     embedded_env = {**os.environ, **private_auth_env(), "RAY_ADDRESS": "local"}
-    # The default command on a laptop: one worker, no cluster named -> Ray Train's local mode, in-process.
+    # The default command on a laptop: one worker, no cluster named -> local mode, in-process.
     default_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     results: dict[str, list] = {f"{who} {mode}": [] for mode in ("embedded", "attached") for who in ("bare", "returnn-ray")}
     results["returnn-ray default"] = []

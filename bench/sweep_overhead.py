@@ -7,7 +7,7 @@ number of trials the sweep runs at once.
 
 Goal (issue 5): at most 1.2x. On a 2-core machine a trial's single worker holds one CPU, so
 the sweep runs 2 trials at once; both sides are the commands a user would run (a standalone
-one-worker run trains in-process, Ray Train's local mode; the sweep starts Ray and Tune).
+one-worker run trains in-process, local mode; the sweep starts Ray and Tune).
 """
 
 from __future__ import annotations

@@ -154,7 +154,7 @@ def returnn_ray_run(config_path: str, model_dir: str, *, local_mode: bool = Fals
     step, from the run's metrics file (``metrics.jsonl`` next to the model, docs/metrics.md).
 
     Default: a Ray Train worker on an embedded Ray. ``local_mode``: the plain command, which with
-    one worker to give trains in-process (Ray Train's local mode), held to one thread like the
+    one worker to give trains in-process (local mode), held to one thread like the
     plain loop and the Ray worker (Ray gives a one-CPU worker OMP_NUM_THREADS=1).
     """
     shutil.rmtree(model_dir, ignore_errors=True)  # else it resumes and trains nothing

@@ -61,7 +61,7 @@ def timed_run(name: str, cmd: list[str], out_dir: str, cwd: str) -> dict:
     os.makedirs(threads_dir)
     cmd = cmd + ["++model", os.path.join(model_dir, "model")]
     cmd += ["++learning_rate_file", os.path.join(model_dir, "learning_rates")]
-    # the command as a user types it: no RAY_ADDRESS (one worker to give: Ray Train's local mode)
+    # the command as a user types it: no RAY_ADDRESS (one worker to give: local mode)
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "BENCH_THREADS_DIR": threads_dir}
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

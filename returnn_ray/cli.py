@@ -316,7 +316,7 @@ def check_log_files(paths: Sequence[str]) -> None:
 
 
 def check_local_gpu(settings: Settings) -> None:
-    """``device gpu`` for a run in this process (Ray Train's local mode: train or eval with one
+    """``device gpu`` for a run in this process (local mode: train or eval with one
     worker, no cluster) needs a GPU here; else it would quietly run on the CPU.
 
     Runs on Ray workers are checked when Ray places them (too few GPUs is an error there).

@@ -52,7 +52,7 @@ class Placement:
     """A run's placement: made once (:func:`place`), read by everything that starts workers."""
 
     local: bool
-    """In this process (Ray Train's local mode, one worker): no Ray started or joined."""
+    """In this process (local mode, one worker): no Ray started or joined."""
     use_gpu: bool
     """Each worker holds a GPU (``device gpu``; unset: when the cluster, or this machine in local mode, has one)."""
     num_workers: int
@@ -70,7 +70,7 @@ class Placement:
 
 
 def runs_here(run: RunSettings, *, joins_ray: bool, gpus_here: int) -> bool:
-    """Whether a train/eval run's one worker runs in this process (Ray Train's local mode).
+    """Whether a train/eval run's one worker runs in this process (local mode).
 
     Starting a Ray cluster costs a 2-core machine 15-20 s before the first step, RETURNN none; a
     run that can only ever use one worker (no ``ray_num_workers``, no cluster to join, at most one

@@ -118,7 +118,7 @@ class RunSettings(_Checked):
     )
     ray_local_mode: bool | None = setting(
         None,
-        "Train/eval in this process (Ray Train's local mode, no Ray started); unset: when one worker is all the"
+        "Train/eval in this process (local mode: no Ray started or imported); unset: when one worker is all the"
         " run can use (ray_num_workers, ray_address and RAY_ADDRESS unset, at most one GPU).",
         read="bool",
     )

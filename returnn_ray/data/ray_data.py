@@ -293,7 +293,7 @@ def rank_batches(
     concurrency: int = READ_TASK_CONCURRENCY,
 ) -> Iterator[Batch]:
     """One rank's planned batches, in plan order: through Ray Data on a Ray worker, or read by a
-    background thread in this process (``in_process``: Ray Train's local mode, or no Ray running).
+    background thread in this process (``in_process``: local mode, or no Ray running).
 
     Both give the same batches (:func:`pad_batch` of the same plan); the in-process reader
     keeps up to :data:`PREFETCH_BATCHES` batches ahead of the consumer.

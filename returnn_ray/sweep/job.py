@@ -29,7 +29,7 @@ class SweepJob:
     data_fingerprint: str | None = None
     """The base config's data settings, when its datasets are shared with the trials that have the same."""
     local_trials: bool = False
-    """One CPU worker per trial: it trains inside its Tune actor (Ray Train's local mode)."""
+    """One CPU worker per trial: it trains inside its Tune actor (local mode)."""
 
     def to_tune(self) -> dict[str, Any]:
         """The job as Tune's ``param_space`` keeps it across a restore: a dict of plain data."""

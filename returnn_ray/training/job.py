@@ -31,7 +31,7 @@ class TrialReport:
     metric: str | None = None
     """The score the sweep ranks by; None: the dev key newbob would pick."""
     to_tune: bool = False
-    """Report to Tune directly: the trial trains in Ray Train's local mode inside its Tune actor,
+    """Report to Tune directly: the trial trains in local mode inside its Tune actor,
     which has no Train controller to forward the reports (``TuneReportCallback``)."""
 
 

@@ -35,7 +35,7 @@ class WorkerContext:
     world_size: int
     device: torch.device
     local: bool = False
-    """Ray Train's local mode: the loop runs in the driver (or a sweep trial) process, reads in-process."""
+    """local mode: the loop runs in the driver (or a sweep trial) process, reads in-process."""
     read_concurrency: int = READ_TASK_CONCURRENCY
     """Ray Data read tasks in flight for this rank (:func:`read_task_concurrency`)."""
     read_here: bool = False
