@@ -26,7 +26,7 @@ SCRIPT = os.path.join(ROOT, "experiments", "asr.py")
 # two DDP workers or two actors of one CPU each can only run one per worker node. Prints the node
 # ids, then runs asr.py against the cluster; the cluster goes in the `finally`.
 CLUSTER_SCRIPT = """
-import subprocess, sys
+import os, shlex, subprocess, sys
 from ray.cluster_utils import Cluster
 
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
@@ -35,7 +35,15 @@ try:
     cluster.wait_for_nodes()
     print("HEAD NODE", cluster.head_node.node_id, flush=True)
     print("WORKER NODES", " ".join(n.node_id for n in workers), flush=True)
-    sys.exit(subprocess.run([sys.executable, *sys.argv[1:], "--address", cluster.address]).returncode)
+    code = subprocess.run([sys.executable, *sys.argv[1:], "--address", cluster.address]).returncode
+    if code == 0:  # asr.py runs forward and search at once, one actor each: then one forward on both nodes
+        out = sys.argv[sys.argv.index("--out") + 1]
+        with open(os.path.join(out, "logs", "forward.log")) as f:
+            command = shlex.split(f.readline().removeprefix("$ "))
+        cli = [os.path.join(os.path.dirname(sys.executable), "returnn-ray")]
+        print("== forward with 2 actors", flush=True)
+        code = subprocess.run(cli + command[1:] + ["++ray_num_workers", "2"]).returncode
+    sys.exit(code)
 finally:
     cluster.shutdown()
 """
@@ -74,13 +82,20 @@ def test_asr_experiment_spreads_training_workers_and_forward_actors_over_nodes(t
     assert set(ranks) == {"0", "1"}, train
     assert set(ranks.values()) == workers, (ranks, workers)
 
-    # forward and search: their actors' batches came from both worker nodes
+    # forward and search ran at once, one actor each: together on both worker nodes
+    inference, again = output[output.index("\n== forward") :].split("== forward with 2 actors")
+    nodes = set()
     for task in ("forward", "search"):
-        line = re.search(rf"returnn-ray: {task}: batches per node: (.+)", output).group(1)
-        counts = dict(re.findall(r"node (\w+): (\d+)", line))
-        assert set(counts) == workers and all(int(n) > 0 for n in counts.values()), (task, line, workers)
-        assert re.search(rf"{task} done: 15 seqs \(15 run now on 2 node\(s\)", output), output
+        line = re.search(rf"returnn-ray: {task}: batches per node: (.+)", inference).group(1)
+        nodes |= set(dict(re.findall(r"node (\w+): (\d+)", line)))
+        assert re.search(rf"{task} done: 15 seqs \(15 run now on 1 node\(s\)", inference), inference
+    assert nodes == workers, (nodes, workers)
+    # one forward of 2 actors: its batches came from both worker nodes
+    line = re.search(r"returnn-ray: forward: batches per node: (.+)", again).group(1)
+    counts = dict(re.findall(r"node (\w+): (\d+)", line))
+    assert set(counts) == workers and all(int(n) > 0 for n in counts.values()), (line, workers)
+    assert re.search(r"forward done: 15 seqs \(15 run now on 2 node\(s\)", again), again
 
     # the experiment's result: the stage table and the WER line
-    assert re.search(r"^train\s+\d+\.\d", output, re.M) and re.search(r"^search\s+\d+\.\d", output, re.M)
+    assert re.search(r"^train\s+\d+\.\d", output, re.M) and re.search(r"^fwd\+search\s+\d+\.\d", output, re.M)
     assert re.search(r"^WER [\d.]+% \(\d+/\d+ words\) on the eval set \(15 seqs\)", output, re.M), output[-3000:]
