@@ -104,8 +104,9 @@ def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
     todo = [i for i in range(len(plan)) if i not in done]
     num_seqs = sum(len(b) for b in plan)
     resumed = sum(len(plan[i]) for i in done)
-    if done:
-        print(f"returnn-ray: {task}: resuming, {resumed} of {num_seqs} seqs already done ({store.dir})", flush=True)
+    if done or store.torn:
+        torn = f"; {len(store.torn)} torn part(s) (an OS crash as they were written) deleted, run again" if store.torn else ""
+        print(f"returnn-ray: {task}: resuming, {resumed} of {num_seqs} seqs already done ({store.dir}){torn}", flush=True)
     nodes: dict[str, int] = {}
     rate = None
     if todo:
