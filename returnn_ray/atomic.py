@@ -5,7 +5,10 @@ a full disk in the middle of a write must not destroy the previous version. Ever
 goes the same way: a temp file in the same directory (``.<name>.tmp-<pid>-<random>``, so a
 rename never crosses file systems and the checkpoint scan, which looks for ``<model>.NNN.pt``,
 never mistakes it for a checkpoint), flush and fsync, :func:`os.replace` onto the target,
-fsync the directory so the rename itself survives a power cut.
+fsync the directory so the rename itself survives a power cut. A writer whose files are a cache
+that it checks when it reads them (forward's parts, :mod:`returnn_ray.inference.parts`) may skip
+both fsyncs (``durable=False``): the rename still shows readers and a killed writer's rerun the
+old file or the whole new one; only an OS crash or power cut can leave a torn file behind.
 
 On any error the temp file is removed and the target is left as it was. An :class:`OSError`
 (directory missing or not writable, disk full) becomes a one-line :class:`UserError` that names
@@ -52,7 +55,9 @@ def is_temp_path(path: str) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str, mode: Literal["w", "wt", "wb"] = "w", *, encoding: str = "utf-8") -> Iterator[IO[Any]]:
+def atomic_open(
+    path: str, mode: Literal["w", "wt", "wb"] = "w", *, encoding: str = "utf-8", durable: bool = True
+) -> Iterator[IO[Any]]:
     """Open a temp file for writing; on a clean exit it replaces ``path``, on an error it is removed.
 
     An :class:`OSError` raised inside the block or while committing becomes a :class:`UserError`;
@@ -68,7 +73,8 @@ def atomic_open(path: str, mode: Literal["w", "wt", "wb"] = "w", *, encoding: st
         f = os.fdopen(fd, "wb") if mode == "wb" else os.fdopen(fd, "w", encoding=encoding)
         yield f
         f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            os.fsync(f.fileno())
         f.close()
         os.replace(tmp, path)
     except BaseException as exc:
@@ -80,17 +86,20 @@ def atomic_open(path: str, mode: Literal["w", "wt", "wb"] = "w", *, encoding: st
         if isinstance(exc, OSError):
             raise _write_error(path, exc) from exc
         raise
-    _fsync_directory(os.path.dirname(os.path.abspath(path)))
+    if durable:
+        _fsync_directory(os.path.dirname(os.path.abspath(path)))
 
 
-def atomic_write(path: str, data: bytes | str, *, encoding: str = "utf-8") -> None:
-    """Replace ``path`` with ``data`` (bytes, or str encoded with ``encoding``) atomically."""
+def atomic_write(path: str, data: bytes | str | Sequence[bytes], *, encoding: str = "utf-8", durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` (bytes, str encoded with ``encoding``, or pieces of bytes written one
+    after another, so a large payload behind a header is not copied) atomically."""
     if isinstance(data, str):
-        with atomic_open(path, "w", encoding=encoding) as f:
+        with atomic_open(path, "w", encoding=encoding, durable=durable) as f:
             f.write(data)
     else:
-        with atomic_open(path, "wb") as f:
-            f.write(data)
+        with atomic_open(path, "wb", durable=durable) as f:
+            for piece in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
+                f.write(piece)
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:

@@ -58,9 +58,26 @@ from returnn_ray.training.log import hms
 from returnn_ray.training.preload import check_preload_files, load_weights
 
 MAX_BLOCKS = 4096
-"""At most this many Ray Data blocks (tasks); a block of more batches runs them one after another."""
+"""At most about this many Ray Data blocks (tasks); a block of more batches runs them one after another."""
 BATCHES_PER_TASK = 4
-"""Planned batches per Ray Data task, where there are enough of them."""
+"""Planned batches per Ray Data task, where there are enough of them (:func:`task_sizes`)."""
+
+
+def task_sizes(num_batches: int, num_actors: int) -> list[int]:
+    """Batches per Ray Data task, in dispatch order: :data:`BATCHES_PER_TASK` (each task costs Ray
+    Data and the driver ~15-20 ms), shrinking to one batch over the last ``4 * num_actors * size``
+    batches, so the actors finish together (each holds a running and a queued task: tasks of 4
+    left one actor idle for up to half a task's time at the end, a few % of a short run).
+
+    >>> task_sizes(30, 2)
+    [4, 4, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1]
+    """
+    most = max(BATCHES_PER_TASK, -(-num_batches // MAX_BLOCKS))
+    sizes, left = [], num_batches
+    while left:
+        sizes.append(min(most, max(1, -(-left // (4 * num_actors))), left))
+        left -= sizes[-1]
+    return sizes
 
 
 def dataset_name(settings: Settings, *, search: bool) -> str:
@@ -104,8 +121,9 @@ def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
     todo = [i for i in range(len(plan)) if i not in done]
     num_seqs = sum(len(b) for b in plan)
     resumed = sum(len(plan[i]) for i in done)
-    if done:
-        print(f"returnn-ray: {task}: resuming, {resumed} of {num_seqs} seqs already done ({store.dir})", flush=True)
+    if done or store.torn:
+        torn = f"; {len(store.torn)} torn part(s) (an OS crash as they were written) deleted, run again" if store.torn else ""
+        print(f"returnn-ray: {task}: resuming, {resumed} of {num_seqs} seqs already done ({store.dir}){torn}", flush=True)
     nodes: dict[str, int] = {}
     rate = None
     if todo:
@@ -361,6 +379,7 @@ def _run_batches(
 ) -> tuple[dict[str, int], float | None]:
     """Run the batches ``todo`` on the actor pool, writing each result to ``store`` as it comes;
     returns how many batches ran on each node (by Ray node id), and the seqs/s after the first result."""
+    import pyarrow as pa
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -378,10 +397,8 @@ def _run_batches(
         settings, config, dataset=name, plan=plan, state=state, placement=placement, epoch=epoch, search=search,
         callback=callback,
     )
-    # A few batches per Ray Data task (its ~15-20 ms overhead, and the driver's, shrink 4x), but
-    # at least 8 tasks per actor so the pool stays balanced to the end.
-    num_blocks = min(len(todo), MAX_BLOCKS, max(num_actors * 8, len(todo) // BATCHES_PER_TASK))
-    ids = ray.data.from_items([{"batch_id": i} for i in todo], override_num_blocks=num_blocks)
+    starts = np.cumsum([0, *task_sizes(len(todo), num_actors)])
+    ids = ray.data.from_arrow([pa.table({"batch_id": todo[a:b]}) for a, b in zip(starts[:-1], starts[1:])])
     results = ids.map_batches(
         InferenceActor,
         fn_constructor_kwargs={"job": job},
