@@ -1,8 +1,8 @@
 """Benchmark: start-up, from process start to the first training step, of returnn-ray against a bare
 Ray Train TorchTrainer script (default settings, 1 worker), with an embedded local Ray and attached
 to a running Ray. Goals on a 2-core machine: under 15 s embedded, under 8 s attached.
-Three returnn-ray figures: `default` (the plain command on a machine with one worker to give: Ray
-Train's local mode, in-process, no Ray started), `embedded` (RAY_ADDRESS=local: a local Ray
+Three returnn-ray figures: `default` (the plain command on a machine with one worker to give:
+local mode, in-process, no Ray started or imported), `embedded` (RAY_ADDRESS=local: a local Ray
 started by the command, the worker a Ray actor) and `attached` (a running `ray start --head`).
 
     .venv/bin/python bench/startup.py               # 3 repeats per figure (~8 min)
