@@ -99,7 +99,7 @@ class WorkerJob:
 
     def settings(self) -> Settings:
         """The settings; call after :func:`returnn_ray.config.workers.use_worker_config`."""
-        if self.settings_pickle is None:
+        if self.local:  # the driver's own settings object: nothing was pickled
             return self.local_settings
         from ray import cloudpickle
 
