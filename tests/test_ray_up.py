@@ -85,6 +85,18 @@ def ray_processes() -> list[int]:
     return found
 
 
+def ray_log_errors(session: str = "/tmp/ray/session_latest") -> str:
+    """The error and fatal lines of the Ray session's daemon logs (raylet, GCS), the last 30."""
+    found = []
+    for name in ("raylet.out", "gcs_server.out", "raylet.err", "gcs_server.err"):
+        try:
+            with open(os.path.join(session, "logs", name), errors="replace") as f:
+                found += [f"{name}: {line.rstrip()}" for line in f if re.search(r"^\[[^]]* [EF] \d|Check failed", line)]
+        except OSError:
+            pass
+    return "Ray's logs:\n" + "\n".join(found[-30:]) if found else f"Ray's logs ({session}): no error lines"
+
+
 def run(cmd: list[str], *, env: dict, timeout: float, what: str) -> str:
     proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=timeout)
@@ -212,8 +224,11 @@ def test_ray_up_submit_down_with_the_shipped_cluster_yaml(sshd, tmp_path):
 
         t = time.monotonic()
         args = ["--address", "auto", "--scale", "0.04", "--out", str(out), "--epochs", "1", "--skip-sweep"]
-        output = run([RAY, "submit", config, os.path.join(ROOT, "experiments", "asr.py"), "--", *args], env=env,
-                     timeout=420, what="ray submit")
+        try:
+            output = run([RAY, "submit", config, os.path.join(ROOT, "experiments", "asr.py"), "--", *args], env=env,
+                         timeout=420, what="ray submit")
+        except AssertionError as exc:  # what Ray's own logs said, before `ray down` ends the session
+            raise AssertionError(f"{exc}\n{ray_log_errors()}") from None
         timings["submit"] = time.monotonic() - t
     finally:
         t = time.monotonic()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import shlex
 import subprocess
 import threading
@@ -71,11 +72,18 @@ class Runner:
     def run_together(self, commands: Sequence[Command]) -> list[CommandOutput]:
         """Runs ``commands`` at once (stages that need only what is done: forward and search);
         their output lines are shown as they come, each prefixed with its stage when there are
-        several. All are started from this thread before any reader thread runs (a fork while
-        another thread holds a lock, e.g. stdout's, would leave the child that lock held)."""
+        several.
+
+        A returnn-ray command after another starts once the one before has said its first
+        ``returnn-ray:`` line (or ended), which it says once its Ray driver is connected: no two
+        drivers register with Ray at the same instant (CI once saw a driver die inside Ray's core
+        worker creation while another registered; the rest of their start-ups still overlap). All are started from this thread
+        before any reader thread runs (a fork while another thread holds a lock, e.g. stdout's,
+        would leave the child that lock held)."""
         procs, logs, outputs, starts = [], [], [], []
+        prefix = len(commands) > 1
         try:
-            for c in commands:
+            for i, c in enumerate(commands):
                 print(f"\n== {c.stage}\n$ {shlex.join(c.shown)}", flush=True)
                 log = open(os.path.join(self.log_dir, f"{c.stage}.log"), "a", encoding="utf-8")
                 logs.append(log)
@@ -84,7 +92,11 @@ class Runner:
                 starts.append(time.monotonic())
                 procs.append(self._start(c))
                 self.running.append(procs[-1])
-            prefix = len(commands) > 1
+                if i + 1 < len(commands) and c.returnn_ray_args is not None:
+                    for line in procs[-1].stdout:
+                        self._take(c, line, log, outputs[-1], starts[-1], prefix)
+                        if line.startswith("returnn-ray: "):
+                            break
             readers = [
                 threading.Thread(target=self._show, args=(c, p, log, out, t, prefix), daemon=True)
                 for c, p, log, out, t in zip(commands, procs, logs, outputs, starts)
@@ -97,9 +109,10 @@ class Runner:
         finally:
             for log in logs:
                 log.close()
-        for c, p in zip(commands, procs):
+        for c, p, out in zip(commands, procs, outputs):
             if p.returncode != 0:
-                raise StageFailed(c.stage, p.returncode, os.path.join(self.log_dir, f"{c.stage}.log"))
+                log = os.path.join(self.log_dir, f"{c.stage}.log")
+                raise StageFailed(c.stage, p.returncode, log, telling_line([line for _, line in out.lines]))
         return outputs
 
     def _start(self, c: Command) -> subprocess.Popen | warm_start.WarmCommand:
@@ -109,16 +122,19 @@ class Runner:
 
     def _show(self, c: Command, proc, log, out: CommandOutput, start: float, prefix: bool) -> None:
         """One command's lines to the screen and its log, until it ends; its wall time into ``out``."""
-        lead = f"  [{c.stage}] " if prefix else "  "
         for line in proc.stdout:
-            out.lines.append((time.monotonic() - start, line.rstrip("\n")))
-            with self._print_lock:
-                print(lead + line, end="", flush=True)
-            if not log.closed:  # closed: Ctrl-C ended run_together while this command still printed
-                log.write(line)
+            self._take(c, line, log, out, start, prefix)
         proc.wait()
         proc.stdout.close()
         out.wall = time.monotonic() - start
+
+    def _take(self, c: Command, line: str, log, out: CommandOutput, start: float, prefix: bool) -> None:
+        """One output line of ``c``: kept with its time, shown (prefixed by the stage if ``prefix``), logged."""
+        out.lines.append((time.monotonic() - start, line.rstrip("\n")))
+        with self._print_lock:
+            print((f"  [{c.stage}] " if prefix else "  ") + line, end="", flush=True)
+        if not log.closed:  # closed: Ctrl-C ended run_together while this command still printed
+            log.write(line)
 
     def stop(self) -> None:
         """Ends the commands that run now, if any (Ctrl-C already reached them; SIGTERM did not)."""
@@ -133,9 +149,35 @@ class Runner:
 
 
 class StageFailed(Exception):
-    def __init__(self, stage: str, code: int, log: str):
-        super().__init__(f"stage {stage} failed with exit code {code}; its output is in {log}")
+    def __init__(self, stage: str, code: int, log: str, cause: str | None = None):
+        said = f" ({cause})" if cause else ""
+        super().__init__(f"stage {stage} failed with exit code {code}{said}; its output is in {log}")
         self.code = code
+
+
+_TELLING = re.compile(r"returnn-ray: error: |Check failed|Failed to register|FATAL|^\s*\w*(Error|Exception): ")
+
+
+def telling_line(lines: Sequence[str], limit: int = 300) -> str | None:
+    """The line of a failed command's output that says why it failed: its own one-line error, else
+    the first fatal line of Ray's core (whose stack trace follows it), else Python's exception line;
+    None when no line says.
+
+    >>> telling_line(["step 1", "returnn-ray: error: config: no such file 'x.config'", "more"])
+    "returnn-ray: error: config: no such file 'x.config'"
+    >>> telling_line(["[2026-12-04 E 1 1] core_worker_process.cc:232: Failed to register worker to Raylet: IOError", "  at f()"])
+    '[2026-12-04 E 1 1] core_worker_process.cc:232: Failed to register worker to Raylet: IOError'
+    >>> telling_line(["Traceback (most recent call last):", '  File "x.py"', "ValueError: bad value"])
+    'ValueError: bad value'
+    >>> telling_line(["all fine", "exit"]) is None
+    True
+    """
+    own = [line for line in lines if "returnn-ray: error: " in line]
+    found = own[-1] if own else next((line for line in lines if _TELLING.search(line)), None)
+    if found is None:
+        return None
+    found = found.strip()
+    return found if len(found) <= limit else found[: limit - 3] + "..."
 
 
 # -- what the metrics file says about start-up and work ------------------------------------------
