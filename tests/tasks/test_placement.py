@@ -213,22 +213,25 @@ def lose_the_turn_in_the_hand_over(address: str, tmp_path, *args: str, hold_s: f
     hand-over, so the third job takes the room for ``hold_s``. Returns the run's exit code, stdout, stderr."""
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    def queue_states() -> list[str]:
+    def queue_groups() -> dict[str, str]:
+        """The queue's placement groups, earlier tests' (removed) too, by id: their states. By id, as
+        the table's order is not the order the groups were made in."""
         from ray.util import placement_group_table
 
-        return [g["state"] for g in placement_group_table().values() if g["name"] == "returnn-ray queue"]
+        return {gid: g["state"] for gid, g in placement_group_table().items() if g["name"] == "returnn-ray queue"}
 
-    queued_before = len(queue_states())
+    queued_before = set(queue_groups())
     other_job = placement_group([{"CPU": 1}, {"CPU": 1}])  # holds both CPUs while the run starts
     assert other_job.wait(60)
     run = subprocess.Popen(
         [sys.executable, "-m", "returnn_ray", write_config(tmp_path, num_epochs=1), "++ray_num_workers", "2",
          "++device", "cpu", "++ray_address", address, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
-    while len(queue_states()) == queued_before and run.poll() is None and time.monotonic() < deadline:
+    while not set(queue_groups()) - queued_before and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)  # until the run waits in line
+    (runs,) = set(queue_groups()) - queued_before
     remove_placement_group(other_job)
-    while "PENDING" in queue_states()[queued_before:] and time.monotonic() < deadline:
+    while queue_groups()[runs] == "PENDING" and time.monotonic() < deadline:
         time.sleep(0.02)  # until the run's turn comes
     third_job = placement_group([{"CPU": 1}, {"CPU": 1}])
     try:
