@@ -77,9 +77,9 @@ class Runner:
         A returnn-ray command after another starts once the one before has said its first
         ``returnn-ray:`` line (or ended), which it says once its Ray driver is connected: no two
         drivers register with Ray at the same instant (CI once saw a driver die inside Ray's core
-        worker creation while another registered; the rest of their start-ups still overlap). All are started from this thread
-        before any reader thread runs (a fork while another thread holds a lock, e.g. stdout's,
-        would leave the child that lock held)."""
+        worker creation while another registered); the rest of their start-ups still overlap.
+        All are started from this thread before any reader thread runs (a fork while another
+        thread holds a lock, e.g. stdout's, would leave the child that lock held)."""
         procs, logs, outputs, starts = [], [], [], []
         prefix = len(commands) > 1
         try:
@@ -159,9 +159,9 @@ _TELLING = re.compile(r"returnn-ray: error: |Check failed|Failed to register|FAT
 
 
 def telling_line(lines: Sequence[str], limit: int = 300) -> str | None:
-    """The line of a failed command's output that says why it failed: its own one-line error, else
-    the first fatal line of Ray's core (whose stack trace follows it), else Python's exception line;
-    None when no line says.
+    """The line of a failed command's output that says why it failed: returnn-ray's own one-line
+    error, else the first line that reads as a failure (Ray's fatal line, which its stack trace
+    follows, or Python's exception line); None when no line says.
 
     >>> telling_line(["step 1", "returnn-ray: error: config: no such file 'x.config'", "more"])
     "returnn-ray: error: config: no such file 'x.config'"
