@@ -16,19 +16,20 @@ import concurrent.futures
 import dataclasses
 import json
 import os
-import pickle
-import random
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Union
 
-import h5py
 import numpy as np
 import pytest
 
-from returnn_ray.data import DataSpec, write_hdf
+from returnn_ray.data import DataSpec
+from tests.hostile_files import (
+    HDF_SPECS, checkpoint, hdf, hdf_with_extra_row, hdf_without_data, no_targets, pickle_that_runs_code, random_bytes,
+    set_value, torch_file, truncated_hdf, wider_data, zero_length,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,115 +84,6 @@ def changed(base: dict, **changes) -> dict:
     """``base`` with keys set (a value None removes the key)."""
     out = {**base, **changes}
     return {k: v for k, v in out.items() if v is not None}
-
-
-# ------------------------------------------------------------------------------------ HDF files
-
-HDF_SPECS = {"data": DataSpec(3), "classes": DataSpec(4, sparse=True, dtype="int32")}
-
-
-def _seqs(n: int = 3) -> list[dict[str, np.ndarray]]:
-    rng = np.random.RandomState(0)
-    return [
-        {"data": rng.standard_normal((t, 3)).astype("float32"), "classes": rng.randint(0, 4, t).astype("int32")}
-        for t in (5, 7, 4, 6, 3)[:n]
-    ]
-
-
-def hdf(edit: Callable[[list], None] | None = None, *, specs=HDF_SPECS, n: int = 3) -> Callable[[str], None]:
-    """A writer of a valid RETURNN HDF file (tags ``seq-0`` ...), after ``edit`` changed its seqs."""
-
-    def write(path: str) -> None:
-        seqs = _seqs(n)
-        if edit is not None:
-            edit(seqs)
-        seqs = [{k: v for k, v in seq.items() if k in specs} for seq in seqs]
-        write_hdf(path, seqs, [f"seq-{i}" for i in range(len(seqs))], specs)
-
-    return write
-
-
-def _set(seq: int, key: str, index, value) -> Callable[[list], None]:
-    def edit(seqs: list) -> None:
-        seqs[seq][key][index] = value
-
-    return edit
-
-
-def truncated_hdf(path: str) -> None:
-    hdf()(path)
-    size = os.path.getsize(path)
-    with open(path, "r+b") as f:
-        f.truncate(size // 2)
-
-
-def random_bytes(path: str) -> None:
-    with open(path, "wb") as f:
-        f.write(random.Random(0).randbytes(4096))
-
-
-def _wider(seqs: list) -> None:
-    for seq in seqs:
-        seq["data"] = np.zeros((len(seq["data"]), 5), "float32")
-
-
-class _Touch:
-    """Unpickling it would create the file ``path`` (what a malicious pickle does, harmlessly)."""
-
-    def __init__(self, path: str):
-        self.path = path
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.path}",)
-
-
-def pickle_that_runs_code(path: str) -> None:
-    with open(path, "wb") as f:
-        pickle.dump(["seq-0", _Touch(os.path.join(os.path.dirname(path), "pwned"))], f)
-
-
-def _zero_length(seqs: list) -> None:
-    for seq in seqs:
-        seq["data"], seq["classes"] = seq["data"][:0], seq["classes"][:0]
-
-
-def _no_targets(seqs: list) -> None:
-    for seq in seqs:
-        seq["classes"] = seq["classes"][:0]
-
-
-def hdf_with_extra_row(key: str) -> Callable[[str], None]:
-    """A valid HDF file whose ``key`` dataset then gets one row more than its seqLengths sum to."""
-
-    def write(path: str) -> None:
-        hdf()(path)
-        with h5py.File(path, "r+") as f:
-            f[key].resize(f[key].shape[0] + 1, axis=0)
-
-    return write
-def checkpoint(path: str) -> None:
-    """A checkpoint file, so that forward/search get past looking for one (its weights fit nothing)."""
-    import torch
-
-    torch.save({"model": {}, "epoch": 1, "step": 0}, path)
-
-
-def torch_file(state: dict) -> Callable[[str], None]:
-    """Writes ``state`` with torch.save (a checkpoint for preload_from_files rows)."""
-
-    def write(path: str) -> None:
-        import torch
-
-        torch.save(state, path)
-
-    return write
-
-
-def hdf_without_data(path: str) -> None:
-    """Index datasets only: seqTags and seqLengths, neither ``inputs`` nor ``targets``."""
-    with h5py.File(path, "w") as f:
-        f.create_dataset("seqTags", data=np.array(["seq-0"], dtype=object), dtype=h5py.string_dtype("utf-8"))
-        f.create_dataset("seqLengths", data=np.array([[5, 5]], dtype=np.int32))
 
 
 # ------------------------------------------------------------------------------------ the table
@@ -405,7 +297,7 @@ TABLE = [
     row(["bad.json"], ("train", "no seqs"), {"bad.json": HDF_BASE, "data.hdf": hdf(n=0)}, id="hdf-zero-seqs"),
     row(["bad.json"], ("data.hdf", "more.hdf", "'data'", "dim 3", "dim 5"),
         {"bad.json": changed(HDF_BASE, train={"class": "HDFDataset", "files": ["{tmp}/data.hdf", "{tmp}/more.hdf"]}),
-         "data.hdf": hdf(), "more.hdf": hdf(specs={**HDF_SPECS, "data": DataSpec(5)}, edit=_wider)},
+         "data.hdf": hdf(), "more.hdf": hdf(specs={**HDF_SPECS, "data": DataSpec(5)}, edit=wider_data)},
         id="hdf-files-disagree-on-dim"),
     row(["bad.json"], ("train", "'data'", "dim 3", "5"),
         {"bad.json": changed(HDF_BASE, num_inputs=5), "data.hdf": hdf()}, id="num-inputs-vs-hdf-dim"),
@@ -414,23 +306,23 @@ TABLE = [
     row(["bad.json"], ("train", "files", "list of HDF file paths", "5"),
         {"bad.json": changed(HDF_BASE, train={"class": "HDFDataset", "files": 5})}, id="hdf-files-not-a-list"),
     row(["bad.json"], ("train", "epoch 1", "length 0", "'data'"),
-        {"bad.json": HDF_BASE, "data.hdf": hdf(_zero_length)}, id="hdf-only-zero-length-seqs"),
+        {"bad.json": HDF_BASE, "data.hdf": hdf(zero_length)}, id="hdf-only-zero-length-seqs"),
     row(["bad.json"], ("epoch 1", "loss", "no frames", "length 0"),
         {"bad.json": changed(HDF_BASE, network={"output": {"class": "softmax", "loss": "ctc"}}),
-         "data.hdf": hdf(_no_targets)}, id="hdf-ctc-targets-all-empty"),
+         "data.hdf": hdf(no_targets)}, id="hdf-ctc-targets-all-empty"),
     row(["bad.json"], ("data.hdf", "'inputs' has 17 rows", "sum to 16"),
         {"bad.json": HDF_BASE, "data.hdf": hdf_with_extra_row("inputs")}, id="hdf-inputs-rows-disagree-with-seq-lengths"),
     row(["bad.json"], ("data.hdf", "'targets/data/classes' has 17 rows", "sum to 16"),
         {"bad.json": HDF_BASE, "data.hdf": hdf_with_extra_row("targets/data/classes")},
         id="hdf-target-rows-disagree-with-seq-lengths"),
     row(["bad.json"], ("data.hdf", "seq-1", "'data'", "nan"),
-        {"bad.json": HDF_BASE, "data.hdf": hdf(_set(1, "data", (2, 1), np.nan))}, id="hdf-nan-in-features"),
+        {"bad.json": HDF_BASE, "data.hdf": hdf(set_value(1, "data", (2, 1), np.nan))}, id="hdf-nan-in-features"),
     row(["bad.json"], ("data.hdf", "seq-0", "'data'", "inf"),
-        {"bad.json": HDF_BASE, "data.hdf": hdf(_set(0, "data", (4, 0), -np.inf))}, id="hdf-inf-in-features"),
+        {"bad.json": HDF_BASE, "data.hdf": hdf(set_value(0, "data", (4, 0), -np.inf))}, id="hdf-inf-in-features"),
     row(["bad.json"], ("data.hdf", "seq-2", "'classes'", "7", "4"),
-        {"bad.json": HDF_BASE, "data.hdf": hdf(_set(2, "classes", 1, 7))}, id="hdf-label-out-of-range"),
+        {"bad.json": HDF_BASE, "data.hdf": hdf(set_value(2, "classes", 1, 7))}, id="hdf-label-out-of-range"),
     row(["bad.json"], ("data.hdf", "seq-1", "'classes'", "-1"),
-        {"bad.json": HDF_BASE, "data.hdf": hdf(_set(1, "classes", 0, -1))}, id="hdf-negative-label"),
+        {"bad.json": HDF_BASE, "data.hdf": hdf(set_value(1, "classes", 0, -1))}, id="hdf-negative-label"),
     row(["bad.json"], ("tags.pkl", "system", "plain data"),
         {"bad.json": changed(BASE, train={**BASE["train"], "seq_list_filter_file": "{tmp}/tags.pkl"}),
          "tags.pkl": pickle_that_runs_code}, id="seq-list-pickle-with-code"),
@@ -610,9 +502,9 @@ def test_hdf_value_check_is_exact(tmp_path):
     from returnn_ray.errors import DataError
 
     directory = str(tmp_path)
-    big = hdf(_set(0, "data", slice(None), 3e38))
+    big = hdf(set_value(0, "data", slice(None), 3e38))
     big(f"{directory}/a.hdf")
-    hdf(_set(1, "classes", 2, 4))(f"{directory}/b.hdf")
+    hdf(set_value(1, "classes", 2, 4))(f"{directory}/b.hdf")
     ds = HDFDataset([f"{directory}/a.hdf", f"{directory}/b.hdf"])
     ds.get_seqs([0, 1, 2])
     with pytest.raises(DataError, match=r"b\.hdf': seq 'seq-1' key 'classes' has a label 4 outside \[0, 4\).* at frame 2"):
