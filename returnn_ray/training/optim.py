@@ -182,9 +182,9 @@ def check_optimizer(
                 raise ConfigError(f"optimizer {key!r} must be callable, got {value!r}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "both 'optimizer' and adam set" is warned when training builds it
-        build_optimizer(
+        _build(
             torch.nn.Linear(1, 1), optimizer=optimizer, adam=adam, nadam=nadam, learning_rate=learning_rate,
-            optimizer_epsilon=optimizer_epsilon, default=default,
+            optimizer_epsilon=optimizer_epsilon, default=default, probe=True,
         )
 
 
@@ -231,29 +231,74 @@ def build_optimizer(
     Traceback (most recent call last):
     returnn_ray.errors.ConfigError: optimizer: found 'lr' in the 'optimizer' dict; set learning_rate = ... instead
     """
+    opt = _build(
+        params_or_model, optimizer=optimizer, adam=adam, nadam=nadam, learning_rate=learning_rate,
+        optimizer_epsilon=optimizer_epsilon, default=default, probe=False,
+    )
+    assert opt is not None
+    return opt
+
+
+def _build(
+    params_or_model: torch.nn.Module | Iterable[Any], *, optimizer: Mapping[str, Any] | str | Callable | None,
+    adam: bool, nadam: bool, learning_rate: float, optimizer_epsilon: float | None, default: Literal["sgd", "error"],
+    probe: bool,
+) -> torch.optim.Optimizer | None:
+    """:func:`build_optimizer`; ``probe``: only check, None where the class's own checks passed (:func:`_construct`)."""
     model = params_or_model if isinstance(params_or_model, torch.nn.Module) else None
     params = list(params_or_model.parameters() if model is not None else params_or_model)
     if not params:
         raise ConfigError("optimizer: the model has no parameters")
     tf_epsilon = None if default == "error" else (_TF_EPSILON if optimizer_epsilon is None else optimizer_epsilon)
     if optimizer is None:
-        opt = _optimizer_from_flags(params, adam=adam, nadam=nadam, learning_rate=learning_rate, epsilon=tf_epsilon)
+        cls, kwargs = _class_from_flags(adam=adam, nadam=nadam, epsilon=tf_epsilon)
+        opt = _construct(cls, params, probe, lr=learning_rate, **kwargs)
     else:
         if adam or nadam:
             warnings.warn("config sets both 'optimizer' and the adam/nadam flag; the 'optimizer' dict is used")
         cls, kwargs, ours = _class_and_kwargs(optimizer, tf_epsilon)
         groups = _param_groups_for(model, params, cls, kwargs, ours)
         try:
-            opt = cls(groups, lr=learning_rate, **kwargs)
+            opt = _construct(cls, groups, probe, lr=learning_rate, **kwargs)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"optimizer {cls.__name__}({kwargs}): {exc}") from None
-    set_learning_rate(opt, learning_rate)
+    if opt is not None:
+        set_learning_rate(opt, learning_rate)
     return opt
 
 
-def _optimizer_from_flags(
-    params: list, *, adam: bool, nadam: bool, learning_rate: float, epsilon: float | None
-) -> torch.optim.Optimizer:
+_NO_PARAMS = "optimizer got an empty parameter list"
+"""What ``torch.optim.Optimizer.__init__`` says to an empty param list, once the class has checked its options."""
+
+
+def _construct(cls: type, params: list, probe: bool, **kwargs: Any) -> torch.optim.Optimizer | None:
+    """``cls(params, **kwargs)``; ``probe``: None where the class accepts ``kwargs`` without being built.
+
+    Building an optimizer imports ``torch._dynamo`` (``add_param_group``): 1-1.4 s of a driver's
+    start, where the check needs no optimizer. torch's optimizers check their options (lr, betas,
+    eps, ...) and then hand the params to ``Optimizer.__init__``, which refuses an empty list
+    before it adds any group: that refusal says the options passed. Any other outcome (another
+    error, a class that takes the empty list) builds the optimizer for real, so that the check
+    says what the build would.
+
+    >>> _construct(torch.optim.Adam, [], True, lr=0.1) is None
+    True
+    >>> _construct(torch.optim.Adam, [], True, lr=-1.0)
+    Traceback (most recent call last):
+    ValueError: Invalid learning rate: -1.0
+    """
+    if probe:
+        try:
+            cls([], **kwargs)
+        except ValueError as exc:
+            if str(exc) == _NO_PARAMS:
+                return None
+        except Exception:  # noqa: BLE001 - the real build below says what is wrong
+            pass
+    return cls(params, **kwargs)
+
+
+def _class_from_flags(*, adam: bool, nadam: bool, epsilon: float | None) -> tuple[type, dict[str, Any]]:
     """No ``optimizer`` dict: the TF engine's flags or its SGD; ``epsilon`` None: the torch engine, which refuses."""
     if epsilon is None:
         flag = "adam = True" if adam else "nadam = True" if nadam else None
@@ -268,9 +313,8 @@ def _optimizer_from_flags(
     if adam and nadam:
         raise ConfigError("both adam = True and nadam = True are set; set one, or optimizer = {'class': ...}")
     if adam or nadam:
-        cls = torch.optim.Adam if adam else torch.optim.NAdam
-        return cls(params, lr=learning_rate, eps=epsilon)
-    return torch.optim.SGD(params, lr=learning_rate)
+        return (torch.optim.Adam if adam else torch.optim.NAdam), {"eps": epsilon}
+    return torch.optim.SGD, {}
 
 
 def _class_and_kwargs(

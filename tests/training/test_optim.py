@@ -75,6 +75,47 @@ def test_optimizer_config_errors(optimizer, message):
         build_optimizer(_model(), optimizer=optimizer, learning_rate=0.1)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"optimizer": {"class": "adam", "betas": (0.9, 0.98), "epsilon": 1e-8}},
+        {"optimizer": {"class": "adamw", "weight_decay": 0.01}},
+        {"adam": True},
+        {},
+        {"optimizer": {"class": "adam", "betas": (1.5, 0.9)}},  # torch's Adam refuses beta 1.5
+        {"optimizer": {"class": "sgd", "momentum": -1.0}},
+        {"optimizer": {"class": "sgd", "nesterov": True}},  # nesterov needs momentum
+        {"optimizer": {"class": "adam", "epsilon": -1.0}},
+        {"optimizer_epsilon": -1.0, "adam": True},  # the flags' Adam with a bad eps: not a ConfigError in the build either
+        {"optimizer": {"class": "adam", "beta": (0.9, 0.99)}},
+    ],
+)
+def test_the_driver_check_says_what_building_says_without_importing_dynamo(options):
+    # The driver checks the optimizer before any worker starts, without building it (building
+    # imports torch._dynamo: 1-1.4 s of start-up); it must refuse exactly what the build refuses.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from returnn_ray.training.optim import build_optimizer, check_optimizer\n"
+        f"options = {{'optimizer': None, **{options!r}}}\n"
+        "def outcome(call):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except Exception as exc:\n"
+        "        return f'{type(exc).__name__}: {exc}'\n"
+        "    return 'ok'\n"
+        "checked = outcome(lambda: check_optimizer(**options, learning_rate=0.1))\n"
+        "print('dynamo after check:', 'torch._dynamo' in sys.modules)\n"
+        "print('check:', checked)\n"
+        "print('build:', outcome(lambda: build_optimizer(torch.nn.Linear(1, 1), **options, learning_rate=0.1)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == "dynamo after check: False"
+    assert out[1].replace("check:", "build:") == out[2], out
+
+
 def _returnn_tf_epsilon_default() -> float:
     """RETURNN TF updater's default ``optimizer_epsilon``, read from its source (TensorFlow is not installed)."""
     returnn = pytest.importorskip("returnn")
