@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import threading
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -21,7 +20,7 @@ from returnn_ray.data.batching import planned_items
 from returnn_ray.data.base import Dataset
 from returnn_ray.data.epochs import check_epoch
 from returnn_ray.data.from_settings import batching_options
-from returnn_ray.data.ray_data import Batch, rank_batches
+from returnn_ray.data.ray_data import Batch, StartedReader, rank_batches
 from returnn_ray.model.build import ModelSpec
 from returnn_ray.training.checkpoints import MidEpochState
 from returnn_ray.training.scores import ScoreAccumulator
@@ -95,33 +94,6 @@ def epoch_batches(
     mine = plan.for_rank(ctx.rank)
     reader = rank_batches(train, mine, list(train.specs), in_process=ctx.reads_in_process, concurrency=ctx.read_concurrency)
     return EpochBatches(epoch, plan, skip, mine, StartedReader(reader) if started else reader)
-
-
-class StartedReader:
-    """An iterator whose first item is fetched at once by a background thread; iterating it
-    (once) yields that item, then the rest from the calling thread."""
-
-    def __init__(self, items: Iterator):
-        self._items = items
-        self._first: list = []
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._fetch_first, name="returnn-ray-first-batch", daemon=True)
-        self._thread.start()
-
-    def _fetch_first(self) -> None:
-        try:
-            self._first.append(next(self._items))
-        except StopIteration:
-            pass
-        except BaseException as exc:  # noqa: BLE001 - raised in the thread that iterates
-            self._error = exc
-
-    def __iter__(self) -> Iterator:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        yield from self._first
-        yield from self._items
 
 
 def loss_names(spec: ModelSpec, model, padding: Batch, epoch: int, step: int, acc: ScoreAccumulator) -> list[str]:

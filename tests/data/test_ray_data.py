@@ -65,6 +65,35 @@ def test_empty_padding_batch_arrives_as_an_empty_step(ray_session, hdf_dataset):
     assert tuple(empty.data["data"].shape) == (0, 0, 5)
 
 
+def test_a_rank_reads_the_first_read_tasks_batches_itself_and_ray_data_the_rest(ray_session):
+    # Ray Data hands over an epoch's first batch only once its pipeline has started and its first
+    # read task has read its whole share; the rank reads that share itself meanwhile.
+    import os
+
+    from returnn_ray.data.datasets import StaticDataset
+    from returnn_ray.data.ray_data import _head_then_stream, head_batches, pad_batch
+
+    class WhoRead(StaticDataset):  # each frame holds the id of the process that read it
+        def get_seqs(self, indices):
+            return [{**seq, "data": np.full_like(seq["data"], os.getpid())} for seq in super().get_seqs(indices)]
+
+    rng = np.random.RandomState(3)
+    ds = WhoRead([{"data": rng.randn(int(rng.randint(1, 9)), 2).astype("float32")} for _ in range(40)])
+    batches = [np.array([i + 1, i]) for i in range(0, 40, 2)]
+    head = head_batches(ds, batches, read_task_bytes=200)
+    assert 0 < head < len(batches) - 2, head
+    got = list(_head_then_stream(ds, batches, ["data"], 2, read_task_bytes=200))
+    assert [b.seq_idx.tolist() for b in got] == [b.tolist() for b in batches]
+    readers = []
+    for batch, planned in zip(got, batches):
+        np.testing.assert_array_equal(batch.lens["data"].numpy(), pad_batch(ds, planned)["data:lens"])
+        lens = batch.lens["data"].tolist()
+        readers.append({int(batch.data["data"][row, :n].min()) for row, n in enumerate(lens)}
+                       | {int(batch.data["data"][row, :n].max()) for row, n in enumerate(lens)})
+    assert readers[:head] == [{os.getpid()}] * head
+    assert all(len(r) == 1 and os.getpid() not in r for r in readers[head:]), readers
+
+
 def test_in_process_reader_gives_the_ray_data_batches_without_ray(hdf_dataset):
     # Ray Train's local mode (no Ray running) reads the plan in a background thread instead.
     from returnn_ray.data.ray_data import _prefetched, pad_batch
