@@ -398,7 +398,9 @@ def _run_batches(
         callback=callback,
     )
     starts = np.cumsum([0, *task_sizes(len(todo), num_actors)])
-    ids = ray.data.from_arrow([pa.table({"batch_id": todo[a:b]}) for a, b in zip(starts[:-1], starts[1:])])
+    # One block per task, as cut. from_blocks reads each block's metadata here; from_arrow would
+    # run a Ray task per table for it (a worker process or two started, ~1 s, before the first batch).
+    ids = ray.data.from_blocks([pa.table({"batch_id": todo[a:b]}) for a, b in zip(starts[:-1], starts[1:])])
     results = ids.map_batches(
         InferenceActor,
         fn_constructor_kwargs={"job": job},
