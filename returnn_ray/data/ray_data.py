@@ -320,29 +320,39 @@ def _head_then_stream(
     dataset: Dataset, batches: Sequence[np.ndarray], keys: Sequence[str], concurrency: int,
     *, read_task_bytes: int = READ_TASK_BYTES,
 ) -> Iterator[Batch]:
-    """The first read task's batches read in this process while Ray Data starts on the rest.
+    """The epoch's first batches read in this process until Ray Data's stream has one ready.
 
     Ray Data hands over an epoch's first batch only once its pipeline has started (the first
     time: a read task's process starting and importing Ray Data) and the first read task has
-    read all its batches: 1.5-5 s on a 2-core machine. The rank reads those first batches itself
-    (as in local mode); Ray Data starts on the rest in a background thread once the first batch
-    is here (its start in this process would otherwise hold up that batch) and takes over after
-    them. Same batches, same order: the stream covers exactly the rest of the plan.
+    read all its batches: 1.5-5 s on a 2-core machine. The rank reads its batches itself
+    meanwhile (as in local mode): at least the first read task's share, on until the stream,
+    started in a background thread once the first batch is here (its start in this process would
+    otherwise hold up that batch), has a batch ready; from there on the stream's. The stream
+    covers the plan after the first read task's share, in plan order; what it read of the
+    batches this process read already is dropped. Same batches, same order, each once.
     """
     head = head_batches(dataset, batches, read_task_bytes=read_task_bytes)
-    head_reader = _prefetched(dataset, batches[:head], keys)
+    here = _prefetched(dataset, batches, keys)
     if head == len(batches):
-        yield from head_reader
+        yield from here
         return
-    first = next(head_reader)
+    yield next(here)
     tail = StartedReader(
         lambda: iter_batches(
             rank_dataset(dataset, batches[head:], read_task_bytes=read_task_bytes, concurrency=concurrency), keys
         )
     )
-    yield first
-    yield from head_reader
-    yield from tail
+    done = 1
+    while done < len(batches) and (done < head or not tail.ready()):
+        yield next(here)
+        done += 1
+    here.close()
+    if done == len(batches):
+        tail.close()  # never read: its pipeline stops
+        return
+    for position, batch in enumerate(tail, start=head):
+        if position >= done:
+            yield batch
 
 
 class StartedReader:
@@ -356,6 +366,8 @@ class StartedReader:
         self._items = items
         self._first: list = []
         self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._fetched = self._closing = False
         self._thread = threading.Thread(target=self._fetch_first, name="returnn-ray-first-batch", daemon=True)
         self._thread.start()
 
@@ -368,6 +380,29 @@ class StartedReader:
             pass
         except BaseException as exc:  # noqa: BLE001 - raised in the thread that iterates
             self._error = exc
+        finally:
+            with self._lock:
+                self._fetched, closing = True, self._closing
+            if closing:
+                self._close_items()
+
+    def ready(self) -> bool:
+        """Whether the first item (or the error, or the end) is here: iterating will not wait for it."""
+        with self._lock:
+            return self._fetched
+
+    def close(self) -> None:
+        """Not to be iterated after all: the iterator is closed (a Ray Data stream stops) now, or by
+        the background thread once its first item is here (a generator cannot be closed while it runs)."""
+        with self._lock:
+            self._closing, fetched = True, self._fetched
+        if fetched:
+            self._close_items()
+
+    def _close_items(self) -> None:
+        close = getattr(self._items, "close", None)
+        if close is not None:
+            close()
 
     def __iter__(self) -> Iterator:
         self._thread.join()

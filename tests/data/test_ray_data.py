@@ -65,33 +65,41 @@ def test_empty_padding_batch_arrives_as_an_empty_step(ray_session, hdf_dataset):
     assert tuple(empty.data["data"].shape) == (0, 0, 5)
 
 
-def test_a_rank_reads_the_first_read_tasks_batches_itself_and_ray_data_the_rest(ray_session):
+def test_a_rank_reads_its_first_batches_itself_until_ray_data_has_one_ready(ray_session):
     # Ray Data hands over an epoch's first batch only once its pipeline has started and its first
-    # read task has read its whole share; the rank reads that share itself meanwhile.
+    # read task has read its whole share; the rank reads its batches itself meanwhile (at least
+    # that share), then takes Ray Data's: every batch once, in plan order.
     import os
+    import time
 
     from returnn_ray.data.datasets import StaticDataset
-    from returnn_ray.data.ray_data import _head_then_stream, head_batches, pad_batch
+    from returnn_ray.data.ray_data import _head_then_stream, head_batches
+
+    driver = os.getpid()
 
     class WhoRead(StaticDataset):  # each frame holds the id of the process that read it
         def get_seqs(self, indices):
+            if os.getpid() == driver:
+                time.sleep(0.1)  # reading here is slow: Ray Data gets ready long before the end
             return [{**seq, "data": np.full_like(seq["data"], os.getpid())} for seq in super().get_seqs(indices)]
 
     rng = np.random.RandomState(3)
-    ds = WhoRead([{"data": rng.randn(int(rng.randint(1, 9)), 2).astype("float32")} for _ in range(40)])
-    batches = [np.array([i + 1, i]) for i in range(0, 40, 2)]
+    ds = WhoRead([{"data": rng.randn(int(rng.randint(1, 9)), 2).astype("float32")} for _ in range(240)])
+    batches = [np.array([i + 1, i]) for i in range(0, 240, 2)]
     head = head_batches(ds, batches, read_task_bytes=200)
-    assert 0 < head < len(batches) - 2, head
+    assert 1 < head < 10, head
     got = list(_head_then_stream(ds, batches, ["data"], 2, read_task_bytes=200))
     assert [b.seq_idx.tolist() for b in got] == [b.tolist() for b in batches]
     readers = []
     for batch, planned in zip(got, batches):
-        np.testing.assert_array_equal(batch.lens["data"].numpy(), pad_batch(ds, planned)["data:lens"])
         lens = batch.lens["data"].tolist()
+        assert lens == ds.seq_lens["data"][planned].tolist()
         readers.append({int(batch.data["data"][row, :n].min()) for row, n in enumerate(lens)}
                        | {int(batch.data["data"][row, :n].max()) for row, n in enumerate(lens)})
-    assert readers[:head] == [{os.getpid()}] * head
-    assert all(len(r) == 1 and os.getpid() not in r for r in readers[head:]), readers
+    read_here = next(i for i, r in enumerate(readers) if r != {driver})  # batches read in this process
+    assert head <= read_here < len(batches), (head, read_here)
+    print(f"read here: {read_here} of {len(batches)} batches (first read task's share: {head})")
+    assert all(len(r) == 1 and driver not in r for r in readers[read_here:]), readers
 
 
 def test_in_process_reader_gives_the_ray_data_batches_without_ray(hdf_dataset):
@@ -159,3 +167,35 @@ def test_returnn_class_and_meta_dataset_read_by_ray_tasks(ray_session, tmp_path)
             for row, want in enumerate(ds.get_seqs(batch.seq_idx.tolist())):
                 for key, value in want.items():
                     np.testing.assert_array_equal(batch.data[key][row, : len(value)].numpy(), value)
+
+
+def test_a_started_reader_dropped_unread_closes_its_iterator():
+    # A rank that read its whole epoch itself drops the Ray Data stream it started: the stream must
+    # stop (its generator closed), at once if its first item is here, else as soon as it is.
+    import threading
+
+    from returnn_ray.data.ray_data import StartedReader
+
+    release, closed = threading.Event(), threading.Event()
+
+    def stream():
+        try:
+            release.wait(10)
+            yield from range(5)
+        finally:
+            closed.set()
+
+    early = StartedReader(stream)
+    assert not early.ready()
+    early.close()  # still starting: closed by its thread once the first item is here
+    assert not closed.is_set()
+    release.set()
+    assert closed.wait(5)
+
+    closed.clear()
+    late = StartedReader(stream)
+    late._thread.join(5)
+    assert late.ready() and not closed.is_set()
+    late.close()
+    assert closed.is_set()
+    assert list(StartedReader(lambda: iter(range(3)))) == [0, 1, 2]
