@@ -31,7 +31,6 @@ from typing import Mapping, Sequence
 
 PRELOAD = (
     "torch",
-    "torch._dynamo",  # imported by the first torch optimizer made (1.4 s): train's and sweep's checks make one
     "ray",
     "ray.train.torch",
     "ray.data",
