@@ -342,13 +342,17 @@ def _head_then_stream(
             rank_dataset(dataset, batches[head:], read_task_bytes=read_task_bytes, concurrency=concurrency), keys
         )
     )
-    done = 1
-    while done < len(batches) and (done < head or not tail.ready()):
-        yield next(here)
-        done += 1
-    here.close()
-    if done == len(batches):
-        tail.close()  # never read: its pipeline stops
+    done, handed_over = 1, False
+    try:
+        while done < len(batches) and (done < head or not tail.ready()):
+            yield next(here)
+            done += 1
+        here.close()
+        handed_over = done < len(batches)
+    finally:
+        if not handed_over:
+            tail.close()  # never read (all read here, an error, the consumer gone): its pipeline stops
+    if not handed_over:
         return
     for position, batch in enumerate(tail, start=head):
         if position >= done:
