@@ -270,6 +270,15 @@ def _build(
 _NO_PARAMS = "optimizer got an empty parameter list"
 """What ``torch.optim.Optimizer.__init__`` says to an empty param list, once the class has checked its options."""
 
+_PROBED = tuple(
+    getattr(torch.optim, name)
+    for name in ("Adam", "AdamW", "SGD", "NAdam", "RAdam", "Adamax", "Adagrad", "Adadelta", "RMSprop", "Rprop", "ASGD")
+    if hasattr(torch.optim, name)
+)
+"""torch's optimizers that check all their options before ``Optimizer.__init__`` (torch 2.13), but
+``fused``'s combinations: the check probes these alone, and without ``fused``. Others (LBFGS,
+SparseAdam, Muon, a class of the config's own) refuse some options only once they hold params."""
+
 
 def _construct(cls: type, params: list, probe: bool, **kwargs: Any) -> torch.optim.Optimizer | None:
     """``cls(params, **kwargs)``; ``probe``: None where the class accepts ``kwargs`` without being built.
@@ -277,9 +286,10 @@ def _construct(cls: type, params: list, probe: bool, **kwargs: Any) -> torch.opt
     Building an optimizer imports ``torch._dynamo`` (``add_param_group``): 1-1.4 s of a driver's
     start, where the check needs no optimizer. torch's optimizers check their options (lr, betas,
     eps, ...) and then hand the params to ``Optimizer.__init__``, which refuses an empty list
-    before it adds any group: that refusal says the options passed. Any other outcome (another
-    error, a class that takes the empty list) builds the optimizer for real, so that the check
-    says what the build would.
+    before it adds any group: that refusal says the options passed. Only for the classes that
+    check everything there (:data:`_PROBED`); any other class or outcome (another error, a class
+    that takes the empty list) builds the optimizer for real, so that the check says what the
+    build would.
 
     >>> _construct(torch.optim.Adam, [], True, lr=0.1) is None
     True
@@ -287,7 +297,7 @@ def _construct(cls: type, params: list, probe: bool, **kwargs: Any) -> torch.opt
     Traceback (most recent call last):
     ValueError: Invalid learning rate: -1.0
     """
-    if probe:
+    if probe and cls in _PROBED and not kwargs.get("fused"):
         try:
             cls([], **kwargs)
         except ValueError as exc:
