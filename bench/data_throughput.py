@@ -7,7 +7,9 @@ batches straight from h5py in one process; and the time to plan an epoch of 1M s
 All paths produce the same thing: padded torch tensors and seq lengths per planned batch.
 The direct path reads and pads in the consuming process; the Ray Data path reads and pads in
 Ray tasks (``returnn_ray.data.ray_data``); the rank reader is what a training rank on Ray
-iterates: the first read task's share read in the rank while Ray Data starts, then Ray Data. The corpus file is generated once and cached.
+iterates: its batches read in the rank until Ray Data's stream has one ready, then the stream's.
+Each round runs the rank reader before Ray Data alone, so the first epoch of the rank reader
+includes Ray Data's cold start (a read task's process starting), Ray Data alone's does not. The corpus file is generated once and cached.
 Prints absolute figures and the ratio against the direct baseline measured in the same run.
 """
 
@@ -52,8 +54,8 @@ def ray_epoch(ds: HDFDataset, batches) -> tuple[float, int]:
 
 
 def rank_epoch(ds: HDFDataset, batches) -> tuple[float, int]:
-    """What a training rank iterates: the first read task's share read in the rank while Ray
-    Data starts, the rest through Ray Data."""
+    """What a training rank iterates (``rank_batches``): read in the rank until Ray Data's stream
+    has a batch ready, then the stream's."""
     start, frames = time.perf_counter(), 0
     for batch in rank_batches(ds, batches, ds.data_keys):
         frames += batch.num_frames()

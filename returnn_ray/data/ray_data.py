@@ -329,14 +329,15 @@ def _head_then_stream(
     started in a background thread once the first batch is here (its start in this process would
     otherwise hold up that batch), has a batch ready; from there on the stream's. The stream
     covers the plan after the first read task's share, in plan order; what it read of the
-    batches this process read already is dropped. Same batches, same order, each once.
+    batches this process read already is dropped (read twice: the price of not waiting; the
+    stream gets ready within a few steps of training). Same batches, same order, each once.
     """
     head = head_batches(dataset, batches, read_task_bytes=read_task_bytes)
     here = _prefetched(dataset, batches, keys)
     if head == len(batches):
         yield from here
         return
-    yield next(here)
+    first = next(here)
     tail = StartedReader(
         lambda: iter_batches(
             rank_dataset(dataset, batches[head:], read_task_bytes=read_task_bytes, concurrency=concurrency), keys
@@ -344,12 +345,13 @@ def _head_then_stream(
     )
     done, handed_over = 1, False
     try:
+        yield first
         while done < len(batches) and (done < head or not tail.ready()):
             yield next(here)
             done += 1
-        here.close()
         handed_over = done < len(batches)
     finally:
+        here.close()
         if not handed_over:
             tail.close()  # never read (all read here, an error, the consumer gone): its pipeline stops
     if not handed_over:

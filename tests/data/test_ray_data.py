@@ -96,7 +96,8 @@ def test_a_rank_reads_its_first_batches_itself_until_ray_data_has_one_ready(ray_
         assert lens == ds.seq_lens["data"][planned].tolist()
         readers.append({int(batch.data["data"][row, :n].min()) for row, n in enumerate(lens)}
                        | {int(batch.data["data"][row, :n].max()) for row, n in enumerate(lens)})
-    read_here = next(i for i, r in enumerate(readers) if r != {driver})  # batches read in this process
+    read_here = next((i for i, r in enumerate(readers) if r != {driver}), None)  # batches read in this process
+    assert read_here is not None, "Ray Data's stream never took over in 12 s of reading here"
     assert head <= read_here < len(batches), (head, read_here)
     print(f"read here: {read_here} of {len(batches)} batches (first read task's share: {head})")
     assert all(len(r) == 1 and driver not in r for r in readers[read_here:]), readers
