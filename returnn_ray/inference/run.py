@@ -400,6 +400,7 @@ def _run_batches(
     starts = np.cumsum([0, *task_sizes(len(todo), num_actors)])
     # One block per task, as cut. from_blocks reads each block's metadata here; from_arrow would
     # run a Ray task per table for it (a worker process or two started, ~1 s, before the first batch).
+    # from_blocks is a DeveloperAPI of Ray Data (ray==2.60.*, pinned); tests/tasks/test_forward.py runs it.
     ids = ray.data.from_blocks([pa.table({"batch_id": todo[a:b]}) for a, b in zip(starts[:-1], starts[1:])])
     results = ids.map_batches(
         InferenceActor,

@@ -34,7 +34,8 @@ from returnn_ray.sweep import manifest
 from returnn_ray.sweep.checks import check_sweep_dir, check_trials
 from returnn_ray.sweep.job import SweepJob
 from returnn_ray.sweep.results import (
-    TrialSummary, best_config_text, best_epoch, format_table, metric_per_epoch, ranked, write_plot,
+    TrialSummary, best_config_text, best_epoch, format_table, import_plot_in_background, metric_per_epoch, ranked,
+    write_plot,
 )
 from returnn_ray.sweep.space import parse_space, tune_param_space, warn_unknown_keys
 from returnn_ray.sweep.trial import data_fingerprint, run_trial, trial_args, trial_dir
@@ -131,7 +132,11 @@ def _run(settings: Settings, config: Config, job: SweepJob, space, sweep_dir: st
     env.set_defaults(env.AIR_NEW_OUTPUT.as_env())  # Tune's console box: ours instead
     metrics = MetricsWriter(metrics_path(settings.run.metrics_file, os.path.join(sweep_dir, FILE_NAME)), task="sweep")
     metrics.write("run_start", workers=workers, concurrent_trials=concurrent, since_start=since_process_start())
-    grid = tuner.fit()
+    importing = import_plot_in_background()
+    try:
+        grid = tuner.fit()
+    finally:
+        importing.join(timeout=30)
     return _summarize(settings, grid, sweep_dir, job, time.monotonic() - start, metrics)
 
 
