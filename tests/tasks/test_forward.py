@@ -21,7 +21,8 @@ from returnn_ray.data.datasets import Task12AXDataset
 from returnn_ray.search import ctc_beam_search
 
 # A torch-style config: get_model/train_step/forward_step/search_step. Marker files next to it
-# make an actor slow ("slow") or kill itself once mid-run ("kill-once"), as a crash would.
+# make an actor slow ("slow"), kill itself once mid-run ("kill-once"), as a crash would, or hold
+# its first batch until N actors have one ("spread", holding N), so that each of them gets work.
 TORCH_CONFIG = '''#!returnn.py
 import os, signal, time
 import torch
@@ -57,6 +58,13 @@ def train_step(*, model, extern_data, **_kwargs):
 def _faults():
     if os.path.exists(os.path.join(_HERE, "slow")):
         time.sleep(0.4)
+    spread = os.path.join(_HERE, "spread")
+    mine = os.path.join(_HERE, "actor-%%d" %% os.getpid())
+    if os.path.exists(spread) and not os.path.exists(mine):
+        open(mine, "w").close()
+        wanted, deadline = int(open(spread).read()), time.time() + 120
+        while sum(n.startswith("actor-") for n in os.listdir(_HERE)) < wanted and time.time() < deadline:
+            time.sleep(0.05)
     try:
         os.rename(os.path.join(_HERE, "kill-once"), os.path.join(_HERE, "killed"))
     except FileNotFoundError:
@@ -311,7 +319,8 @@ finally:
 def test_three_nodes_write_the_same_file_as_one(ray_session, tmp_path):
     config = trained(tmp_path, num_eval=45)
     assert main([config, "++task", "forward", "++output_file", str(tmp_path / "one.hdf")]) == 0
-    (tmp_path / "slow").touch()  # 15 batches of 0.4 s: every actor gets work, wherever it starts late
+    # Each actor holds its first batch until all 3 have one: every node gets work, however late its actor starts.
+    (tmp_path / "spread").write_text("3")
     proc = subprocess.run(
         [sys.executable, "-c", CLUSTER_SCRIPT, config, "++task", "forward", "++output_file", str(tmp_path / "three.hdf")],
         capture_output=True, text=True, timeout=300,
