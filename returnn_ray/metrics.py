@@ -2,7 +2,7 @@
 
 Log lines are for people and may change; scripts (:mod:`returnn_ray.experiment.stages`, ``experiments/asr.py``)
 read this file instead. The driver (the ``returnn-ray`` process; training events come from rank 0
-through its log queue) appends one line per event and writes each line whole, with one ``write``
+through its log channel) appends one line per event and writes each line whole, with one ``write``
 on the file opened for appending: no buffer to flush, no partly written line from a live run. A run
 that crashes mid-write may leave a torn last line; :func:`read_metrics` skips it (and the next run
 ends that line before its first event, so its own events stay whole).
@@ -141,7 +141,7 @@ class MetricsWriter:
                 self._warned = True
 
     def write_event(self, record: dict[str, Any]) -> None:
-        """An event built elsewhere (rank 0's, through the log queue): ``{"event": ..., "time": ..., ...}``."""
+        """An event built elsewhere (rank 0's, through the log channel): ``{"event": ..., "time": ..., ...}``."""
         fields = dict(record)
         self.write(fields.pop("event"), **fields)
 

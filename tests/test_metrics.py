@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from returnn_ray.config import Config
 from returnn_ray.errors import UserError
 from returnn_ray.metrics import FILE_NAME, MetricsWriter, last_run, metrics_path, read_metrics
 from returnn_ray.config import load_settings
-from returnn_ray.training.log import DriverLog, WorkerLog
+from returnn_ray.training.log import DriverLog, LocalChannel, WorkerLog
 
 
 def test_events_come_back_with_their_types_in_order(tmp_path):
@@ -83,7 +82,7 @@ def test_the_default_is_next_to_the_main_output_and_the_setting_wins(tmp_path):
 
 def test_rank_0_events_reach_the_file_through_the_drivers_log(tmp_path):
     path = str(tmp_path / "m.jsonl")
-    q: queue.Queue = queue.Queue()
+    q = LocalChannel()
     rank0 = WorkerLog(q, enabled=True, verbosity=3)
     rank1 = WorkerLog(q, enabled=False, verbosity=3)
     rank0.first_step(2.5, epoch=1, step=0)

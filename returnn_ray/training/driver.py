@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import time
+import uuid
 
 from returnn_ray.cluster import env
 from returnn_ray.cluster.placement import Placement, place
@@ -26,7 +28,7 @@ from returnn_ray.metrics import MetricsWriter, metrics_path, since_process_start
 from returnn_ray.training import checkpoints
 from returnn_ray.training.checks import check_trainable
 from returnn_ray.training.job import JOB_KEY, EvalJob, TrainJob, WorkerJob
-from returnn_ray.training.log import DriverLog
+from returnn_ray.training.log import DriverLog, FileChannel, LocalChannel
 
 DEFAULT_MODEL = "returnn_ray_out/model"
 """Where the model dir is taken to be when ``model`` is unset (Ray Train's run state, the metrics file)."""
@@ -66,7 +68,7 @@ def run_on_workers(
     local mode (``ScalingConfig(num_workers=0)``) does, but without importing Ray Train: that import
     (pandas and Ray Data with it) is about 1 s of a short run's start-up (``bench/vs_returnn.py``),
     and local mode gives the loop nothing it uses (no context: rank 0 of 1; no report: the driver
-    reads the log queue and the checkpoints are the model files).
+    reads the log channel and the checkpoints are the model files).
     """
     placement = placement or place(settings.run, env_vars=env.TRAIN_ENV)
     metrics = MetricsWriter(metrics_path(settings.run.metrics_file, settings.run.model), task=settings.run.task)
@@ -79,11 +81,9 @@ def run_on_workers(
 def _run_here(settings: Settings, config: Config, loop, task: TrainJob | EvalJob, *, what: str, use_gpu: bool,
               metrics: MetricsWriter):
     """The loop in this process: rank 0 of 1, its log through an in-process queue."""
-    import queue as queue_module
-
-    queue = queue_module.Queue()  # the driver's log reads the same get/put API as Ray's Queue
-    log = DriverLog(queue, log_files=settings.run.log, metrics=metrics).start()
-    job = WorkerJob.from_settings(settings, config, task, use_gpu=use_gpu, local=True, log_queue=queue)
+    channel = LocalChannel()
+    log = DriverLog(channel, log_files=settings.run.log, metrics=metrics).start()
+    job = WorkerJob.from_settings(settings, config, task, use_gpu=use_gpu, local=True, log_channel=channel)
     log.print(f"returnn-ray: {what} with 1 worker(s) in this process ({'gpu' if job.use_gpu else 'cpu'})")
     metrics.write("run_start", workers=1, since_start=since_process_start())
     start = time.monotonic()
@@ -99,45 +99,47 @@ def _run_on_ray(settings: Settings, config: Config, loop, task: TrainJob | EvalJ
                 callbacks: list | None, placement: Placement, metrics: MetricsWriter):
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
-    from ray.util.queue import Queue
 
     from returnn_ray.training.ray_trainer import ReturnnTorchTrainer
 
     use_gpu, num_workers = placement.use_gpu, placement.num_workers
-    queue = Queue(actor_options={"num_cpus": 0})
-    log = DriverLog(queue, log_files=settings.run.log, metrics=metrics).start()
     model_dir = os.path.dirname(os.path.abspath(settings.run.model or DEFAULT_MODEL))
     # Ray Train keeps its run state (the epoch markers its failure handling restarts from) here;
     # every node must see it, as the model dir. Nothing in it is needed once fit() returns: the
     # checkpoints are the model files. So it goes, unless it was there before (not ours to delete).
+    # The workers' log channel is a directory in it, this run's own.
     storage = os.path.join(model_dir, "ray_train")
     storage_is_ours = not os.path.exists(storage)
-    trainer = ReturnnTorchTrainer(
-        loop,
-        train_loop_config={
-            JOB_KEY: WorkerJob.from_settings(settings, config, task, use_gpu=use_gpu, local=False, log_queue=queue)
-        },
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=storage,
-            # ray_placement_timeout: a start that Watch gave up at the deadline fails the run, not retried.
-            failure_config=FailureConfig(max_failures=settings.run.ray_max_failures, controller_failure_limit=(
-                -1 if settings.run.ray_placement_timeout is None else 0)),
-            callbacks=callbacks,
-        ),
-    )
-    log.print(f"returnn-ray: {what} with {num_workers} worker(s) on Ray ({'gpu' if use_gpu else 'cpu'})")
-    metrics.write("run_start", workers=num_workers, since_start=since_process_start())
-    watch = _watch(placement, settings)
+    channel = FileChannel(os.path.join(storage, f"log-{uuid.uuid4().hex[:12]}"), wants_progress=sys.stdout.isatty())
+    os.makedirs(channel.directory)
+    log = DriverLog(channel, log_files=settings.run.log, metrics=metrics).start()
+    watch = None
     try:
+        trainer = ReturnnTorchTrainer(
+            loop,
+            train_loop_config={
+                JOB_KEY: WorkerJob.from_settings(settings, config, task, use_gpu=use_gpu, local=False, log_channel=channel)
+            },
+            scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            run_config=RunConfig(
+                name=run_name,
+                storage_path=storage,
+                # ray_placement_timeout: a start that Watch gave up at the deadline fails the run, not retried.
+                failure_config=FailureConfig(max_failures=settings.run.ray_max_failures, controller_failure_limit=(
+                    -1 if settings.run.ray_placement_timeout is None else 0)),
+                callbacks=callbacks,
+            ),
+        )
+        log.print(f"returnn-ray: {what} with {num_workers} worker(s) on Ray ({'gpu' if use_gpu else 'cpu'})")
+        metrics.write("run_start", workers=num_workers, since_start=since_process_start())
+        watch = _watch(placement, settings)
         return _fit_logged(trainer, settings, log, metrics, watch)
     finally:
         if watch is not None:
             watch.stop()
-        if storage_is_ours:
-            shutil.rmtree(storage, ignore_errors=True)
+        log.close()  # (done already when fit() ran)
+        shutil.rmtree(storage if storage_is_ours else channel.directory, ignore_errors=True)
 
 
 def _watch(placement: Placement, settings: Settings) -> Watch | None:

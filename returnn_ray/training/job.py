@@ -1,7 +1,7 @@
 """What the driver sends every Ray Train worker: one frozen, typed job spec, built in one place.
 
 A :class:`WorkerJob` holds what every worker loop needs (the pickled settings, the config's
-worker environment, the log queue, where it runs) and the task's own part: a :class:`TrainJob`
+worker environment, the log channel, where it runs) and the task's own part: a :class:`TrainJob`
 (training, also as a sweep trial) or an :class:`EvalJob` (``task = "eval"``). The driver builds
 it with :meth:`WorkerJob.from_settings`; every default lives here, nowhere else. Ray pickles the
 job (cloudpickle) to each worker, so it holds only picklable values. Ray's cloudpickle is
@@ -62,9 +62,10 @@ class WorkerJob:
     unpickle only once it knows which config to rebuild (``worker_env``). None in local mode."""
     worker_env: Mapping[str, str]
     """Environment that lets a worker rebuild the config (:meth:`Config.worker_env`)."""
-    log_queue: Any
-    """Where rank 0 puts its log lines and events for the driver (a Ray ``Queue``, or in local
-    mode a ``queue.Queue``)."""
+    log_channel: Any
+    """Where rank 0 puts its log lines and events for the driver
+    (:class:`~returnn_ray.training.log.FileChannel`; in local mode a
+    :class:`~returnn_ray.training.log.LocalChannel`)."""
     use_gpu: bool
     local: bool
     """Local mode: the loop runs in the driver's (or sweep trial's) process, called by
@@ -78,7 +79,7 @@ class WorkerJob:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, config: Config, task: TrainJob | EvalJob, *, use_gpu: bool, local: bool, log_queue: Any
+        cls, settings: Settings, config: Config, task: TrainJob | EvalJob, *, use_gpu: bool, local: bool, log_channel: Any
     ) -> WorkerJob:
         if local:
             pickled = None
@@ -90,7 +91,7 @@ class WorkerJob:
             settings_pickle=pickled,
             local_settings=settings if local else None,
             worker_env=config.worker_env(),
-            log_queue=log_queue,
+            log_channel=log_channel,
             use_gpu=use_gpu,
             local=local,
             task=task,

@@ -88,7 +88,7 @@ def start_worker(job: WorkerJob) -> tuple[Settings, WorkerContext, WorkerLog]:
     use_worker_config(job.worker_env)
     settings = job.settings()
     ctx = _local_context(job.use_gpu) if job.local else _context(job.use_gpu)
-    log = WorkerLog(job.log_queue, enabled=ctx.is_chief, verbosity=settings.run.log_verbosity)
+    log = WorkerLog(job.log_channel, enabled=ctx.is_chief, verbosity=settings.run.log_verbosity)
     torch.manual_seed(job.seed)
     return settings, ctx, log
 
@@ -100,7 +100,7 @@ def log_up(job: WorkerJob, settings: Settings, ctx: WorkerContext) -> None:
         return
     ray = sys.modules.get("ray")  # not imported for a run in this process: nothing to ask it
     node = f"node {ray.get_runtime_context().get_node_id()}" if ray and ray.is_initialized() else "no Ray node (local mode)"
-    WorkerLog(job.log_queue, enabled=True, verbosity=settings.run.log_verbosity).line(
+    WorkerLog(job.log_channel, enabled=True, verbosity=settings.run.log_verbosity).line(
         f"training worker {ctx.rank} up {time.time() - job.process_start:.1f} s after returnn-ray started on {node}"
         + ("; it reads its batches itself (its node has no CPU for Ray Data's read tasks)" if ctx.read_here else ""),
         level=4,
@@ -128,7 +128,7 @@ def report(ctx: WorkerContext, epoch: int, step: int, scores: Mapping[str, float
             tune.report(metrics)
             return
     if ctx.local:
-        return  # no Ray Train to tell: the driver reads the log queue, the checkpoints are the model files
+        return  # no Ray Train to tell: the driver reads the log channel, the checkpoints are the model files
     import ray.train
 
     if not ctx.is_chief:

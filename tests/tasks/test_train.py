@@ -245,6 +245,25 @@ def test_tensorboard_curves_and_a_live_progress_line_on_a_terminal(ray_session, 
     )
 
 
+def test_ray_workers_log_through_files_beside_the_model_that_go_with_the_run(ray_session, tmp_path, monkeypatch):
+    # rank 0 on a Ray worker: its lines, events and (on a terminal) progress reach the driver
+    # through the run's log channel, a directory in <model dir>/ray_train
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    assert main([write_config(tmp_path), "++ray_num_workers", "2", "++num_epochs", "1"]) == 0
+    shown = terminal.getvalue()
+    assert re.search(r"\rep 1 \[[#-]{30}\] step \d+/5 loss \d\.\d{3} remaining", shown), shown
+    assert re.search(r"Epoch 1 evaluation: dev: cost:output \d\.\d{3}", shown), shown
+    assert not (tmp_path / "ray_train").exists()  # made for the run, gone with it
+    # a ray_train directory that was there before is not ours: only the run's channel goes
+    (tmp_path / "ray_train").mkdir()
+    (tmp_path / "ray_train" / "keep").write_text("x")
+    assert main([write_config(tmp_path), "++ray_num_workers", "2"]) == 0
+    left = os.listdir(tmp_path / "ray_train")
+    assert "keep" in left and not [name for name in left if name.startswith("log-")], left
+    assert "Epoch 2 evaluation: dev" in terminal.getvalue()
+
+
 RUN_AND_SAY_IF_RAY_WAS_IMPORTED = (
     "import sys; from returnn_ray.cli import main; rc = main(sys.argv[1:]); "
     "print('ray imported:', 'ray' in sys.modules); sys.exit(rc)"

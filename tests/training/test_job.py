@@ -89,7 +89,7 @@ def settings_and_config(tmp_path):
 def test_the_job_survives_cloudpickle_into_another_process(settings_and_config, tmp_path):
     settings, config = settings_and_config
     job = WorkerJob.from_settings(
-        settings, config, TrainJob(trial=TrialReport("dev_score", to_tune=True)), use_gpu=False, local=True, log_queue=None
+        settings, config, TrainJob(trial=TrialReport("dev_score", to_tune=True)), use_gpu=False, local=True, log_channel=None
     )
     blob = tmp_path / "job.pkl"
     blob.write_bytes(cloudpickle.dumps(job))
@@ -104,7 +104,7 @@ def test_the_job_survives_cloudpickle_into_another_process(settings_and_config, 
 
 def test_the_job_is_frozen_and_a_loop_refuses_the_other_tasks_job(settings_and_config):
     settings, config = settings_and_config
-    job = WorkerJob.from_settings(settings, config, EvalJob(("dev",)), use_gpu=False, local=True, log_queue=None)
+    job = WorkerJob.from_settings(settings, config, EvalJob(("dev",)), use_gpu=False, local=True, log_channel=None)
     with pytest.raises(dataclasses.FrozenInstanceError):
         job.seed = 1  # type: ignore[misc]
     assert job.eval.datasets == ("dev",)
