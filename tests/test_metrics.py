@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +16,8 @@ from returnn_ray.errors import UserError
 from returnn_ray.metrics import FILE_NAME, MetricsWriter, last_run, metrics_path, read_metrics
 from returnn_ray.config import load_settings
 from returnn_ray.training.log import DriverLog, LocalChannel, WorkerLog
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_events_come_back_with_their_types_in_order(tmp_path):
@@ -94,3 +99,15 @@ def test_rank_0_events_reach_the_file_through_the_drivers_log(tmp_path):
     assert [e["event"] for e in events] == ["first_step", "epoch_end"]
     assert events[0]["since_start"] == 2.5 and events[1]["scores"] == {"dev_score": 0.25}
     assert events[0]["time"] <= events[1]["time"]  # stamped where they happened
+
+
+def test_a_process_start_is_when_it_started_not_up_to_a_second_before(tmp_path):
+    """``since_start`` counts from the process's start: within a few clock ticks of when it was
+    spawned. (psutil's ``btime`` + ticks is whole seconds early or late: 0.93 s here.)"""
+    code = "from returnn_ray.metrics import process_started_at; print(repr(process_started_at()))"
+    spawned = time.time()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": REPO}).stdout
+    started = float(out)
+    assert spawned - 0.05 <= started <= time.time()
+    assert started - spawned < 0.5  # the interpreter's own start comes after
