@@ -1,7 +1,7 @@
 """The trainer returnn-ray runs: Ray Train's callbacks minus the Ray Data hand-off it does not use."""
 
 import pytest
-from ray.train import ScalingConfig
+from ray.train import RunConfig, ScalingConfig
 
 from returnn_ray.training.ray_trainer import ReturnnTorchTrainer
 
@@ -23,3 +23,23 @@ def test_datasets_keep_ray_trains_hand_off():
 
     names = _callback_names(datasets={"train": ray.data.range(3)})
     assert "DatasetsCallback" in names
+
+
+def test_the_controller_is_killed_once_fit_has_its_result(ray_session, tmp_path):
+    # killed (ray.kill), not left to end when the driver's handle goes: that ending shuts its
+    # Python down on the CPU the next run starts on
+    from ray.util.state import list_actors
+
+    def controllers() -> dict[str, dict]:
+        return {a.actor_id: a for a in list_actors(filters=[("class_name", "=", "TrainController")], detail=True)}
+
+    before = set(controllers())
+    result = ReturnnTorchTrainer(lambda config: None, scaling_config=ScalingConfig(num_workers=1),
+                                 run_config=RunConfig(storage_path=str(tmp_path))).fit()
+    assert result.error is None
+    new = {i: a for i, a in controllers().items() if i not in before}
+    assert len(new) == 1
+    (actor,) = new.values()
+    assert actor.state == "DEAD"
+    assert "ray.kill" in str(actor.death_cause), actor.death_cause
+
