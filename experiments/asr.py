@@ -28,7 +28,9 @@ Ray starts once: unless ``--address`` or ``RAY_ADDRESS`` names a cluster, a loca
 (``ray start --head`` with a private temp dir and free ports) serves every stage and is stopped
 at the end by killing exactly its processes (never ``ray stop``, which stops every Ray of the
 user); it starts while the data stage runs, which needs no Ray (the table counts only the wait
-after the data as Ray's start-up). Meanwhile this script imports torch, Ray and returnn_ray once; on Linux each
+after the data as Ray's start-up), and so do the helper actors Ray Train and Ray Data start in a
+cluster on first use (:class:`returnn_ray.cluster.head.Helpers`: else the training run's and
+forward's start-ups start them). Meanwhile this script imports torch, Ray and returnn_ray once; on Linux each
 returnn-ray command then runs in a fork of it (:mod:`returnn_ray.experiment.warm_start`: the same command,
 its own process and Ray job, without 3-4 s of imports each; ``--cold`` starts them afresh).
 At the end a table gives each stage's wall time and how much of it was Ray start-up or
@@ -57,7 +59,7 @@ import time
 from typing import Sequence
 
 from returnn_ray.cluster import ray_internals
-from returnn_ray.cluster.head import start_head, stop_head, use_head
+from returnn_ray.cluster.head import Helpers, start_head, stop_head, use_head
 from returnn_ray.cluster.start import usable_cpus
 from returnn_ray.data.batching import per_worker_batch_size
 from returnn_ray.experiment import warm_start
@@ -425,7 +427,7 @@ def connect_ray(args: argparse.Namespace, env: dict, exp: Experiment, local: Loc
     if preloading is not None:
         print(f"warm start: torch, Ray and returnn_ray imported once in {preloaded:.1f} s, "
               "each returnn-ray command below runs in a fork of this process", flush=True)
-        how = "(all start-up after the data stage; with the imports of the warm start)"
+        how = "(all start-up after the data stage; with the imports of the warm start and Ray's helpers)"
     wall = time.monotonic() - t
     return before, StageResult("ray start" if local.head is not None else "ray attach", wall, wall, how)
 
@@ -436,19 +438,28 @@ class _HeadStart(threading.Thread):
 
     def __init__(self, temp_dir: str, num_cpus: int):
         super().__init__(name="ray-head-start", daemon=True)
-        self.args, self.result, self.error = (temp_dir, num_cpus), None, None
+        self.args, self.result, self.error, self.helpers = (temp_dir, num_cpus), None, None, None
         self.start()
 
     def run(self) -> None:
+        helpers = Helpers()  # imports Ray while the head starts
         try:
             self.result = start_head(*self.args)
+            helpers.start(self.result[1])
         except BaseException as exc:  # noqa: BLE001 - raised by join()
             self.error = exc
+        finally:
+            self.helpers = helpers
 
     def join(self, timeout: float | None = None):
+        """The head and its address, once the helper actors it started are up (or failed: then the
+        runs start them, as on any cluster, and a line says so)."""
         super().join(timeout)
+        ok, output = self.helpers.join()
         if self.error is not None:
             raise self.error
+        if not ok:
+            print(f"(Ray's helper actors not started ahead: {output.splitlines()[-1] if output else ''})", flush=True)
         return self.result
 
 

@@ -73,6 +73,34 @@ def start_head(temp_dir: str, num_cpus: int) -> tuple[subprocess.Popen, str]:
         return head, f.read().strip()
 
 
+class Helpers:
+    """Starts the helper actors that Ray Train and Ray Data start on their first use in a cluster
+    (:func:`returnn_ray.cluster.ray_internals.start_shared_helpers`), in a process of its own that
+    ends once they run: a script that starts a head and later runs Ray Train and Ray Data
+    (``experiments/asr.py``) starts them while it does something else, not in the first run's
+    start-up. The process starts at once and imports Ray while the head starts; :meth:`start`
+    gives it the head's address; :meth:`join` returns ``(ok, output)``: the names started, or
+    Ray's error."""
+
+    def __init__(self):
+        self.process = subprocess.Popen([sys.executable, "-m", "returnn_ray.cluster.head", "--start-helpers"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True)
+
+    def start(self, address: str) -> None:
+        self.process.stdin.write(address + "\n")
+        self.process.stdin.flush()
+
+    def join(self, timeout: float = 120.0) -> tuple[bool, str]:
+        """Waits for it (an address never given: it ends at once); ``(ok, its output)``."""
+        try:
+            output = self.process.communicate(timeout=timeout)[0]
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            output = self.process.communicate()[0] + f"\nnot done in {timeout:.0f} s"
+        return self.process.returncode == 0, output.strip()
+
+
 def stop_head(head: subprocess.Popen, temp_dir: str) -> None:
     """Kills the head's process group and whatever else runs from its private temp dir (its workers)."""
     import ray  # noqa: F401  (puts the psutil that ray[default] bundles on sys.path)
@@ -89,21 +117,21 @@ def stop_head(head: subprocess.Popen, temp_dir: str) -> None:
                 pass
         return procs
 
-    # Ray's daemons take over 10 s to act on SIGTERM (gcs_server, raylet); their temp dir goes too,
-    # so after half a second they are killed, as `ray stop --force` would.
-    for sig, grace in ((signal.SIGTERM, 0.5), (signal.SIGKILL, 10.0)):
+    # Killed at once, as `ray stop --force` does: Ray's daemons take over 10 s to act on SIGTERM
+    # (gcs_server, raylet), and nothing they would write on the way out is kept (their temp dir,
+    # logs included, goes next; the head is private: no other driver or node uses it).
+    # A second look kills what a daemon started while the first kills went out.
+    for _ in range(2):
         procs = ours()
         for p in procs:
             try:
-                p.send_signal(sig)
+                p.send_signal(signal.SIGKILL)
             except psutil.Error:
                 pass
-        deadline = time.monotonic() + grace
+        deadline = time.monotonic() + 10.0
         while procs and time.monotonic() < deadline:
-            time.sleep(0.1)
+            time.sleep(0.05)
             procs = [p for p in procs if _running(p)]
-        if not procs:
-            break
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -114,3 +142,25 @@ def _running(p) -> bool:
         return p.status() != psutil.STATUS_ZOMBIE  # a zombie is dead; reaping it is its parent's job
     except psutil.Error:
         return False
+
+
+def _start_helpers_main() -> int:
+    import ray
+    import ray.data  # noqa: F401  (the helpers' modules, imported while the head starts)
+
+    from returnn_ray.cluster import ray_internals
+
+    ray_internals.quiet_auth_notice()
+    address = sys.stdin.readline().strip()
+    if not address:
+        return 1
+    ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+    try:
+        print(" ".join(ray_internals.start_shared_helpers()), flush=True)
+    finally:
+        ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--start-helpers"]:
+    sys.exit(_start_helpers_main())

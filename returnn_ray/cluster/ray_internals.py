@@ -81,6 +81,33 @@ def remove_placement_group(group_hex: str) -> None:
     remove(PlacementGroup(PlacementGroupID(bytes.fromhex(group_hex))))
 
 
+def start_shared_helpers(timeout: float = 60.0) -> list[str]:
+    """Starts now the detached helper actors that Ray Train and Ray Data otherwise start on their
+    first use in a cluster, one of each per cluster, each in a process of its own: the autoscaling
+    coordinator (Ray Train's controller asks it for the workers' resources, blocking about 1.3 s
+    while it starts; Ray Data too), Ray Data's stats actor and its actor location tracker (both
+    started by every first ``map_batches`` over an actor pool: forward and search). Returns the
+    names of those now running. Ray 2.60's ``get_or_create_*`` functions, which make each with
+    ``get_if_exists``: a later run finds the same actor. A Ray without them: those are skipped
+    (each run then starts them itself, as before)."""
+    import importlib
+
+    import ray
+
+    made = {}
+    for module, function in (
+        ("ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator", "get_or_create_autoscaling_coordinator"),
+        ("ray.data._internal.stats", "get_or_create_stats_actor"),
+        ("ray.data._internal.execution.node_trackers.actor_location", "get_or_create_actor_location_tracker"),
+    ):
+        try:
+            made[function.removeprefix("get_or_create_")] = getattr(importlib.import_module(module), function)()
+        except (ImportError, AttributeError):
+            continue
+    ray.get([handle.__ray_ready__.remote() for handle in made.values()], timeout=timeout)
+    return sorted(made)
+
+
 def fits_now(bundles: list[dict[str, float]]) -> bool:
     """Whether the alive nodes' free resources hold ``bundles`` now, each bundle on one node (packed
     greedily: a run's bundles are all alike). ``ray._private.state.available_resources_per_node``,
