@@ -12,21 +12,29 @@ import pprint
 from typing import Mapping
 
 from returnn_ray.atomic import atomic_write
+from returnn_ray.config import Settings
 from returnn_ray.data.from_settings import data_specs, open_dataset
 from returnn_ray.model.build import model_spec
 from returnn_ray.training import checkpoints
-from returnn_ray.training.log import format_scores
+from returnn_ray.training.log import WorkerLog, format_scores
 from returnn_ray.training.preload import load_weights
 from returnn_ray.training.scores import score_keys
 from returnn_ray.training.epoch import eval_epoch
 from returnn_ray.training.job import JOB_KEY, WorkerJob
-from returnn_ray.training.worker import start_worker
+from returnn_ray.training.worker import WorkerContext, start_worker
 
 
 def eval_loop_per_worker(config: Mapping[str, WorkerJob]) -> dict:
     """Ray Train's ``train_loop_per_worker`` for ``task = "eval"`` (an :class:`EvalJob`)."""
     job = config[JOB_KEY]
     settings, ctx, log = start_worker(job)
+    try:
+        return _evaluate(job, settings, ctx, log)
+    finally:
+        log.close()
+
+
+def _evaluate(job: WorkerJob, settings: Settings, ctx: WorkerContext, log: WorkerLog) -> dict:
     names = job.eval.datasets
     datasets = {name: open_dataset(settings, name) for name in names}
     specs = data_specs(settings, next(iter(datasets.values())))

@@ -24,9 +24,11 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from typing import Any, Mapping, TextIO
 
 from returnn_ray.errors import UserError
+from returnn_ray.metrics import dumps
 
 
 def format_score_value(v: Any) -> str:
@@ -65,6 +67,9 @@ class LocalChannel:
     def put(self, item: tuple[str, Any]) -> None:
         self._queue.put(item)
 
+    def close(self) -> None:
+        pass
+
     def take(self) -> list[tuple[str, Any]]:
         """What was put since the last call, in order."""
         items = []
@@ -83,7 +88,12 @@ class FileChannel:
     and removes the directory.
 
     ``wants_progress``: whether the driver shows the live progress line (a terminal); if not,
-    the workers write no progress items, only lines and events."""
+    the workers write no progress items, only lines and events.
+
+    On NFS another node sees appended data only once the writer syncs or closes the file: an
+    event (a few per epoch) is synced at once, a line may show late, and :meth:`close` (every
+    rank, when its loop ends, before ``fit()`` returns) syncs the rest before the driver's last
+    read."""
 
     def __init__(self, directory: str, *, wants_progress: bool) -> None:
         self.directory, self.wants_progress = directory, wants_progress
@@ -97,12 +107,32 @@ class FileChannel:
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["directory"], wants_progress=state["wants_progress"])
 
+    def check_visible(self) -> None:
+        """A worker's check that it sees the driver's directory: a node whose model dir is not the
+        driver's (not shared storage) would write its lines and checkpoints where nobody reads them."""
+        if not os.path.isdir(self.directory):
+            raise UserError(
+                f"node {socket.gethostname()} does not see {os.path.dirname(os.path.dirname(self.directory))!r}, "
+                "the model's directory, as the driver does: with several nodes, `model` must be on storage every node shares"
+            )
+
     def put(self, item: tuple[str, Any]) -> None:
         if self._file is None:
-            name = f"{socket.gethostname()}-{os.getpid()}.jsonl"
+            self.check_visible()
+            name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
             self._file = open(os.path.join(self.directory, name), "a", encoding="utf-8")
-        self._file.write(json.dumps(item) + "\n")
+        self._file.write(dumps({"item": item}) + "\n")
         self._file.flush()
+        if item[0] == "metrics":
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        """The worker's file synced and closed (its loop has ended)."""
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
 
     def take(self) -> list[tuple[str, Any]]:
         """The complete lines every file gained since the last call (a file's in its order; files
@@ -124,7 +154,10 @@ class FileChannel:
             complete, _, partial = (partial + data).rpartition(b"\n")
             self._read[name] = (offset + len(data), partial)
             for line in complete.splitlines():
-                kind, payload = json.loads(line)
+                try:
+                    kind, payload = json.loads(line)["item"]
+                except (ValueError, KeyError, TypeError):  # not a line a worker wrote whole: skipped
+                    continue
                 items.append((kind, tuple(payload) if kind == "progress" else payload))
         return items
 
@@ -142,6 +175,11 @@ class WorkerLog:
     def line(self, text: str, *, level: int = 3) -> None:
         if self.enabled and level <= self.verbosity:
             self._channel.put(("line", text))
+
+    def close(self) -> None:
+        """The loop has ended: what this process sent is made visible to the driver (any rank)."""
+        if self._channel is not None:
+            self._channel.close()
 
     def event(self, name: str, **fields: Any) -> None:
         """A metrics-file event (:mod:`returnn_ray.metrics`), stamped now; the driver writes it."""
@@ -204,6 +242,7 @@ class DriverLog:
         self._tty = out.isatty()
         self._progress_shown = False
         self._stop = threading.Event()
+        self._draining = threading.Lock()  # close() drains too, while a stalled thread may still be at it
         self._thread = threading.Thread(target=self._run, name="returnn-ray-log", daemon=True)
 
     def start(self) -> "DriverLog":
@@ -232,7 +271,11 @@ class DriverLog:
             self._drain()
 
     def _drain(self) -> None:
-        for kind, payload in self._channel.take():
+        with self._draining:
+            self._handle(self._channel.take())
+
+    def _handle(self, items: list[tuple[str, Any]]) -> None:
+        for kind, payload in items:
             if kind == "line":
                 self.print(payload)
             elif kind == "metrics" and self._metrics is not None:

@@ -58,12 +58,15 @@ def train_loop_per_worker(config: Mapping[str, WorkerJob]) -> dict:
     """Ray Train's ``train_loop_per_worker``; the job is built by :mod:`returnn_ray.training.driver`."""
     job = config[JOB_KEY]
     settings, ctx, log = start_worker(job)
-    log_up(job, settings, ctx)
-    recipe = TrainingRecipe(settings, ctx, log, job)
-    recipe.setup()
-    result = recipe.train()
-    recipe.cleanup()
-    return result
+    try:
+        log_up(job, settings, ctx)
+        recipe = TrainingRecipe(settings, ctx, log, job)
+        recipe.setup()
+        result = recipe.train()
+        recipe.cleanup()
+        return result
+    finally:
+        log.close()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -89,6 +89,8 @@ def start_worker(job: WorkerJob) -> tuple[Settings, WorkerContext, WorkerLog]:
     settings = job.settings()
     ctx = _local_context(job.use_gpu) if job.local else _context(job.use_gpu)
     log = WorkerLog(job.log_channel, enabled=ctx.is_chief, verbosity=settings.run.log_verbosity)
+    if not job.local and job.log_channel is not None:
+        job.log_channel.check_visible()  # every rank: one that does not see the model dir fails at once
     torch.manual_seed(job.seed)
     return settings, ctx, log
 

@@ -9,6 +9,9 @@ import pickle
 import subprocess
 import sys
 
+import pytest
+
+from returnn_ray.errors import UserError
 from returnn_ray.metrics import MetricsWriter, read_metrics
 from returnn_ray.training.log import DriverLog, FileChannel, WorkerLog
 
@@ -40,13 +43,22 @@ def test_a_line_half_written_waits_for_its_end(tmp_path):
     driver = FileChannel(str(tmp_path), wants_progress=False)
     path = tmp_path / "host-1.jsonl"
     with open(path, "wb") as f:
-        f.write(b'["line", "one"]\n["line", "t')
+        f.write(b'{"item": ["line", "one"]}\n{"item": ["line", "t')
         f.flush()
         assert driver.take() == [("line", "one")]
-        f.write(b'wo"]\n')
+        f.write(b'wo"]}\n')
         f.flush()
         assert driver.take() == [("line", "two")]
     assert driver.take() == []
+
+
+def test_a_line_no_worker_wrote_whole_is_skipped_and_the_lines_around_it_arrive(tmp_path):
+    # NUL bytes where NFS writes arrived out of order, a torn line from a process that died mid-write
+    (tmp_path / "host-1.jsonl").write_bytes(b'{"item": ["line", "a"]}\n\0\0\0\n{"item": ["li\n{"item": ["line", "c"]}\n')
+    out = io.StringIO()
+    log = DriverLog(FileChannel(str(tmp_path), wants_progress=False), out=out).start()
+    log.close()
+    assert out.getvalue() == "a\nc\n"
 
 
 def test_the_driver_gets_rank_0s_lines_and_events_through_files_and_no_progress_off_a_terminal(tmp_path):
@@ -62,3 +74,15 @@ def test_the_driver_gets_rank_0s_lines_and_events_through_files_and_no_progress_
     DriverLog(driver, out=out, metrics=MetricsWriter(path, task="train")).start().close()
     assert out.getvalue() == "epoch 1 done\n"
     assert [(e["event"], e["epoch"]) for e in read_metrics(path)] == [("epoch_end", 1)]
+
+
+def test_a_worker_that_does_not_see_the_drivers_directory_says_the_model_dir_must_be_shared(tmp_path):
+    # a node whose model dir is its own disk, not the driver's storage: the channel directory
+    # the driver made (a name of its own) is not there
+    models = tmp_path / "models"
+    channel = pickle.loads(pickle.dumps(FileChannel(str(models / "ray_train" / "log-0123"), wants_progress=False)))
+    with pytest.raises(UserError, match=r"does not see '.*models', the model's directory.*every node shares"):
+        channel.check_visible()
+    with pytest.raises(UserError):
+        WorkerLog(channel, enabled=True, verbosity=3).line("epoch 1")
+    assert not models.exists()  # nothing made where nobody reads it
