@@ -442,20 +442,22 @@ class _HeadStart(threading.Thread):
         self.start()
 
     def run(self) -> None:
-        helpers = Helpers()  # imports Ray while the head starts
         try:
+            self.helpers = Helpers()  # imports Ray while the head starts
             self.result = start_head(*self.args)
-            helpers.start(self.result[1])
         except BaseException as exc:  # noqa: BLE001 - raised by join()
             self.error = exc
-        finally:
-            self.helpers = helpers
+            return
+        try:
+            self.helpers.start(self.result[1])
+        except OSError:  # the helpers' process died already: join() says so; only a speed-up is lost
+            pass
 
     def join(self, timeout: float | None = None):
         """The head and its address, once the helper actors it started are up (or failed: then the
         runs start them, as on any cluster, and a line says so)."""
         super().join(timeout)
-        ok, output = self.helpers.join()
+        ok, output = self.helpers.join() if self.helpers is not None else (True, "")
         if self.error is not None:
             raise self.error
         if not ok:
