@@ -74,15 +74,21 @@ def process_started_at() -> float:
     boot, ``/proc/uptime``, less the process's start in clock ticks since boot). Not as psutil
     does it (``btime`` + the ticks): ``btime`` is whole seconds, so psutil's start time is up to a
     second early (0.93 s on the development machine), and every ``since_start`` figure as much too
-    high. Elsewhere psutil, or failing that the time returnn_ray's metrics module was imported.
+    high. Where the two disagree by more than that (a container whose ``/proc/uptime`` is its own,
+    LXCFS, while the ticks count from the host's boot) or the start would lie ahead, ``btime``'s.
+    Elsewhere psutil, or failing that the time returnn_ray's metrics module was imported.
     """
     try:
         with open("/proc/self/stat") as f:
-            ticks = int(f.read().rpartition(")")[2].split()[19])  # field 22, starttime (after "comm)")
+            ticks = int(f.read().rpartition(")")[2].split()[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
         with open("/proc/uptime") as f:
             uptime = float(f.read().split()[0])
-        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        now = time.time()
+        started = now - (uptime - ticks)
+        return started if started <= now and abs(started - (boot + ticks)) <= 1.5 else boot + ticks
+    except (OSError, ValueError, IndexError, StopIteration):
         pass
     try:
         import psutil
