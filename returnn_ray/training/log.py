@@ -70,7 +70,7 @@ class LocalChannel:
     def close(self) -> None:
         pass
 
-    def take(self) -> list[tuple[str, Any]]:
+    def take(self, *, final: bool = False) -> list[tuple[str, Any]]:
         """What was put since the last call, in order."""
         items = []
         while True:
@@ -134,17 +134,23 @@ class FileChannel:
             self._file.close()
             self._file = None
 
-    def take(self) -> list[tuple[str, Any]]:
+    def take(self, *, final: bool = False) -> list[tuple[str, Any]]:
         """The complete lines every file gained since the last call (a file's in its order; files
-        in the order first seen: a restarted worker's after the one it replaced)."""
+        in the order first seen: a restarted worker's after the one it replaced).
+
+        A file whose listed size has not grown is not opened (a run of 64 ranks has 64 files,
+        polled 10 times a second); ``final``, the last read after ``fit()``, opens every file: on
+        NFS only an open is sure to see what a closed file holds (a listed size may be cached)."""
         try:
-            names = sorted(os.listdir(self.directory))
+            sizes = {e.name: e.stat().st_size for e in os.scandir(self.directory) if e.name.endswith(".jsonl")}
         except OSError:
             return []
-        self._order += [n for n in names if n not in self._read and n.endswith(".jsonl")]
+        self._order += sorted(n for n in sizes if n not in self._read)
         items = []
         for name in self._order:
             offset, partial = self._read.get(name, (0, b""))
+            if not final and sizes.get(name, offset + 1) <= offset:
+                continue
             try:
                 with open(os.path.join(self.directory, name), "rb") as f:
                     f.seek(offset)
@@ -255,7 +261,7 @@ class DriverLog:
             return
         self._stop.set()
         self._thread.join(timeout=5)
-        self._drain()
+        self._drain(final=True)
         self._clear_progress()
         for f in self._files:
             f.close()
@@ -270,9 +276,9 @@ class DriverLog:
         while not self._stop.wait(0.1):
             self._drain()
 
-    def _drain(self) -> None:
+    def _drain(self, *, final: bool = False) -> None:
         with self._draining:
-            self._handle(self._channel.take())
+            self._handle(self._channel.take(final=final))
 
     def _handle(self, items: list[tuple[str, Any]]) -> None:
         for kind, payload in items:
