@@ -40,12 +40,9 @@ BIN = os.path.dirname(sys.executable)
 BARE_SCRIPT = '''
 import os, sys, time
 import ray, ray.train
-# When this process started, as returnn-ray's metrics count it (returnn_ray.metrics.process_started_at:
-# now less the process's age by /proc/uptime; psutil's create_time is up to 1 s early).
-with open("/proc/self/stat") as f:
-    _ticks = int(f.read().rpartition(")")[2].split()[19])
-with open("/proc/uptime") as f:
-    T0 = time.time() - (float(f.read().split()[0]) - _ticks / os.sysconf("SC_CLK_TCK"))
+# When this process started, counted as returnn-ray counts its own start (psutil's create_time is up to 1 s early).
+from returnn_ray.metrics import process_started_at
+T0 = process_started_at()
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
