@@ -65,42 +65,121 @@ def test_empty_padding_batch_arrives_as_an_empty_step(ray_session, hdf_dataset):
     assert tuple(empty.data["data"].shape) == (0, 0, 5)
 
 
-def test_a_rank_reads_its_first_batches_itself_until_ray_data_has_one_ready(ray_session):
-    # Ray Data hands over an epoch's first batch only once its pipeline has started and its first
-    # read task has read its whole share; the rank reads its batches itself meanwhile (at least
-    # that share), then takes Ray Data's: every batch once, in plan order.
+def _logged(tmp_path, num_seqs: int, slow: float):
+    """A dataset whose reads are logged, one file per batch read (a file: Ray's read tasks are
+    other processes), named ``<pid>-<first seq>-<unique>``, and whose reads in the test's process
+    take ``slow`` s more (so that Ray Data's stream takes over). Defined here: Ray's workers get it by value."""
     import os
-    import time
 
     from returnn_ray.data.datasets import StaticDataset
-    from returnn_ray.data.ray_data import _head_then_stream, head_batches
 
-    driver = os.getpid()
-
-    class WhoRead(StaticDataset):  # each frame holds the id of the process that read it
+    class Logged(StaticDataset):
         def get_seqs(self, indices):
-            if os.getpid() == driver:
-                time.sleep(0.1)  # reading here is slow: Ray Data gets ready long before the end
-            return [{**seq, "data": np.full_like(seq["data"], os.getpid())} for seq in super().get_seqs(indices)]
+            import os
+            import time
+            import uuid
+
+            if os.getpid() == self.driver:
+                time.sleep(self.slow)
+            open(os.path.join(self.log, f"{os.getpid()}-{indices[0]}-{uuid.uuid4().hex[:6]}"), "w").close()
+            return super().get_seqs(indices)
 
     rng = np.random.RandomState(3)
-    ds = WhoRead([{"data": rng.randn(int(rng.randint(1, 9)), 2).astype("float32")} for _ in range(240)])
-    batches = [np.array([i + 1, i]) for i in range(0, 240, 2)]
-    head = head_batches(ds, batches, read_task_bytes=200)
-    assert 1 < head < 10, head
-    got = list(_head_then_stream(ds, batches, ["data"], 2, read_task_bytes=200))
+    ds = Logged([{"data": rng.randn(int(rng.randint(1, 9)), 2).astype("float32")} for _ in range(num_seqs)])
+    ds.driver, ds.slow, ds.log = os.getpid(), slow, str(tmp_path / "reads")
+    os.makedirs(ds.log)
+    return ds
+
+
+def _reads(ds) -> dict[int, list[int]]:
+    """First seq of each batch read -> the pids that read it."""
+    import os
+
+    reads: dict[int, list[int]] = {}
+    for name in os.listdir(ds.log):
+        pid, first, _ = name.split("-")
+        reads.setdefault(int(first), []).append(int(pid))
+    return reads
+
+
+def _check_plan(got, ds, batches):
     assert [b.seq_idx.tolist() for b in got] == [b.tolist() for b in batches]
-    readers = []
     for batch, planned in zip(got, batches):
-        lens = batch.lens["data"].tolist()
-        assert lens == ds.seq_lens["data"][planned].tolist()
-        readers.append({int(batch.data["data"][row, :n].min()) for row, n in enumerate(lens)}
-                       | {int(batch.data["data"][row, :n].max()) for row, n in enumerate(lens)})
-    read_here = next((i for i, r in enumerate(readers) if r != {driver}), None)  # batches read in this process
-    assert read_here is not None, "Ray Data's stream never took over in 12 s of reading here"
-    assert head <= read_here < len(batches), (head, read_here)
-    print(f"read here: {read_here} of {len(batches)} batches (first read task's share: {head})")
-    assert all(len(r) == 1 and driver not in r for r in readers[read_here:]), readers
+        assert batch.lens["data"].tolist() == ds.seq_lens["data"][planned].tolist()
+        for row, seq in enumerate(ds.get_seqs(planned.tolist())):
+            np.testing.assert_array_equal(batch.data["data"][row, : len(seq["data"])].numpy(), seq["data"])
+
+
+def test_a_rank_and_ray_data_share_the_reading_each_batch_once_in_plan_order(ray_session, tmp_path):
+    # The rank reads while Ray Data's stream has not got its next batch (here: slowly, so the
+    # stream takes over); read tasks skip what the rank took. Every batch arrives once, in plan
+    # order, and (both sides sharing one node's claims) is read once, the rank's last read aside.
+    import glob
+    import os
+
+    from returnn_ray.data.ray_data import _read_shared
+
+    ds = _logged(tmp_path, 240, slow=0.05)
+    batches = [np.array([i + 1, i]) for i in range(0, 240, 2)]
+    before = set(glob.glob("/dev/shm/returnn-ray-claims-*") + glob.glob("/tmp/returnn-ray-claims-*"))
+    got = list(_read_shared(ds, batches, ["data"], 2, read_task_bytes=200))
+    reads = _reads(ds)
+    ds.log = str(tmp_path)  # the check's reads are not the epoch's
+    _check_plan(got, ds, batches)
+    assert sorted(reads) == [int(b[0]) for b in batches]
+    by_rank = [first for first, pids in reads.items() if os.getpid() in pids]
+    by_tasks = [first for first, pids in reads.items() if any(pid != os.getpid() for pid in pids)]
+    assert by_rank and by_tasks, "both the rank and Ray's read tasks read"
+    twice = [first for first, pids in reads.items() if len(pids) > 1]
+    assert all(os.getpid() in reads[first] for first in twice), "a read task read a batch another process took"
+    assert len(twice) <= len(batches) // 4, f"{len(twice)} of {len(batches)} batches read twice"
+    print(f"rank {len(by_rank)}, tasks {len(by_tasks)}, both {len(twice)} of {len(batches)} batches")
+    after = set(glob.glob("/dev/shm/returnn-ray-claims-*") + glob.glob("/tmp/returnn-ray-claims-*"))
+    assert after <= before, "the claims went with the epoch"
+
+
+def test_batches_taken_but_never_brought_are_read_by_the_rank(ray_session, tmp_path):
+    # A read task that took batches and died (its retry finds them taken), or claims no read task
+    # sees: the stream never brings those batches, and the rank must read them, not wait forever.
+    from returnn_ray.data.ray_data import Claims, _read_shared
+
+    ds = _logged(tmp_path, 60, slow=0.0)
+    batches = [np.array([i]) for i in range(60)]
+    claims = Claims.create()
+    lost = [5, 6, 7, 30, 59]
+    for position in lost:
+        assert claims.take(position)
+    got = list(_read_shared(ds, batches, ["data"], 2, read_task_bytes=100, claims=claims))
+    reads = _reads(ds)
+    ds.log = str(tmp_path)  # the check's reads are not the epoch's
+    _check_plan(got, ds, batches)
+    for position in lost:
+        assert len(reads[position]) == 1, reads[position]
+
+
+def test_read_tasks_skip_taken_batches_only_where_they_see_the_claims(ray_session, tmp_path):
+    # On the rank's node a read task skips what is taken; on another node (claims made there) it
+    # reads everything, and the rank drops the batches it has.
+    import os
+
+    from returnn_ray.data.ray_data import Claims, _iter_positioned
+
+    ds = _logged(tmp_path, 30, slow=0.0)
+    batches = [np.array([i]) for i in range(30)]
+    here = Claims.create()
+    elsewhere = Claims(here.path, "another-node")
+    try:
+        for position in range(0, 30, 3):
+            assert here.take(position)
+        skipped = [p for p, _ in _iter_positioned(rank_dataset(ds, batches, read_task_bytes=100, claims=here), ["data"])]
+        assert skipped == [p for p in range(30) if p % 3]
+        assert all(not here.take(p) for p in range(30)), "the read tasks took what they read"
+        everything = [p for p, _ in _iter_positioned(rank_dataset(ds, batches, read_task_bytes=100, claims=elsewhere), ["data"])]
+        assert everything == list(range(30))
+    finally:
+        here.remove()
+    assert not os.path.exists(here.path)
+    assert not here.take(0), "claims removed: nothing is taken any more"
 
 
 def test_in_process_reader_gives_the_ray_data_batches_without_ray(hdf_dataset):
@@ -200,3 +279,55 @@ def test_a_started_reader_dropped_unread_closes_its_iterator():
     late.close()
     assert closed.is_set()
     assert list(StartedReader(lambda: iter(range(3)))) == [0, 1, 2]
+
+
+def test_a_rank_whose_stream_fails_reads_the_rest_itself(ray_session, tmp_path, capfd):
+    # Ray Data's read tasks fail (here: in every process but the rank's) with an error that is no
+    # bad data: the rank says so in one line and reads the rest of its epoch itself.
+    import os
+
+    from returnn_ray.data.datasets import StaticDataset
+    from returnn_ray.data.ray_data import _read_shared
+
+    driver = os.getpid()
+
+    class Broken(StaticDataset):
+        def get_seqs(self, indices):
+            import time
+
+            if os.getpid() != driver:
+                raise RuntimeError("a reader's disk went away")
+            time.sleep(self.slow)  # the rank reads slowly: the stream's failure comes before the end
+            return super().get_seqs(indices)
+
+    ds = Broken([{"data": np.full((i % 5 + 1, 2), i, "float32")} for i in range(200)])
+    batches = [np.array([i]) for i in range(200)]
+    ds.slow = 0.05
+    got = list(_read_shared(ds, batches, ["data"], 2, read_task_bytes=50))
+    ds.slow = 0.0
+    _check_plan(got, ds, batches)
+    err = capfd.readouterr().err
+    assert "Ray Data's stream failed (" in err and "this rank reads the rest of its epoch itself" in err, err[-2000:]
+
+
+def test_a_rank_leaving_early_stops_its_stream_and_ends_the_claims(ray_session, tmp_path):
+    import threading
+    import time
+
+    from returnn_ray.data.ray_data import Claims, _read_shared
+
+    ds = _logged(tmp_path, 200, slow=0.02)
+    batches = [np.array([i]) for i in range(200)]
+    claims = Claims.create()
+    reader = _read_shared(ds, batches, ["data"], 2, read_task_bytes=100, claims=claims)
+    got = [next(reader) for _ in range(20)]
+    assert [b.seq_idx.tolist() for b in got] == [[i] for i in range(20)]
+    reader.close()
+    assert not claims.take(100), "the claims end with the reader"
+    deadline = time.monotonic() + 30
+    while any(t.name == "returnn-ray-stream" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(t.name == "returnn-ray-stream" for t in threading.enumerate()), "the stream's thread ended"
+    read = len(_reads(ds))
+    time.sleep(1)
+    assert len(_reads(ds)) == read, "no read task goes on reading after the rank left"
