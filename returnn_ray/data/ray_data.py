@@ -24,9 +24,7 @@ in order and ``preserve_order`` keeps Ray from reordering their outputs (Ray Dat
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
-import time
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -39,6 +37,8 @@ from returnn_ray.data.batching import batch_lens
 if TYPE_CHECKING:
     import ray.data
     import torch
+
+    from returnn_ray.data.shared_read import Claims
 
 READ_TASK_BYTES = 64 * 2**20
 """Padded bytes read by one Ray task. Each task costs Ray Data ~15-20 ms of bookkeeping,
@@ -166,62 +166,6 @@ POSITION = "position"
 """The column of a batch row that holds the batch's position in the rank's plan."""
 
 
-class Claims:
-    """Which of one rank's planned batches are taken, shared on one node by the rank and the Ray
-    Data read tasks of its stream: one empty file per taken position in a directory of the node's
-    memory file system, made with ``O_EXCL`` (so exactly one process takes each position).
-
-    A read task on another node (or in a container that does not see the directory) reads
-    without claims; the rank drops what it has already (:func:`_read_shared`). Removing the
-    directory ends the claims: every later ``take`` fails, so read tasks still running skip the
-    rest of their batches once the rank has left.
-    """
-
-    def __init__(self, path: str, node_id: str | None):
-        self.path, self.node_id = path, node_id
-
-    @classmethod
-    def create(cls) -> "Claims":
-        import tempfile
-
-        shm = "/dev/shm"
-        where = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
-        return cls(tempfile.mkdtemp(prefix="returnn-ray-claims-", dir=where), _node_id())
-
-    def visible(self) -> bool:
-        """Whether this process shares these claims: it runs on the rank's node. (Its directory
-        gone means the claims have ended, and every ``take`` fails: the rank has left.)"""
-        return self.node_id is not None and _node_id() == self.node_id
-
-    def take(self, position: int) -> bool:
-        """Take ``position``: ``False`` where another process has it, the claims have ended, or
-        the claim cannot be made (a full ``/dev/shm``, say): either way this process does not
-        read it, and the rank reads what the stream does not bring."""
-        try:
-            os.close(os.open(os.path.join(self.path, str(position)), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        except OSError:
-            return False
-        return True
-
-    def remove(self) -> None:
-        """End the claims: the directory is renamed away at once (a ``take`` after it fails), then removed."""
-        import shutil
-
-        gone = f"{self.path}.gone"
-        try:
-            os.rename(self.path, gone)
-        except OSError:
-            gone = self.path
-        shutil.rmtree(gone, ignore_errors=True)
-
-
-def _node_id() -> str | None:
-    ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
-        return None
-    return ray.get_runtime_context().get_node_id()
-
-
 _READER_DATASETS: dict[str, Dataset] = {}
 """Per-process cache of datasets fetched by read tasks: a Ray worker process that runs
 many read tasks deserialises the dataset and opens its files once."""
@@ -339,7 +283,7 @@ def rank_dataset(
 ) -> "ray.data.Dataset":
     """A Ray Dataset with one row per planned batch of one rank, in plan order, read by up to
     ``concurrency`` Ray tasks at a time; with ``claims``, only the batches no other process on
-    the rank's node took (the rank reading too: :func:`_read_shared`).
+    the rank's node took (the rank reading too: :mod:`~returnn_ray.data.shared_read`).
 
     Needs a connected Ray (``ray.init``). Build it in the process that iterates it (a
     Train worker builds the dataset for its own rank and epoch).
@@ -363,7 +307,7 @@ def iter_batches(ray_dataset: "ray.data.Dataset", keys: Sequence[str]) -> Iterat
         yield Batch.from_columns({name: col[0] for name, col in row.items()}, keys)
 
 
-def _iter_positioned(ray_dataset: "ray.data.Dataset", keys: Sequence[str]) -> Iterator[tuple[int, Batch]]:
+def iter_positioned(ray_dataset: "ray.data.Dataset", keys: Sequence[str]) -> Iterator[tuple[int, Batch]]:
     """:func:`iter_batches` with each batch's position in the rank's plan."""
     for row in ray_dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=PREFETCH_BATCHES):
         yield int(row[POSITION][0]), Batch.from_columns({name: col[0] for name, col in row.items()}, keys)
@@ -374,7 +318,7 @@ def rank_batches(
     concurrency: int = READ_TASK_CONCURRENCY,
 ) -> Iterator[Batch]:
     """One rank's planned batches, in plan order: on a Ray worker, through Ray Data and read by
-    this process whenever Ray Data's stream has not got the next one ready (:func:`_read_shared`);
+    this process whenever Ray Data's stream has not got the next one ready (:mod:`~returnn_ray.data.shared_read`);
     else read by a background thread in this process (``in_process``: local mode, or no Ray running).
 
     Both give the same batches (:func:`pad_batch` of the same plan); the in-process reader
@@ -382,199 +326,13 @@ def rank_batches(
     """
     ray = None if in_process else sys.modules.get("ray")  # not imported: no Ray running here
     if ray is not None and ray.is_initialized():
-        read = _read_shared(dataset, batches, keys, concurrency)
+        from returnn_ray.data.shared_read import read_shared  # imports this module
+
+        read = read_shared(dataset, batches, keys, concurrency)
     else:
         read = _prefetched(dataset, batches, keys)
     for batch in read:
         yield with_tags(batch, dataset)
-
-
-def _read_shared(
-    dataset: Dataset, batches: Sequence[np.ndarray], keys: Sequence[str], concurrency: int,
-    *, read_task_bytes: int = READ_TASK_BYTES, claims: Claims | None = None,
-) -> Iterator[Batch]:
-    """The rank's batches in plan order, read by Ray Data's read tasks and by this process, each
-    by whoever takes it first (:class:`Claims`; ``claims``: made here unless given).
-
-    This process reads only when its next batch is not there: while Ray Data's pipeline starts
-    (the first time: a read task's process starting, 1.5-5 s on a 2-core machine) and whenever
-    the stream falls behind. It then reads its next batch, or, where a read task holds that one
-    (a task hands over its batches once it has read them all), the first one nobody has among
-    the next :data:`MAX_BATCHES_PER_READ_TASK` (at most ``read_task_bytes`` held ahead). Where
-    it has nothing to take, it waits for the stream as long as reading the batch here takes
-    (twice its mean time to read one), then reads it too and drops the stream's copy: the rank
-    never idles longer than reading would take. The stream brings its batches in plan order, so
-    one past a batch means that batch is not coming (a read task retried after its first attempt
-    took it; read tasks on another node read without claims): read here. Each batch is yielded
-    once, in plan order, whoever read it.
-
-    The stream is polled by a background thread; it starts once the first batch is read (its
-    start in this process would otherwise hold up that batch).
-    """
-    num = len(batches)
-    if not num:
-        return
-    claims = claims or Claims.create()
-    stream: _Stream | None = None
-    here: dict[int, dict] = {}  # taken and read by this process, ahead of their turn
-    streamed: dict[int, Batch] = {}
-    last, ended, scan, held = -1, False, 0, 0  # last: the stream's last position; held: bytes in ``here``
-    read_time = 0.0  # seconds to read one batch here, a running mean
-
-    def read_here(at: int) -> dict:
-        nonlocal read_time
-        start = time.perf_counter()
-        cols = pad_batch(dataset, batches[at])
-        took = time.perf_counter() - start
-        read_time = 0.8 * read_time + 0.2 * took if read_time else took
-        return cols
-
-    def absorb(item, position: int) -> None:
-        nonlocal last, ended
-        if item is _Stream.END:
-            ended = True
-            return
-        at, batch = item
-        last = at
-        if at >= position and at not in here:  # else read here already: dropped
-            streamed[at] = batch
-
-    def next_batch(position: int) -> Batch:
-        nonlocal scan, held
-        deadline = time.perf_counter() + 2 * read_time  # read it here, too, once this has passed
-        while True:
-            if position in here:
-                cols = here.pop(position)
-                held -= _nbytes(cols)
-                return Batch.from_columns(cols, keys)
-            while position not in streamed and not ended and last < position:
-                item = poll(block=False)
-                if item is None:
-                    break
-                absorb(item, position)
-            if position in streamed:
-                return streamed.pop(position)
-            if ended or last > position or time.perf_counter() >= deadline:
-                return Batch.from_columns(read_here(position), keys)  # not coming, or late
-            scan = max(scan, position)
-            while scan < min(num, position + MAX_BATCHES_PER_READ_TASK) and held < read_task_bytes:
-                scan += 1
-                if claims.take(scan - 1):
-                    here[scan - 1] = read_here(scan - 1)
-                    held += _nbytes(here[scan - 1])
-                    break
-            else:  # nothing to take: a read task holds the next batch (and the ones after)
-                item = poll(block=True, timeout=max(0.005, deadline - time.perf_counter()))
-                if item is not None:
-                    absorb(item, position)
-
-    def poll(*, block: bool, timeout: float = 0.1):
-        """The stream's next item. On a failure of Ray's (not bad data, which is raised) the
-        stream ends, and this process reads the rest."""
-        nonlocal ended
-        try:
-            return stream.get(block=block, timeout=timeout)
-        except Exception as exc:  # noqa: BLE001 - this process can read every batch itself
-            from returnn_ray.cluster.ray_internals import user_error_in
-
-            if user_error_in(exc) is not None:
-                raise  # bad data: reading it here would only fail again
-            print(f"returnn-ray: Ray Data's stream failed ({_one_line(exc)}); this rank reads the rest of its epoch itself",
-                  file=sys.stderr, flush=True)
-            stream.close()
-            ended = True
-            return None
-
-    try:
-        claims.take(0)
-        first = read_here(0)
-        scan = 1
-        if num > 1:
-            stream = _Stream(lambda: _iter_positioned(rank_dataset(
-                dataset, batches, read_task_bytes=read_task_bytes, concurrency=concurrency, claims=claims
-            ), keys))
-        yield Batch.from_columns(first, keys)
-        for position in range(1, num):
-            yield next_batch(position)
-    finally:
-        if stream is not None:
-            stream.close()
-        claims.remove()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
-
-
-def _nbytes(cols: dict[str, np.ndarray]) -> int:
-    return sum(a.nbytes for a in cols.values())
-
-
-class _Stream:
-    """An iterator read by a background thread into a short queue, taken from without waiting;
-    ``make`` (called in that thread, so that making it overlaps too) makes the iterator."""
-
-    END = object()
-
-    def __init__(self, make: Callable[[], Iterator]):
-        import queue
-        import threading
-
-        self._queue: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
-        self._stop = threading.Event()
-        threading.Thread(target=self._run, args=(make,), name="returnn-ray-stream", daemon=True).start()
-
-    def _put(self, item) -> bool:
-        import queue
-
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self, make: Callable[[], Iterator]) -> None:
-        items = None
-        try:
-            if self._stop.is_set():
-                return
-            items = make()
-            for item in items:
-                if not self._put(item) or self._stop.is_set():
-                    return
-            self._put(self.END)
-        except BaseException as exc:  # noqa: BLE001 - raised in the thread that iterates
-            self._put(exc)
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()  # a Ray Data stream stops its pipeline
-
-    def get(self, *, block: bool, timeout: float = 0.1):
-        """The next item, :attr:`END` after the last; ``None`` if none is here (within ``timeout``)."""
-        import queue
-
-        try:
-            item = self._queue.get(block=block, timeout=timeout if block else None)
-        except queue.Empty:
-            return None
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def close(self) -> None:
-        """Stop reading: the thread ends (and closes the iterator) once its current item is here."""
-        import queue
-
-        self._stop.set()
-        try:
-            while True:
-                self._queue.get_nowait()
-        except queue.Empty:
-            pass
 
 
 class StartedReader:

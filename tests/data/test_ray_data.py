@@ -117,12 +117,12 @@ def test_a_rank_and_ray_data_share_the_reading_each_batch_once_in_plan_order(ray
     import glob
     import os
 
-    from returnn_ray.data.ray_data import _read_shared
+    from returnn_ray.data.shared_read import read_shared
 
     ds = _logged(tmp_path, 240, slow=0.05)
     batches = [np.array([i + 1, i]) for i in range(0, 240, 2)]
     before = set(glob.glob("/dev/shm/returnn-ray-claims-*") + glob.glob("/tmp/returnn-ray-claims-*"))
-    got = list(_read_shared(ds, batches, ["data"], 2, read_task_bytes=200))
+    got = list(read_shared(ds, batches, ["data"], 2, read_task_bytes=200))
     reads = _reads(ds)
     ds.log = str(tmp_path)  # the check's reads are not the epoch's
     _check_plan(got, ds, batches)
@@ -141,7 +141,7 @@ def test_a_rank_and_ray_data_share_the_reading_each_batch_once_in_plan_order(ray
 def test_batches_taken_but_never_brought_are_read_by_the_rank(ray_session, tmp_path):
     # A read task that took batches and died (its retry finds them taken), or claims no read task
     # sees: the stream never brings those batches, and the rank must read them, not wait forever.
-    from returnn_ray.data.ray_data import Claims, _read_shared
+    from returnn_ray.data.shared_read import Claims, read_shared
 
     ds = _logged(tmp_path, 60, slow=0.0)
     batches = [np.array([i]) for i in range(60)]
@@ -149,7 +149,7 @@ def test_batches_taken_but_never_brought_are_read_by_the_rank(ray_session, tmp_p
     lost = [5, 6, 7, 30, 59]
     for position in lost:
         assert claims.take(position)
-    got = list(_read_shared(ds, batches, ["data"], 2, read_task_bytes=100, claims=claims))
+    got = list(read_shared(ds, batches, ["data"], 2, read_task_bytes=100, claims=claims))
     reads = _reads(ds)
     ds.log = str(tmp_path)  # the check's reads are not the epoch's
     _check_plan(got, ds, batches)
@@ -162,7 +162,8 @@ def test_read_tasks_skip_taken_batches_only_where_they_see_the_claims(ray_sessio
     # reads everything, and the rank drops the batches it has.
     import os
 
-    from returnn_ray.data.ray_data import Claims, _iter_positioned
+    from returnn_ray.data.ray_data import iter_positioned
+    from returnn_ray.data.shared_read import Claims
 
     ds = _logged(tmp_path, 30, slow=0.0)
     batches = [np.array([i]) for i in range(30)]
@@ -171,10 +172,10 @@ def test_read_tasks_skip_taken_batches_only_where_they_see_the_claims(ray_sessio
     try:
         for position in range(0, 30, 3):
             assert here.take(position)
-        skipped = [p for p, _ in _iter_positioned(rank_dataset(ds, batches, read_task_bytes=100, claims=here), ["data"])]
+        skipped = [p for p, _ in iter_positioned(rank_dataset(ds, batches, read_task_bytes=100, claims=here), ["data"])]
         assert skipped == [p for p in range(30) if p % 3]
         assert all(not here.take(p) for p in range(30)), "the read tasks took what they read"
-        everything = [p for p, _ in _iter_positioned(rank_dataset(ds, batches, read_task_bytes=100, claims=elsewhere), ["data"])]
+        everything = [p for p, _ in iter_positioned(rank_dataset(ds, batches, read_task_bytes=100, claims=elsewhere), ["data"])]
         assert everything == list(range(30))
     finally:
         here.remove()
@@ -287,7 +288,7 @@ def test_a_rank_whose_stream_fails_reads_the_rest_itself(ray_session, tmp_path, 
     import os
 
     from returnn_ray.data.datasets import StaticDataset
-    from returnn_ray.data.ray_data import _read_shared
+    from returnn_ray.data.shared_read import read_shared
 
     driver = os.getpid()
 
@@ -303,7 +304,7 @@ def test_a_rank_whose_stream_fails_reads_the_rest_itself(ray_session, tmp_path, 
     ds = Broken([{"data": np.full((i % 5 + 1, 2), i, "float32")} for i in range(200)])
     batches = [np.array([i]) for i in range(200)]
     ds.slow = 0.05
-    got = list(_read_shared(ds, batches, ["data"], 2, read_task_bytes=50))
+    got = list(read_shared(ds, batches, ["data"], 2, read_task_bytes=50))
     ds.slow = 0.0
     _check_plan(got, ds, batches)
     err = capfd.readouterr().err
@@ -314,12 +315,12 @@ def test_a_rank_leaving_early_stops_its_stream_and_ends_the_claims(ray_session, 
     import threading
     import time
 
-    from returnn_ray.data.ray_data import Claims, _read_shared
+    from returnn_ray.data.shared_read import Claims, read_shared
 
     ds = _logged(tmp_path, 200, slow=0.02)
     batches = [np.array([i]) for i in range(200)]
     claims = Claims.create()
-    reader = _read_shared(ds, batches, ["data"], 2, read_task_bytes=100, claims=claims)
+    reader = read_shared(ds, batches, ["data"], 2, read_task_bytes=100, claims=claims)
     got = [next(reader) for _ in range(20)]
     assert [b.seq_idx.tolist() for b in got] == [[i] for i in range(20)]
     reader.close()
@@ -331,3 +332,21 @@ def test_a_rank_leaving_early_stops_its_stream_and_ends_the_claims(ray_session, 
     read = len(_reads(ds))
     time.sleep(1)
     assert len(_reads(ds)) == read, "no read task goes on reading after the rank left"
+
+
+def test_what_one_read_task_would_read_whole_the_rank_reads_without_a_stream(ray_session, tmp_path):
+    # A read task hands its batches over once it has read them all: where that is the whole plan
+    # (a small dev set), a stream could bring nothing before the rank has read it, so none starts.
+    import os
+    import threading
+
+    from returnn_ray.data.shared_read import read_shared
+
+    ds = _logged(tmp_path, 30, slow=0.0)
+    batches = [np.array([i]) for i in range(30)]
+    got = list(read_shared(ds, batches, ["data"], 2))
+    reads = _reads(ds)
+    ds.log = str(tmp_path)
+    _check_plan(got, ds, batches)
+    assert reads == {i: [os.getpid()] for i in range(30)}
+    assert not any(t.name == "returnn-ray-stream" for t in threading.enumerate())
