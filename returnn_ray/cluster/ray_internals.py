@@ -51,6 +51,22 @@ def ray_started_here() -> bool:
     return bool(getattr(getattr(worker, "_global_node", None), "ray_init_cluster", False))
 
 
+def local_gpus() -> int | None:
+    """The GPUs a Ray started on this machine would count, asked as Ray 2.60 counts them
+    (``ray._private.accelerators``: the GPU manager's count on the node, capped by the visible
+    ids), without starting it or importing torch; None where that cannot be asked (then assume
+    there may be some)."""
+    try:
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+
+        manager = get_accelerator_manager_for_resource("GPU")
+        count = int(manager.get_current_node_num_accelerators())
+        visible = manager.get_current_process_visible_accelerator_ids()
+        return min(count, len(visible)) if visible is not None else count
+    except Exception:  # noqa: BLE001 - private API
+        return None
+
+
 def autoscaler_max_resources() -> dict | None:
     """The most of each resource the cluster's autoscaler may bring up (None: no autoscaler config
     known). ``ray._private.state.state.get_max_resources_from_cluster_config``, Ray 2.60."""

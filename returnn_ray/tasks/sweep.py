@@ -24,7 +24,7 @@ import re
 import time
 
 from returnn_ray.atomic import atomic_write
-from returnn_ray.cluster import env
+from returnn_ray.cluster import env, ray_internals
 from returnn_ray.cluster.placement import place
 from returnn_ray.config import KNOWN_KEYS, Config, Settings
 from returnn_ray.data.from_settings import data_specs, eval_dataset_names, open_dataset
@@ -86,7 +86,10 @@ def _run(settings: Settings, config: Config, job: SweepJob, space, sweep_dir: st
     # env.TRAIN_ENV keeps trials in the command's working directory too (Tune would chdir).
     env.set_defaults(env.TRAIN_ENV)
     # Every trial needs room for its workers (a one-CPU trial: its Tune actor), or Tune waits forever.
-    placement = place(settings.run, may_run_here=False, what="workers of a sweep trial", env_vars=env.TRAIN_ENV)
+    placement = place(
+        settings.run, may_run_here=False, what="workers of a sweep trial", env_vars=env.TRAIN_ENV,
+        ray_train=not _one_cpu_trials_on_a_ray_of_ours(settings),
+    )
     workers = placement.num_workers
     capacity = int(ray.cluster_resources().get(placement.kind, 0)) // workers
     concurrent = min(s.sweep_max_concurrent_trials or capacity, capacity)
@@ -138,6 +141,19 @@ def _run(settings: Settings, config: Config, job: SweepJob, space, sweep_dir: st
     finally:
         importing.join(timeout=30)
     return _summarize(settings, grid, sweep_dir, job, time.monotonic() - start, metrics)
+
+
+def _one_cpu_trials_on_a_ray_of_ours(settings: Settings) -> bool:
+    """Whether the trials will train in their Tune actors (one CPU worker each, :func:`_run`) on a
+    Ray this sweep starts: it counts no GPU (as Ray will), and the config asks for neither a GPU nor
+    more workers. Such a Ray needs no Ray Train, and starts without its dashboard (``init_ray``)."""
+    import ray
+
+    run = settings.run
+    starts_ray = not ray.is_initialized() and (run.ray_address or os.environ.get(env.ADDRESS) or "local") == "local"
+    if not starts_ray or run.device == "gpu" or (run.ray_num_workers or 1) != 1:
+        return False
+    return ray_internals.local_gpus() == 0
 
 
 def _scheduler(settings: Settings):

@@ -134,6 +134,22 @@ def ray_address() -> str:
     return ray.get_runtime_context().gcs_address
 
 
+@pytest.mark.ray
+def test_forward_on_a_ray_of_its_own_runs_without_a_dashboard(tmp_path):
+    # Forward runs Ray Data actors, no Ray Train: the Ray it starts has no dashboard (its
+    # processes would only compete with the actors), and the output is what the model gives.
+    from dashboards import run_watching_dashboards  # tests/ is on sys.path (rootdir conftest)
+
+    config = trained(tmp_path)
+    proc, dashboard = run_watching_dashboards([sys.executable, "-m", "returnn_ray", config, "++task", "forward"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not dashboard, "forward's Ray started a dashboard"
+    got, want = read_hdf(tmp_path / "out.hdf"), expected_outputs(tmp_path)
+    assert sorted(got) == sorted(want)
+    for tag, out in want.items():
+        np.testing.assert_allclose(got[tag], out, rtol=1e-4, atol=1e-5)
+
+
 def test_forward_writes_every_seq_once_in_an_hdf_returnn_reads(ray_session, tmp_path):
     config = trained(tmp_path)
     assert main([config, "++task", "forward", "++ray_num_workers", "2"]) == 0
@@ -551,3 +567,4 @@ def test_data_replaced_during_the_run_stops_it_and_the_rerun_recomputes(ray_sess
     # at least the parts written before the file was replaced read the old data
     stale = re.search(r"(\d+) of \d+ read other data and run again", rerun.stdout)
     assert stale and int(stale.group(1)) >= 2, rerun.stdout
+
