@@ -25,7 +25,7 @@ import traceback
 from typing import Callable, Literal, Sequence
 
 from returnn_ray import __version__
-from returnn_ray.cluster import interrupts
+from returnn_ray.cluster import interrupts, ray_internals
 from returnn_ray.cluster.placement import lacks_local_gpu
 from returnn_ray.cluster.ray_internals import user_message
 from returnn_ray.config import Config, Settings, load_config, load_settings, set_global_config, warn_unread_keys
@@ -334,6 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Ctrl-C (SIGINT) and SIGTERM end the run with one line and exit code 130 / 143; every file
     written so far is complete (all writes are atomic), so the same command resumes.
     """
+    ray_before = _ray_connected()
     with interrupts.installed():
         try:
             return _main(argv)
@@ -345,6 +346,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return code
+        finally:
+            if not ray_before:
+                _stop_ray_of_this_command()
+
+
+def _ray_connected() -> bool:
+    ray = sys.modules.get("ray")  # not imported: not running here
+    return ray is not None and ray.is_initialized()
+
+
+def _stop_ray_of_this_command() -> None:
+    """The Ray this command started for itself goes now, at once, not in Ray's exit hook: this
+    process disconnects (:func:`~returnn_ray.cluster.ray_internals.disconnect_leaving_processes`)
+    and SIGKILLs Ray's processes below it (:func:`~returnn_ray.cluster.reaper.kill_ray_below`), as
+    ``ray stop --force`` would. Ray's own way took 1.4-1.7 s on 2 cores. A cluster it joined is left as it is."""
+    if _ray_connected() and ray_internals.ray_started_here() and ray_internals.disconnect_leaving_processes():
+        from returnn_ray.cluster.reaper import kill_ray_below
+
+        kill_ray_below()
 
 
 def _main(argv: Sequence[str] | None = None) -> int:

@@ -67,6 +67,25 @@ def local_gpus() -> int | None:
         return None
 
 
+def disconnect_leaving_processes() -> bool:
+    """Disconnect from the Ray that ``ray.init`` started in this process, leaving its processes to
+    the caller (:func:`returnn_ray.cluster.reaper.kill_ray_below`); whether it could, else it did a
+    plain ``ray.shutdown()``. ``ray.shutdown()`` would stop them politely: SIGTERM and up to 1 s
+    for each of Ray's daemons, and at exit a 0.5 s sleep first for log lines to print (ours: none,
+    ``log_to_driver=False``). ``ray._private.worker._global_node`` (private, Ray 2.60): with it
+    None, ``ray.shutdown()`` only disconnects."""
+    import ray
+    from ray._private import worker
+
+    node = getattr(worker, "_global_node", None)
+    if node is None or not getattr(node, "ray_init_cluster", False):
+        ray.shutdown()
+        return False
+    worker._global_node = None
+    ray.shutdown()
+    return True
+
+
 def autoscaler_max_resources() -> dict | None:
     """The most of each resource the cluster's autoscaler may bring up (None: no autoscaler config
     known). ``ray._private.state.state.get_max_resources_from_cluster_config``, Ray 2.60."""

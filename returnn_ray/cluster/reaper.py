@@ -62,6 +62,33 @@ def _psutil():
     return psutil
 
 
+def kill_ray_below() -> None:
+    """SIGKILL every Ray process below this process: the daemons, agents and workers of the Ray
+    it started, which nothing of the run lives in any more. Two looks, as a daemon may start a
+    process while the first kills go out. Its own children are reaped; the others' zombies are
+    their new parent's (init's) to reap: waiting for that took 1.8 s, and a killed process holds
+    neither CPU nor memory."""
+    psutil = _psutil()
+    if psutil is None:
+        return
+    try:
+        me = psutil.Process()
+    except psutil.Error:
+        return
+    for _ in range(2):
+        try:
+            mine = {p.pid for p in me.children()}
+            procs = [p for p in me.children(recursive=True) if _is_ray_process(p)]
+        except psutil.Error:
+            return
+        for proc in procs:
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except psutil.Error:
+                pass
+        psutil.wait_procs([p for p in procs if p.pid in mine], timeout=5.0)
+
+
 def _is_ray_process(proc) -> bool:
     try:
         cmdline = " ".join(proc.cmdline())
