@@ -14,6 +14,7 @@ line's one-line errors), so each function imports what it needs of Ray itself.
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 from returnn_ray import errors
@@ -56,6 +57,8 @@ def local_gpus() -> int | None:
     (``ray._private.accelerators``: the GPU manager's count on the node, capped by the visible
     ids), without starting it or importing torch; None where that cannot be asked (then assume
     there may be some)."""
+    if "GPU" in os.environ.get("RAY_OVERRIDE_RESOURCES", ""):  # Ray counts what that says
+        return None
     try:
         from ray._private.accelerators import get_accelerator_manager_for_resource
 
@@ -67,23 +70,47 @@ def local_gpus() -> int | None:
         return None
 
 
-def disconnect_leaving_processes() -> bool:
-    """Disconnect from the Ray that ``ray.init`` started in this process, leaving its processes to
-    the caller (:func:`returnn_ray.cluster.reaper.kill_ray_below`); whether it could, else it did a
-    plain ``ray.shutdown()``. ``ray.shutdown()`` would stop them politely: SIGTERM and up to 1 s
-    for each of Ray's daemons, and at exit a 0.5 s sleep first for log lines to print (ours: none,
-    ``log_to_driver=False``). ``ray._private.worker._global_node`` (private, Ray 2.60): with it
-    None, ``ray.shutdown()`` only disconnects."""
-    import ray
-    from ray._private import worker
+class RayOfOurs:
+    """The Ray that ``ray.init`` started in this process, taken over for a stop at once
+    (:meth:`disconnect`, then :meth:`pids` killed, then :meth:`clean_up`).
 
-    node = getattr(worker, "_global_node", None)
-    if node is None or not getattr(node, "ray_init_cluster", False):
+    ``ray.shutdown()`` would stop it politely: SIGTERM and up to 1 s for each of Ray's daemons,
+    and at exit a 0.5 s sleep first for log lines to print (ours: none, ``log_to_driver=False``).
+    ``ray._private.worker._global_node`` (private, Ray 2.60): with it None, ``ray.shutdown()``
+    only disconnects; the node object knows its daemons (``all_processes``) and its spilled
+    objects' storage."""
+
+    def __init__(self, node):
+        self._node = node
+
+    @classmethod
+    def take_over(cls) -> "RayOfOurs | None":
+        """The connected Ray's node where ``ray.init`` started it here; None otherwise."""
+        from ray._private import worker
+
+        node = getattr(worker, "_global_node", None)
+        if node is None or not getattr(node, "ray_init_cluster", False) or not hasattr(node, "all_processes"):
+            return None
+        return cls(node)
+
+    def pids(self) -> list[int]:
+        """The daemons this process started for the Ray (gcs_server, raylet, dashboard, monitors)."""
+        return [info.process.pid for infos in self._node.all_processes.values() for info in infos if info.process is not None]
+
+    def disconnect(self) -> None:
+        import ray
+        from ray._private import worker
+
+        worker._global_node = None
         ray.shutdown()
-        return False
-    worker._global_node = None
-    ray.shutdown()
-    return True
+
+    def clean_up(self) -> None:
+        """What ``ray.shutdown()`` does after its processes are gone: the spilled objects' files go."""
+        try:
+            if self._node.is_head():
+                self._node.destroy_external_storage()
+        except Exception:  # noqa: BLE001 - private API; only disk space is at stake
+            pass
 
 
 def autoscaler_max_resources() -> dict | None:

@@ -62,31 +62,53 @@ def _psutil():
     return psutil
 
 
-def kill_ray_below() -> None:
-    """SIGKILL every Ray process below this process: the daemons, agents and workers of the Ray
-    it started, which nothing of the run lives in any more. Two looks, as a daemon may start a
-    process while the first kills go out. Its own children are reaped; the others' zombies are
-    their new parent's (init's) to reap: waiting for that took 1.8 s, and a killed process holds
-    neither CPU nor memory."""
+def kill_trees(pids: list[int]) -> None:
+    """SIGKILL the processes ``pids`` (a Ray's daemons, started by this process) and every process
+    below them (the raylet's workers and agents, the dashboard's modules): nothing of the run lives
+    in them any more. Each tree is frozen first (SIGSTOP, looked at until no new process shows),
+    so no daemon starts a process that a dead parent would hand to init unseen; then all are
+    killed. This process's own children are reaped; the others' zombies are their new parent's
+    (init's) to reap: waiting for that took 1.8 s, and a killed process holds neither CPU nor memory."""
     psutil = _psutil()
     if psutil is None:
         return
-    try:
-        me = psutil.Process()
-    except psutil.Error:
-        return
-    for _ in range(2):
+    roots = []
+    for pid in pids:
         try:
-            mine = {p.pid for p in me.children()}
-            procs = [p for p in me.children(recursive=True) if _is_ray_process(p)]
+            roots.append(psutil.Process(pid))
         except psutil.Error:
-            return
-        for proc in procs:
+            continue
+    frozen: dict[int, object] = {}
+    for _ in range(10):  # a tree that still grows while it is being frozen: looked at again
+        found = {}
+        for root in roots:
             try:
-                proc.send_signal(signal.SIGKILL)
+                found.update({p.pid: p for p in [root, *root.children(recursive=True)]})
+            except psutil.Error:
+                continue
+        new = [p for pid, p in found.items() if pid not in frozen]
+        if not new:
+            break
+        for proc in new:
+            try:
+                proc.send_signal(signal.SIGSTOP)
             except psutil.Error:
                 pass
-        psutil.wait_procs([p for p in procs if p.pid in mine], timeout=5.0)
+            frozen[proc.pid] = proc
+    for proc in frozen.values():
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            pass
+    psutil.wait_procs([p for p in roots], timeout=5.0)
+
+
+def release() -> None:
+    """This process's Ray is stopped: the watcher may go (it sees the end of its pipe, finds
+    nothing left to stop and exits), so watchers do not pile up in a process that runs several
+    commands (``main()`` called more than once)."""
+    while _keep:
+        os.close(_keep.pop())
 
 
 def _is_ray_process(proc) -> bool:

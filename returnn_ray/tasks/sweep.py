@@ -153,7 +153,7 @@ def _one_cpu_trials_on_a_ray_of_ours(settings: Settings) -> bool:
     starts_ray = not ray.is_initialized() and (run.ray_address or os.environ.get(env.ADDRESS) or "local") == "local"
     if not starts_ray or run.device == "gpu" or (run.ray_num_workers or 1) != 1:
         return False
-    return ray_internals.local_gpus() == 0
+    return run.device == "cpu" or ray_internals.local_gpus() == 0
 
 
 def _scheduler(settings: Settings):

@@ -572,27 +572,42 @@ def test_data_replaced_during_the_run_stops_it_and_the_rerun_recomputes(ray_sess
 @pytest.mark.ray
 def test_a_commands_own_ray_is_gone_when_the_command_returns(tmp_path):
     # Ray's own exit hook would stop it only as the interpreter exits, politely (0.5 s of sleep,
-    # SIGTERM and up to 1 s per daemon); the command stops the Ray it started before it returns.
-    # (Its reaper, which would kill that Ray had the command died, waits for the command's end.)
+    # SIGTERM and up to 1 s per daemon); the command stops the Ray it started before it returns,
+    # and releases its reaper (which would have killed that Ray had the command died). A second
+    # command in the same process starts a Ray of its own again.
     config = trained(tmp_path)
     script = f"""
 import os, sys
 from returnn_ray.cli import main
-code = main([{config!r}, "++task", "forward"])
-import ray
+code = main([{config!r}, "++task", "forward", "++output_file", {str(tmp_path / "first.hdf")!r}])
+code += main([{config!r}, "++task", "forward"])  # a second command in the same process starts its own Ray again
+import ray, time
+from returnn_ray.cluster import reaper
 mark = b"RETURNN_RAY_TEST_MARK=" + os.environ["RETURNN_RAY_TEST_MARK"].encode()
-left = []
-for pid in filter(str.isdigit, os.listdir("/proc")):
-    try:
-        with open(f"/proc/{{pid}}/environ", "rb") as f:
-            if mark in f.read().split(b"\\0") and int(pid) != os.getpid() and b"cluster.reaper" not in open(f"/proc/{{pid}}/cmdline", "rb").read():
-                left.append(open(f"/proc/{{pid}}/cmdline", "rb").read()[:80])
-    except OSError:
-        pass
-print("CODE", code, "CONNECTED", ray.is_initialized(), "LEFT", left)
+
+def left():
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{{pid}}/environ", "rb") as f:
+                ours = mark in f.read().split(b"\\0")
+            with open(f"/proc/{{pid}}/cmdline", "rb") as f:
+                cmdline = f.read()
+            if ours and int(pid) != os.getpid() and b"cluster.reaper" not in cmdline:
+                found.append(cmdline[:60])
+        except OSError:  # gone, or a zombie: nothing to read
+            pass
+    return found
+
+deadline = time.monotonic() + 10  # killed processes take a moment to be gone
+while left() and time.monotonic() < deadline:
+    time.sleep(0.1)
+# reaper._keep: the write ends of the reapers' pipes, closed once their Ray is stopped (released)
+print("CODE", code, "CONNECTED", ray.is_initialized(), "LEFT", left(), "HELD", len(reaper._keep))
 """
     environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     environ["RETURNN_RAY_TEST_MARK"] = str(os.getpid())
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environ, timeout=600)
-    assert "CODE 0 CONNECTED False LEFT []" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "CODE 0 CONNECTED False LEFT [] HELD 0" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert read_hdf(tmp_path / "first.hdf").keys() == expected_outputs(tmp_path).keys()
     assert read_hdf(tmp_path / "out.hdf").keys() == expected_outputs(tmp_path).keys()
