@@ -367,13 +367,8 @@ def _stop_ray_of_this_command() -> None:
     import signal
     import threading
 
-    if not (_ray_connected() and ray_internals.ray_started_here()):
-        return
-    ours = ray_internals.RayOfOurs.take_over()
-    if ours is None:
-        import ray
-
-        ray.shutdown()
+    ours = ray_internals.RayOfOurs.take_over() if _ray_connected() else None
+    if ours is None:  # none, or one this process joined: Ray's exit hook as before
         return
     main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
     handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}

@@ -100,7 +100,7 @@ def kill_trees(pids: list[int]) -> None:
             proc.send_signal(signal.SIGKILL)
         except psutil.Error:
             pass
-    psutil.wait_procs([p for p in roots], timeout=5.0)
+    psutil.wait_procs(roots, timeout=5.0)
 
 
 def release() -> None:

@@ -303,8 +303,8 @@ def rank_dataset(
 
 def iter_batches(ray_dataset: "ray.data.Dataset", keys: Sequence[str]) -> Iterator[Batch]:
     """Iterate a :func:`rank_dataset` as :class:`Batch` objects, one per planned batch."""
-    for row in ray_dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=PREFETCH_BATCHES):
-        yield Batch.from_columns({name: col[0] for name, col in row.items()}, keys)
+    for _, batch in iter_positioned(ray_dataset, keys):
+        yield batch
 
 
 def iter_positioned(ray_dataset: "ray.data.Dataset", keys: Sequence[str]) -> Iterator[tuple[int, Batch]]:

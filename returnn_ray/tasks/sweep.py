@@ -144,14 +144,12 @@ def _run(settings: Settings, config: Config, job: SweepJob, space, sweep_dir: st
 
 
 def _one_cpu_trials_on_a_ray_of_ours(settings: Settings) -> bool:
-    """Whether the trials will train in their Tune actors (one CPU worker each, :func:`_run`) on a
-    Ray this sweep starts: it counts no GPU (as Ray will), and the config asks for neither a GPU nor
-    more workers. Such a Ray needs no Ray Train, and starts without its dashboard (``init_ray``)."""
-    import ray
-
+    """Whether the trials will train in their Tune actors (one CPU worker each, :func:`_run`) if this
+    sweep starts its own Ray: it would count no GPU (as Ray will count), and the config asks for
+    neither a GPU nor more workers. Such a Ray needs no Ray Train, and starts without the
+    dashboard's modules (``init_ray``, which starting no Ray, or joining one, ignores this)."""
     run = settings.run
-    starts_ray = not ray.is_initialized() and (run.ray_address or os.environ.get(env.ADDRESS) or "local") == "local"
-    if not starts_ray or run.device == "gpu" or (run.ray_num_workers or 1) != 1:
+    if run.device == "gpu" or (run.ray_num_workers or 1) != 1:
         return False
     return run.device == "cpu" or ray_internals.local_gpus() == 0
 

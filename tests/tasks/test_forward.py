@@ -134,22 +134,6 @@ def ray_address() -> str:
     return ray.get_runtime_context().gcs_address
 
 
-@pytest.mark.ray
-def test_forward_on_a_ray_of_its_own_runs_without_a_dashboard(tmp_path):
-    # Forward runs Ray Data actors, no Ray Train: the Ray it starts has no dashboard (its
-    # processes would only compete with the actors), and the output is what the model gives.
-    from dashboards import run_watching_dashboards  # tests/ is on sys.path (rootdir conftest)
-
-    config = trained(tmp_path)
-    proc, dashboard = run_watching_dashboards([sys.executable, "-m", "returnn_ray", config, "++task", "forward"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert not dashboard, "forward's Ray started a dashboard"
-    got, want = read_hdf(tmp_path / "out.hdf"), expected_outputs(tmp_path)
-    assert sorted(got) == sorted(want)
-    for tag, out in want.items():
-        np.testing.assert_allclose(got[tag], out, rtol=1e-4, atol=1e-5)
-
-
 def test_forward_writes_every_seq_once_in_an_hdf_returnn_reads(ray_session, tmp_path):
     config = trained(tmp_path)
     assert main([config, "++task", "forward", "++ray_num_workers", "2"]) == 0
@@ -567,47 +551,3 @@ def test_data_replaced_during_the_run_stops_it_and_the_rerun_recomputes(ray_sess
     # at least the parts written before the file was replaced read the old data
     stale = re.search(r"(\d+) of \d+ read other data and run again", rerun.stdout)
     assert stale and int(stale.group(1)) >= 2, rerun.stdout
-
-
-@pytest.mark.ray
-def test_a_commands_own_ray_is_gone_when_the_command_returns(tmp_path):
-    # Ray's own exit hook would stop it only as the interpreter exits, politely (0.5 s of sleep,
-    # SIGTERM and up to 1 s per daemon); the command stops the Ray it started before it returns,
-    # and releases its reaper (which would have killed that Ray had the command died). A second
-    # command in the same process starts a Ray of its own again.
-    config = trained(tmp_path)
-    script = f"""
-import os, sys
-from returnn_ray.cli import main
-code = main([{config!r}, "++task", "forward", "++output_file", {str(tmp_path / "first.hdf")!r}])
-code += main([{config!r}, "++task", "forward"])  # a second command in the same process starts its own Ray again
-import ray, time
-from returnn_ray.cluster import reaper
-mark = b"RETURNN_RAY_TEST_MARK=" + os.environ["RETURNN_RAY_TEST_MARK"].encode()
-
-def left():
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{{pid}}/environ", "rb") as f:
-                ours = mark in f.read().split(b"\\0")
-            with open(f"/proc/{{pid}}/cmdline", "rb") as f:
-                cmdline = f.read()
-            if ours and int(pid) != os.getpid() and b"cluster.reaper" not in cmdline:
-                found.append(cmdline[:60])
-        except OSError:  # gone, or a zombie: nothing to read
-            pass
-    return found
-
-deadline = time.monotonic() + 10  # killed processes take a moment to be gone
-while left() and time.monotonic() < deadline:
-    time.sleep(0.1)
-# reaper._keep: the write ends of the reapers' pipes, closed once their Ray is stopped (released)
-print("CODE", code, "CONNECTED", ray.is_initialized(), "LEFT", left(), "HELD", len(reaper._keep))
-"""
-    environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    environ["RETURNN_RAY_TEST_MARK"] = str(os.getpid())
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environ, timeout=600)
-    assert "CODE 0 CONNECTED False LEFT [] HELD 0" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert read_hdf(tmp_path / "first.hdf").keys() == expected_outputs(tmp_path).keys()
-    assert read_hdf(tmp_path / "out.hdf").keys() == expected_outputs(tmp_path).keys()

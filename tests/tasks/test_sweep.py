@@ -10,9 +10,7 @@ import subprocess
 import sys
 import time
 
-import pytest
 
-from dashboards import run_watching_dashboards  # tests/ is on sys.path (rootdir conftest)
 from test_train import write_config  # tests/tasks is on sys.path (rootdir import)
 
 from returnn_ray.cli import main
@@ -198,23 +196,3 @@ def test_a_failed_sweep_reruns_and_a_corrected_grid_starts_anew(ray_session, tmp
     rows = (sweep_dir / "results.txt").read_text().splitlines()[2:]
     assert len(rows) == 1 and rows[0].split()[1] == "0.02" and rows[0].endswith("done"), rows
     assert [p.name.split("-")[0] for p in (sweep_dir / "trials").iterdir()] == ["learning_rate=0.02"]
-
-
-@pytest.mark.ray
-def test_a_ray_started_for_trials_training_in_their_actors_has_no_dashboard(tmp_path):
-    # A sweep of one-CPU trials trains in the Tune actors: no Ray Train, so its own Ray starts
-    # without the dashboard (whose processes only compete with the trials); a run with Ray Train
-    # workers on a Ray of its own needs it (Ray Train's placement-group cleaner asks its State API).
-    config = write_config(tmp_path, num_epochs=1)
-    cli = [sys.executable, "-m", "returnn_ray"]
-    sweep, dashboard = run_watching_dashboards(
-        cli + ["sweep", config, "--grid", "learning_rate=0.02,0.01", "--dir", str(tmp_path / "sweep")]
-    )
-    assert sweep.returncode == 0, sweep.stderr[-3000:]
-    assert len(os.listdir(tmp_path / "sweep" / "trials")) == 2
-    assert not dashboard, "the sweep's Ray started a dashboard"
-    train, dashboard = run_watching_dashboards(
-        cli + [config, "++ray_local_mode", "False", "++model", str(tmp_path / "ray" / "model")]
-    )
-    assert train.returncode == 0, train.stderr[-3000:]
-    assert dashboard, "a Ray Train run's own Ray has its dashboard"
