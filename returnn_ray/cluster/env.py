@@ -133,6 +133,10 @@ ADDRESS = "RAY_ADDRESS"
 """Read, never set by a returnn-ray command: the cluster to join, as ``ray_address`` (scripts such as
 ``experiments/asr.py`` and the benchmarks set it for the commands they start)."""
 
+OVERRIDE_RESOURCES = "RAY_OVERRIDE_RESOURCES"
+"""Read, never set: resources a Ray started here counts instead of its own detection; where it
+names GPUs, :func:`~returnn_ray.cluster.ray_internals.local_gpus` cannot tell how many Ray will count."""
+
 TRAIN_ENV: dict[str, str] = {v.name: v.value for v in (TRAIN_HEALTH_CHECK_INTERVAL, TRAIN_PREEMPTION_WATCHER,
                                                      TRAIN_WORKER_GROUP_START_TIMEOUT, CHDIR_TO_TRIAL_DIR)}
 """What Ray Train runs need, in the driver and (as ``init_ray(env_vars=...)``) in every worker."""

@@ -18,6 +18,7 @@ import os
 import re
 
 from returnn_ray import errors
+from returnn_ray.cluster import env
 from returnn_ray.errors import UserError
 
 AUTH_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
@@ -57,7 +58,7 @@ def local_gpus() -> int | None:
     (``ray._private.accelerators``: the GPU manager's count on the node, capped by the visible
     ids), without starting it or importing torch; None where that cannot be asked (then assume
     there may be some)."""
-    if "GPU" in os.environ.get("RAY_OVERRIDE_RESOURCES", ""):  # Ray counts what that says
+    if "GPU" in os.environ.get(env.OVERRIDE_RESOURCES, ""):  # Ray counts what that says
         return None
     try:
         from ray._private.accelerators import get_accelerator_manager_for_resource
