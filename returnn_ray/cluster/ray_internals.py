@@ -90,9 +90,7 @@ class RayOfOurs:
         from ray._private import worker
 
         node = getattr(worker, "_global_node", None)
-        if node is None or not getattr(node, "ray_init_cluster", False) or not hasattr(node, "all_processes"):
-            return None
-        return cls(node)
+        return cls(node) if ray_started_here() and hasattr(node, "all_processes") else None
 
     def pids(self) -> list[int]:
         """The daemons this process started for the Ray (gcs_server, raylet, dashboard, monitors)."""
