@@ -124,13 +124,19 @@ def test_an_interrupted_driver_leaves_whole_files_no_processes_and_resumes(tmp_p
     left = marked_pids(mark)
     assert not left, f"processes of the interrupted run still alive: {left}"
     assert_files_whole(tmp_path)
-    assert find_checkpoints(str(tmp_path / "model")) == [1]
+    saved = find_checkpoints(str(tmp_path / "model"))
+    if sig == signal.SIGKILL:
+        # nothing of ours runs in a killed driver: Ray stops the job's workers once its raylet sees
+        # the driver gone, seconds on a loaded machine, and epoch 2 may end (whole) in between
+        assert saved in ([1], [1, 2]), saved
+    else:
+        assert saved == [1], saved  # the driver stopped the workers itself, inside epoch 2
 
     # the same command resumes (here in local mode: no Ray to start) and finishes
     rerun = subprocess.run(
         [sys.executable, "-m", "returnn_ray", config], capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT_S
     )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "Resuming from epoch 1 " in log_text(tmp_path)
+    assert f"Resuming from epoch {saved[-1]} " in log_text(tmp_path)
     assert find_checkpoints(str(tmp_path / "model")) == [1, 2, 3]
     assert load_learning_rate_file(str(tmp_path / "learning_rates")).keys() == {1, 2, 3}
