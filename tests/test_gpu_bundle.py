@@ -32,7 +32,8 @@ def test_dry_run_writes_a_summary_of_all_steps(tmp_path):
     assert result["dry_run"] is True
     assert result["exit_codes"] == {"train": 0, "forward": 0, "tests": 0}
     train = result["train"]
-    assert train["device"] == "cpu" and train["amp"] == "bfloat16" and train["epochs"] == 2
+    assert train["device"] == "cpu" and train["amp"] == ("bfloat16" if cpu_runs_a_bfloat16_lstm() else None)
+    assert train["epochs"] == 2
     assert train["plain_frames_per_s"] > 0 and train["returnn_ray_frames_per_s"] > 0
     assert len(train["plain_losses"]) == 2 and len(train["returnn_ray_losses"]) == 2
     assert result["forward"]["one_actor_seqs_per_s"] > 0 and "two_actors_seqs_per_s" not in result["forward"]
@@ -42,6 +43,19 @@ def test_dry_run_writes_a_summary_of_all_steps(tmp_path):
     assert "--dry-run" in text and "frames/s" in text
     assert sorted(os.listdir(tmp_path)) == ["env.txt", "forward.log", "summary.json", "summary.txt", "tests.log",
                                             "train.log"]
+
+
+def cpu_runs_a_bfloat16_lstm() -> bool:
+    """Whether this CPU's oneDNN runs an LSTM under bfloat16 autocast (some lack it: run.sh's
+    dry run then trains in float32)."""
+    import torch
+
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.nn.LSTM(3, 5, bidirectional=True, batch_first=True)(torch.ones(1, 2, 3))
+    except RuntimeError:
+        return False
+    return True
 
 
 def test_a_failed_or_timed_out_step_fails_the_summary(tmp_path):

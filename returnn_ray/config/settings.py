@@ -252,7 +252,7 @@ class TrainingSettings(_Checked):
         0.0, "Network dicts (RETURNN's TF updater): add the gradient of -this * global gradient norm; 0: off.",
         read="float",
     )
-    torch_amp: str | dict | None = setting(None, "Mixed precision: 'bfloat16', 'float16' or {'dtype': ...}.")
+    torch_amp: str | dict | None = setting(None, "Mixed precision: 'bfloat16', 'float16' or {'dtype': ...}; on a CPU whose oneDNN lacks a layer in it, a config error.")
     torch_distributed: dict | None = setting(
         None, "RETURNN's multi-GPU rule: reduce_type 'grad' (mean of gradients) or 'param'; unset: sum over workers."
     )

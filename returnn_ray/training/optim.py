@@ -562,7 +562,21 @@ def amp_context(amp: AmpSettings | str | Mapping[str, Any] | None, device_type: 
     amp = _as_amp(amp)
     if amp is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device_type, dtype=amp.dtype)
+    return torch.autocast(device_type=device_type, dtype=amp.dtype) if device_type != "cpu" else _cpu_autocast(amp.dtype)
+
+
+@contextlib.contextmanager
+def _cpu_autocast(dtype: torch.dtype):
+    """CPU autocast; a CPU whose oneDNN lacks an op in ``dtype`` (seen: LSTM on an AMD EPYC VM) is a
+    ConfigError naming ``torch_amp``, not a traceback from inside torch."""
+    try:
+        with torch.autocast(device_type="cpu", dtype=dtype):
+            yield
+    except RuntimeError as exc:
+        if "could not create a primitive" not in str(exc):
+            raise
+        raise ConfigError(f"torch_amp {str(dtype).replace('torch.', '')}: this CPU cannot run the model in it"
+                          f" (oneDNN: {str(exc).split('.')[0]}); remove torch_amp for CPU runs") from None
 
 
 def make_grad_scaler(amp: AmpSettings | str | Mapping[str, Any] | None, device_type: str) -> Any:

@@ -357,6 +357,29 @@ def test_amp_context_on_cpu():
     assert lin.weight.grad.dtype == torch.float32  # params and their grads stay float32
 
 
+def test_amp_on_a_cpu_without_a_bfloat16_lstm_is_a_config_error():
+    """Some CPUs' oneDNN has no bfloat16 LSTM (this machine's AMD EPYC VM): one line naming
+    torch_amp; where the CPU has it, the LSTM runs in bfloat16."""
+    lstm, x = torch.nn.LSTM(3, 5, batch_first=True), torch.ones(1, 2, 3)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lstm(x)
+        cpu_has_it = True
+    except RuntimeError as exc:
+        assert "could not create a primitive" in str(exc)
+        cpu_has_it = False
+    if cpu_has_it:
+        with amp_context("bfloat16", "cpu"):
+            assert lstm(x)[0].dtype == torch.bfloat16
+    else:
+        with pytest.raises(ConfigError, match=r"^torch_amp bfloat16: this CPU cannot run .*remove torch_amp"):
+            with amp_context("bfloat16", "cpu"):
+                lstm(x)
+    with pytest.raises(RuntimeError, match="other"):  # any other error passes as it is
+        with amp_context("bfloat16", "cpu"):
+            raise RuntimeError("other")
+
+
 def test_grad_scaler_only_on_cuda():
     assert make_grad_scaler("float16", "cpu") is None
     assert make_grad_scaler(None, "cuda") is None
