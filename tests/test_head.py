@@ -1,0 +1,40 @@
+"""The private head of an experiment (``cluster/head.start_head``, what ``experiments/asr.py`` starts):
+Ray's daemons without the two it needs not on one fixed machine whose drivers take no logs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from returnn_ray.cluster.head import start_head, stop_head
+
+
+def processes_under(temp_dir: str) -> list[str]:
+    """Command lines of the live processes that name ``temp_dir`` (every Ray daemon of a head
+    started there does: its session, log or socket paths)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if temp_dir in cmdline:
+            found.append(cmdline)
+    return found
+
+
+@pytest.mark.ray
+def test_the_head_runs_no_autoscaler_monitor_and_no_log_monitor(tmp_path):
+    temp_dir = f"/tmp/rr-head-{os.getpid()}"  # short: Ray's socket paths live under it
+    head, address = start_head(temp_dir, 1)
+    try:
+        running = processes_under(temp_dir)
+    finally:
+        stop_head(head, temp_dir)
+    assert any("gcs_server" in c for c in running) and any("raylet" in c for c in running), running  # seen at all
+    assert any("dashboard.py" in c for c in running), running  # Ray Train's placement-group cleaner needs it
+    assert not [c for c in running if "autoscaler/_private/monitor.py" in c or "log_monitor.py" in c], running
+    assert address
+    assert not processes_under(temp_dir)
