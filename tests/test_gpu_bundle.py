@@ -19,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench", "gpu"))
 import build_bundle  # noqa: E402
 import summary  # noqa: E402
+from tests.cpu_features import cpu_runs_a_bfloat16_lstm  # noqa: E402
 
 
 @pytest.mark.ray
@@ -43,19 +44,6 @@ def test_dry_run_writes_a_summary_of_all_steps(tmp_path):
     assert "--dry-run" in text and "frames/s" in text
     assert sorted(os.listdir(tmp_path)) == ["env.txt", "forward.log", "summary.json", "summary.txt", "tests.log",
                                             "train.log"]
-
-
-def cpu_runs_a_bfloat16_lstm() -> bool:
-    """Whether this CPU's oneDNN runs an LSTM under bfloat16 autocast (some lack it: run.sh's
-    dry run then trains in float32)."""
-    import torch
-
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            torch.nn.LSTM(3, 5, bidirectional=True, batch_first=True)(torch.ones(1, 2, 3))
-    except RuntimeError:
-        return False
-    return True
 
 
 def test_a_failed_or_timed_out_step_fails_the_summary(tmp_path):

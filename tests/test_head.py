@@ -1,5 +1,6 @@
 """The private head of an experiment (``cluster/head.start_head``, what ``experiments/asr.py`` starts):
-Ray's daemons without the two it needs not on one fixed machine whose drivers take no logs."""
+Ray's daemons but the autoscaler's monitor and the log monitor, which one fixed machine whose
+drivers take no logs does not need."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def processes_under(temp_dir: str) -> list[str]:
 
 
 @pytest.mark.ray
-def test_the_head_runs_no_autoscaler_monitor_and_no_log_monitor(tmp_path):
+def test_the_head_runs_no_autoscaler_monitor_and_no_log_monitor():
     temp_dir = f"/tmp/rr-head-{os.getpid()}"  # short: Ray's socket paths live under it
     head, address = start_head(temp_dir, 1)
     try:
