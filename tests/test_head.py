@@ -1,6 +1,7 @@
-"""The private head of an experiment (``cluster/head.start_head``, what ``experiments/asr.py`` starts):
-Ray's daemons but the autoscaler's monitor and the log monitor, which one fixed machine whose
-drivers take no logs does not need."""
+"""The private head of an experiment (``cluster/head.start_head``, what ``experiments/asr.py`` starts)
+and the Ray a ``returnn-ray`` command starts in its process (``cluster/start.init_ray``): Ray's
+daemons but the autoscaler's monitor and the log monitor, which one fixed machine whose drivers
+take no logs does not need."""
 
 from __future__ import annotations
 
@@ -39,3 +40,22 @@ def test_the_head_runs_no_autoscaler_monitor_and_no_log_monitor():
     assert not [c for c in running if "autoscaler/_private/monitor.py" in c or "log_monitor.py" in c], running
     assert address
     assert not processes_under(temp_dir)
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.mark.ray
+def test_an_embedded_ray_runs_no_autoscaler_monitor_and_no_log_monitor(ray_session):
+    from returnn_ray.cluster.ray_internals import RayOfOurs
+
+    ours = RayOfOurs.take_over()  # the tests' Ray, started by init_ray as a returnn-ray command starts it
+    assert ours is not None
+    running = [cmdline(pid) for pid in ours.pids()]
+    assert any("gcs_server" in c for c in running) and any("raylet" in c for c in running), running  # seen at all
+    assert not [c for c in running if "autoscaler/_private/monitor.py" in c or "log_monitor.py" in c], running

@@ -13,6 +13,8 @@ line's one-line errors), so each function imports what it needs of Ray itself.
 # Imports inside functions: Ray's private modules load only when called (the CLI imports this module) (start-up time).
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import os
 import re
@@ -69,6 +71,31 @@ def local_gpus() -> int | None:
         return min(count, len(visible)) if visible is not None else count
     except Exception:  # noqa: BLE001 - private API
         return None
+
+
+@contextlib.contextmanager
+def without_monitors():
+    """While ``ray.init`` starts a Ray in this process: without the autoscaler's monitor and the log
+    monitor, as ``ray start --no-monitor --include-log-monitor false`` (:func:`returnn_ray.cluster.head.start_head`).
+    One machine's fixed Ray has nothing to autoscale, and our drivers take no logs
+    (``log_to_driver=False``); the two processes poll the GCS and the log files all run long, on 2
+    cores ~1 s of CPU in a 20 s forward. ``ray.init`` has no arguments for them: Ray 2.60's
+    ``RayParams`` (private) gets ``no_monitor`` and ``include_log_monitor`` set after its
+    ``__init__``, which ``ray.init`` calls with neither."""
+    from ray._private import parameter
+
+    original = parameter.RayParams.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.no_monitor = True
+        self.include_log_monitor = False
+
+    parameter.RayParams.__init__ = init
+    try:
+        yield
+    finally:
+        parameter.RayParams.__init__ = original
 
 
 class RayOfOurs:

@@ -50,7 +50,11 @@ def init_ray(
     else:
         _check_reachable(address)
     try:
-        ray.init(address=address, **kwargs)
+        if embedded:
+            with ray_internals.without_monitors():  # no autoscaler and no log monitor: nothing for them here
+                ray.init(address=address, **kwargs)
+        else:
+            ray.init(address=address, **kwargs)
     except ConnectionError as exc:  # e.g. "auto" with no Ray running on this machine
         raise UserError(f"cannot join the Ray cluster {address!r}: {str(exc).strip().splitlines()[0]}") from exc
     except ValueError as exc:  # e.g. "http://...": Ray's text is a page of advice about RAY_ADDRESS
