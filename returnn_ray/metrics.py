@@ -22,7 +22,8 @@ fields (docs/metrics.md has them with an example):
 - ``eval_end``: ``epoch``, ``checkpoint``, ``scores`` (as ``epoch_end``'s).
 - ``inference_progress``: every 10% of the seqs to run: ``seqs_done``, ``seqs_total``, ``secs``.
 - ``inference_end``: ``seqs``, ``run_now``, ``resumed``, ``nodes``, ``secs``, ``seqs_per_s_after_first``
-  (seqs/s from the first result on: the actors were up; None if not measured), ``output``, ``scores``
+  (seqs/s from the first result on: an actor was up), ``seqs_per_s_all_actors`` (from the first result of
+  the last actor to start on: all were up; each None if not measured), ``output``, ``scores``
   (search with references: ``ler``, ``label_edits``, ``labels``; with a vocabulary also ``wer``,
   ``word_edits``, ``words``; rates in percent).
 - ``sweep_end``: ``trials``, ``failed``, ``best`` (the trial's name), ``directory``, ``values``, ``metric``,

@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import os
-import sys
 import time
 from typing import Any, Sequence
 
@@ -51,10 +50,10 @@ from returnn_ray.inference.callback import callback_payload, forward_order, load
 from returnn_ray.inference.files import batch_digest, changed_file, check_output_file, data_files, file_identity
 from returnn_ray.inference.job import ForwardJob
 from returnn_ray.inference.parts import DATA_FILES, PartStore, plan_digest, tags_digest
+from returnn_ray.inference.progress import Progress
 from returnn_ray.model.build import build_model
 from returnn_ray.search import edit_distance, labels_to_string, write_search_output
 from returnn_ray.training import checkpoints
-from returnn_ray.training.log import hms
 from returnn_ray.training.preload import check_preload_files, load_weights
 
 MAX_BLOCKS = 4096
@@ -125,9 +124,9 @@ def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
         torn = f"; {len(store.torn)} torn part(s) (an OS crash as they were written) deleted, run again" if store.torn else ""
         print(f"returnn-ray: {task}: resuming, {resumed} of {num_seqs} seqs already done ({store.dir}){torn}", flush=True)
     nodes: dict[str, int] = {}
-    rate = None
+    rate = all_up = None
     if todo:
-        nodes, rate = _run_batches(
+        nodes, (rate, all_up) = _run_batches(
             settings, config, state, plan, todo, store, dataset, name, search=search, epoch=epoch, metrics=metrics,
             callback=callback is not None,
         )
@@ -160,7 +159,7 @@ def run_inference(settings: Settings, config: Config, *, search: bool) -> int:
         flush=True,
     )
     metrics.write("inference_end", seqs=num_seqs, run_now=ran, resumed=resumed, nodes=len(nodes), secs=round(secs, 3),
-                  seqs_per_s_after_first=rate, output=os.path.abspath(out_path), scores=scores)
+                  seqs_per_s_after_first=rate, seqs_per_s_all_actors=all_up, output=os.path.abspath(out_path), scores=scores)
     return 0
 
 
@@ -289,6 +288,7 @@ class InferenceActor:
         self.model.to(self.device).eval()
         self.reference = reference_key(self.settings, self.model, self.dataset) if self.search else None
         self.node = ray.get_runtime_context().get_node_id()
+        self.actor = ray.get_runtime_context().get_actor_id() or f"pid {os.getpid()}"
 
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = [int(i) for i in rows["batch_id"]]
@@ -299,7 +299,10 @@ class InferenceActor:
         digests[:] = [digest for _, digest in results]
         nodes = np.empty(len(ids), dtype=object)
         nodes[:] = [self.node] * len(ids)
-        return {"batch_id": np.asarray(ids, dtype=np.int64), "payload": payloads, "digest": digests, "node": nodes}
+        actors = np.empty(len(ids), dtype=object)
+        actors[:] = [self.actor] * len(ids)
+        return {"batch_id": np.asarray(ids, dtype=np.int64), "payload": payloads, "digest": digests, "node": nodes,
+                "actor": actors}
 
     def _run(self, batch_id: int) -> tuple[bytes, bytes]:
         """The batch's result, and the digest of the input arrays it was computed from."""
@@ -376,9 +379,10 @@ def _words(labels: Sequence[int], vocab: Sequence[str]) -> list[str]:
 def _run_batches(
     settings, config, state, plan, todo, store: PartStore, dataset, name, *, search: bool, epoch: int, metrics: MetricsWriter,
     callback: bool = False,
-) -> tuple[dict[str, int], float | None]:
+) -> tuple[dict[str, int], tuple[float | None, float | None]]:
     """Run the batches ``todo`` on the actor pool, writing each result to ``store`` as it comes;
-    returns how many batches ran on each node (by Ray node id), and the seqs/s after the first result."""
+    returns how many batches ran on each node (by Ray node id), and the seqs/s after the first
+    result and after every actor's first (:meth:`Progress.rates`)."""
     import pyarrow as pa
     import ray
     from ray.data import ActorPoolStrategy
@@ -414,14 +418,14 @@ def _run_batches(
     print(f"returnn-ray: {task} with {num_actors} actor(s) on Ray ({placement.kind.lower()})", flush=True)
     metrics.write("run_start", workers=num_actors, since_start=since_process_start())
     total = sum(len(plan[i]) for i in todo)
-    progress = Progress(task, total=total, verbosity=settings.run.log_verbosity, metrics=metrics)
+    progress = Progress(task, total=total, verbosity=settings.run.log_verbosity, metrics=metrics, actors=num_actors)
     nodes: dict[str, int] = {}
     try:
         for row in results.iter_rows():
             batch_id = int(row["batch_id"])
             store.put(batch_id, row["payload"], row["digest"])
             nodes[str(row["node"])] = nodes.get(str(row["node"]), 0) + 1
-            progress.advance(len(plan[batch_id]))
+            progress.advance(len(plan[batch_id]), actor=str(row["actor"]))
     except Exception as exc:  # noqa: BLE001 - an actor's UserError (bad model output, ...) as one line
         error = user_error_in(exc)
         if error is None:
@@ -432,66 +436,7 @@ def _run_batches(
     missing = [i for i in todo if i not in store.done()]
     if missing:
         raise UserError(f"{task}: {len(missing)} batches got no result (first: {missing[0]}); rerun to finish them")
-    return nodes, progress.rate_after_first()
-
-
-class Progress:
-    """Seqs done / total, seqs/s and time remaining: a live line on a terminal, else every 10%
-    (and an ``inference_progress`` metrics event every 10%)."""
-
-    def __init__(self, task: str, *, total: int, verbosity: int, out=None, metrics: MetricsWriter | None = None):
-        self.task, self.total, self.verbosity, self.metrics = task, total, verbosity, metrics
-        self._next_event = 0.1  # an inference_progress event every 10% of the seqs
-        self.out = out or sys.stdout
-        self.tty = self.out.isatty()
-        self.done = 0
-        self.start = time.monotonic()
-        self._next_line = 0.1
-        self._first: tuple[float, int] | None = None  # when the first result came, and its seqs
-
-    def advance(self, seqs: int) -> None:
-        self.done += seqs
-        now = time.monotonic()
-        if self._first is None:
-            self._first = (now, seqs)
-        elif now - self._first[0] < 0.05:  # results of the first task arrive together
-            self._first = (self._first[0], self._first[1] + seqs)
-        if self.metrics is not None and self.done >= self._next_event * self.total:
-            secs = now - self.start
-            self.metrics.write("inference_progress", seqs_done=self.done, seqs_total=self.total, secs=round(secs, 3))
-            while self._next_event * self.total <= self.done:
-                self._next_event += 0.1
-        if self.verbosity < 3:
-            return
-        text = self.text()
-        if self.tty:
-            self.out.write("\r\033[K" + text)
-            self.out.flush()
-        elif self.done >= self._next_line * self.total:
-            print(text, file=self.out, flush=True)
-            while self._next_line * self.total <= self.done:
-                self._next_line += 0.1
-
-    def text(self) -> str:
-        secs = time.monotonic() - self.start
-        rate = self.done / secs if secs > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else 0.0
-        return f"{self.task}: {self.done}/{self.total} seqs, {rate:.1f} seqs/s, remaining {hms(eta)}"
-
-    def rate_after_first(self) -> float | None:
-        """Seqs/s from the first result on (the actors were up); None before a second result."""
-        if self._first is None or self.done <= self._first[1]:
-            return None
-        secs = time.monotonic() - self._first[0]
-        return (self.done - self._first[1]) / secs if secs > 0 else float("inf")
-
-    def close(self) -> None:
-        if self.tty and self.verbosity >= 3:
-            self.out.write("\r\033[K")
-            self.out.flush()
-        rate = self.rate_after_first()
-        if self.verbosity >= 4 and rate is not None:
-            print(f"{self.task}: {rate:.2f} seqs/s after the first result (actors started)", file=self.out, flush=True)
+    return nodes, progress.rates()
 
 
 # -- assembling the output file ------------------------------------------------------------------

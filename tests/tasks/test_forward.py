@@ -260,6 +260,7 @@ def test_ctc_search_writes_returnn_search_output_and_matches_beam_search_on_the_
         shown.group(1), int(shown.group(2)), int(shown.group(3)), shown.group(4), int(shown.group(5)), int(shown.group(6))
     )
     assert events[-1]["seqs"] == events[-1]["run_now"] == 7 and events[-1]["task"] == "search"
+    assert {"seqs_per_s_after_first", "seqs_per_s_all_actors"} <= set(events[-1])  # rates: None with few results
     results = ast.literal_eval((tmp_path / "search.py").read_text())
     dataset = Task12AXDataset(num_seqs=7, fixed_random_seed=3)
     assert list(results) == dataset.seq_tags  # corpus order
