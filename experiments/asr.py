@@ -288,13 +288,19 @@ class Experiment:
         data = os.path.join(self.out, "data")
         os.makedirs(data, exist_ok=True)  # the corpus writer does not make it
         p = self.plan
-        for name, num, seed in (("train", p.train_seqs, 1), ("dev", p.dev_seqs, 2), ("eval", p.eval_seqs, 3)):
-            path = os.path.join(data, f"{name}.hdf")
-            if hdf_num_seqs(path) == num:
-                print(f"== data: {path} is there ({num} seqs)", flush=True)
-                continue
-            cmd = ["-m", "returnn_ray.corpus.synthetic", path, "--num-seqs", str(num), "--seed", str(seed)]
-            self.runner.run("data", [sys.executable, *cmd], ["python", *cmd])
+        # The training corpus first, alone: the Ray head starts beside it and takes the other core.
+        # Then the small dev and eval corpora at once, on the cores the head has left by then.
+        for group in ((("train", p.train_seqs, 1),), (("dev", p.dev_seqs, 2), ("eval", p.eval_seqs, 3))):
+            commands = []
+            for name, num, seed in group:
+                path = os.path.join(data, f"{name}.hdf")
+                if hdf_num_seqs(path) == num:
+                    print(f"== data: {path} is there ({num} seqs)", flush=True)
+                    continue
+                cmd = ["-m", "returnn_ray.corpus.synthetic", path, "--num-seqs", str(num), "--seed", str(seed)]
+                commands.append(Command("data", [sys.executable, *cmd], ["python", *cmd]))
+            if commands:
+                self.runner.run_together(commands)
         return StageResult("data", time.monotonic() - start, None, "(no Ray)")
 
     def sweep(self) -> tuple[dict, StageResult]:
@@ -414,11 +420,12 @@ def connect_ray(args: argparse.Namespace, env: dict, exp: Experiment, local: Loc
     else:
         print(f"\n== ray: using the cluster at {address}", flush=True)
     env["RAY_ADDRESS"] = address
+    resources = head.resources() if head is not None else None  # the helpers' process asked the head
     if preloading is not None:  # this process stays free of Ray: its forks run the stages
         preloaded = preloading.join()
-        resources = warm_start.call_in_fork(cluster_resources, address)
+        resources = resources or warm_start.call_in_fork(cluster_resources, address)
     else:
-        resources = cluster_resources(address)
+        resources = resources or cluster_resources(address)
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
     exp.workers = args.workers or gpus or cpus
     print(f"cluster {address}: {cpus} CPUs, {gpus} GPUs -> {exp.workers} worker(s)", flush=True)
@@ -463,6 +470,10 @@ class _HeadStart(threading.Thread):
         if not ok:
             print(f"(Ray's helper actors not started ahead: {output.splitlines()[-1] if output else ''})", flush=True)
         return self.result
+
+    def resources(self) -> dict[str, float] | None:
+        """The head's resources, as the helpers' process saw them (None if it did not say); after :meth:`join`."""
+        return self.helpers.resources if self.helpers is not None else None
 
 
 def run_stages(args: argparse.Namespace, exp: Experiment, best: dict, stages: list[StageResult]) -> dict | None:

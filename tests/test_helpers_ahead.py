@@ -62,3 +62,14 @@ def test_helpers_never_given_an_address_end_at_once():
     start = time.monotonic()
     ok, output = Helpers().join(timeout=60)
     assert not ok and "not done in" not in output and time.monotonic() - start < 60
+
+
+def test_the_helpers_process_tells_the_cluster_resources_so_that_asr_py_need_not_connect_to_ask(ray_session):
+    import ray
+
+    helpers = Helpers()
+    helpers.start(ray.get_runtime_context().gcs_address)
+    ok, output = helpers.join(timeout=120)
+    assert ok, output
+    assert output.split() == sorted(HELPERS)  # the names line, the resources line taken off
+    assert helpers.resources is not None and helpers.resources["CPU"] == ray.cluster_resources()["CPU"] == 2

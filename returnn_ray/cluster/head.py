@@ -9,6 +9,7 @@ Drivers that attach to it need :func:`driver_env` in their environment (:func:`u
 # Imports inside functions: Ray loads only when a head is stopped (start-up time).
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -84,9 +85,11 @@ class Helpers:
     (``experiments/asr.py``) starts them while it does something else, not in the first run's
     start-up. The process starts at once and imports Ray while the head starts; :meth:`start`
     gives it the head's address; :meth:`join` returns ``(ok, output)``: the names started, or
-    Ray's error."""
+    Ray's error; after it, :attr:`resources` holds the cluster's resources as the process saw them
+    (None if it said none), so that the caller need not connect to ask."""
 
     def __init__(self):
+        self.resources: dict[str, float] | None = None
         self.process = subprocess.Popen([sys.executable, "-m", "returnn_ray.cluster.head", "--start-helpers"],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         text=True)
@@ -102,7 +105,11 @@ class Helpers:
         except subprocess.TimeoutExpired:
             self.process.kill()
             output = self.process.communicate()[0] + f"\nnot done in {timeout:.0f} s"
-        return self.process.returncode == 0, output.strip()
+        ok = self.process.returncode == 0
+        lines = output.strip().splitlines()
+        if ok and lines and lines[-1].startswith(RESOURCES):
+            self.resources = json.loads(lines.pop()[len(RESOURCES):])
+        return ok, "\n".join(lines)
 
 
 def stop_head(head: subprocess.Popen, temp_dir: str) -> None:
@@ -148,6 +155,10 @@ def _running(p) -> bool:
         return False
 
 
+RESOURCES = "resources "
+"""The helpers' process's last line: this, then the cluster's resources as JSON."""
+
+
 def _start_helpers_main() -> int:
     import ray
     import ray.data  # noqa: F401  (the helpers' modules, imported while the head starts)
@@ -161,6 +172,7 @@ def _start_helpers_main() -> int:
     ray.init(address=address, log_to_driver=False, logging_level="WARNING")
     try:
         print(" ".join(ray_internals.start_shared_helpers()), flush=True)
+        print(RESOURCES + json.dumps(ray.cluster_resources()), flush=True)
     finally:
         ray.shutdown()
     return 0
