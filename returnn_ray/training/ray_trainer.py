@@ -7,6 +7,12 @@
   ``DatasetsCallback`` would only start its ``DatasetManager`` actor for nothing, a whole Ray
   worker process on the path to the first step (about 2 s of the start-up on a 2-core machine,
   ``bench/startup.py``).
+- No placement-group cleaner: Ray Train starts a detached ``PlacementGroupCleaner`` actor per run
+  that removes the workers' placement group should the controller die while its job lives on,
+  and polls Ray's State API (the dashboard) every second to know. A returnn-ray run is its own
+  job, which ends when the controller does (``fit()`` raises, the command exits), and Ray removes
+  a job's placement groups with it; the cleaner was one more Ray worker process on the path to
+  the first step (~1.8 s of CPU on a 2-core machine) and the polling ran all through training.
 - Once ``fit()`` has its result, the controller actor (its run done, its workers gone) is killed
   rather than left to Ray to end when the driver's handle goes: that ending shuts its Python down,
   about 0.9 s of CPU, which fell into the start-up of the next run of a script
@@ -44,7 +50,5 @@ class ReturnnTorchTrainer(TorchTrainer):
         interrupts.abort_on_signal(lambda: ray.get(controller.abort.remote(), timeout=interrupts.ABORT_TIMEOUT_S))
 
     def _create_default_callbacks(self) -> list:  # Ray Train 2.x (V2)
-        callbacks = super()._create_default_callbacks()
-        if self.datasets:
-            return callbacks
-        return [cb for cb in callbacks if type(cb).__name__ != "DatasetsCallback"]
+        dropped = {"PlacementGroupCleanerCallback"} | (set() if self.datasets else {"DatasetsCallback"})
+        return [cb for cb in super()._create_default_callbacks() if type(cb).__name__ not in dropped]

@@ -43,3 +43,23 @@ def test_the_controller_is_killed_once_fit_has_its_result(ray_session, tmp_path)
     assert actor.state == "DEAD"
     assert "ray.kill" in str(actor.death_cause), actor.death_cause
 
+
+
+def test_a_run_starts_no_placement_group_cleaner_and_its_placement_group_goes_with_it(ray_session, tmp_path):
+    # the cleaner (a detached actor per run, polling the State API) guards a controller that dies
+    # while its job lives on; a returnn-ray run is a job of its own, and Ray removes a job's groups
+    import ray
+    from ray.util.state import list_actors
+
+    def cleaners() -> set[str]:
+        return {a.actor_id for a in list_actors(filters=[("class_name", "=", "PlacementGroupCleaner")], detail=True)}
+
+    def live_groups() -> set[str]:
+        return {gid for gid, g in ray.util.placement_group_table().items() if g["state"] != "REMOVED"}
+
+    before, groups_before = cleaners(), live_groups()
+    result = ReturnnTorchTrainer(lambda config: None, scaling_config=ScalingConfig(num_workers=1),
+                                 run_config=RunConfig(storage_path=str(tmp_path))).fit()
+    assert result.error is None
+    assert cleaners() == before
+    assert live_groups() <= groups_before  # the run's worker group is removed once it is done
