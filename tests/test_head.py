@@ -36,7 +36,7 @@ def test_the_head_runs_no_autoscaler_monitor_and_no_log_monitor():
     finally:
         stop_head(head, temp_dir)
     assert any("gcs_server" in c for c in running) and any("raylet" in c for c in running), running  # seen at all
-    assert any("dashboard.py" in c for c in running), running  # Ray Train's placement-group cleaner needs it
+    assert any("dashboard.py" in c for c in running), running  # its head; its modules are left out
     assert not [c for c in running if "autoscaler/_private/monitor.py" in c or "log_monitor.py" in c], running
     assert address
     assert not processes_under(temp_dir)

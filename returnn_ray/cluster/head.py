@@ -63,8 +63,9 @@ def start_head(temp_dir: str, num_cpus: int) -> tuple[subprocess.Popen, str]:
            "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
            # One machine, fixed: no autoscaler to run (its monitor process polls the GCS); every
            # driver of ours connects with log_to_driver=False, so no log monitor to tail the logs
-           # for them. Together ~2.6 s of CPU over the default experiment, on 2 cores.
-           "--no-monitor", "--include-log-monitor", "false"]
+           # for them. Together ~2.6 s of CPU over the default experiment, on 2 cores. And no
+           # dashboard modules (processes that poll all the time): no run of ours uses the State API.
+           "--no-monitor", "--include-log-monitor", "false", "--include-dashboard", "false"]
     head_environ = {k: v for k, v in os.environ.items() if k != env.ADDRESS}
     use_head(head_environ, temp_dir)
     head_environ.update(head_env(num_cpus))

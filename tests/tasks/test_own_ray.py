@@ -15,10 +15,10 @@ from test_train import write_config
 
 
 @pytest.mark.ray
-def test_a_ray_started_for_trials_training_in_their_actors_has_no_dashboard(tmp_path):
-    # A sweep of one-CPU trials trains in the Tune actors: no Ray Train, so its own Ray starts
-    # without the dashboard (whose processes only compete with the trials); a run with Ray Train
-    # workers on a Ray of its own needs it (Ray Train's placement-group cleaner asks its State API).
+def test_a_ray_started_for_a_sweep_or_a_training_run_has_no_dashboard(tmp_path):
+    # The dashboard's modules only compete with the run: a sweep of one-CPU trials trains in the
+    # Tune actors, and a run with Ray Train workers starts no placement-group cleaner, the one
+    # user of the State API (returnn_ray.training.ray_trainer).
     config = write_config(tmp_path, num_epochs=1)
     cli = [sys.executable, "-m", "returnn_ray"]
     sweep, dashboard = run_watching_dashboards(
@@ -31,7 +31,7 @@ def test_a_ray_started_for_trials_training_in_their_actors_has_no_dashboard(tmp_
         cli + [config, "++ray_local_mode", "False", "++model", str(tmp_path / "ray" / "model")]
     )
     assert train.returncode == 0, train.stderr[-3000:]
-    assert dashboard, "a Ray Train run's own Ray has its dashboard"
+    assert not dashboard, "a Ray Train run's own Ray started a dashboard"
 
 
 @pytest.mark.ray

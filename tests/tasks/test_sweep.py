@@ -128,6 +128,19 @@ def test_more_workers_per_trial_than_the_cluster_has_fails_before_any_trial(ray_
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["sweep.json", "trials"]
 
 
+def test_trials_whose_workers_take_every_cpu_of_the_cluster_run(ray_session, tmp_path, capsys):
+    # Each trial trains with Ray Train over 2 workers on the 2-CPU Ray: its Tune actor must hold no
+    # CPU, or its workers (and so the sweep) wait for room for ever (they did: a hundredth of a CPU).
+    config = write_config(tmp_path, num_epochs=1)
+    args = ["sweep", config, "--grid", "learning_rate=0.02,0.01", "--dir", str(tmp_path / "sweep"), "++ray_num_workers", "2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "2 worker(s) each" in out and "2 trials (0 failed)" in out, out
+    for trial in trials_by_lr(tmp_path / "sweep").values():
+        ends = [line for line in (trial / "metrics.jsonl").read_text().splitlines() if '"epoch_end"' in line]
+        assert len(ends) == 1, trial
+
+
 def test_a_second_sweep_in_a_dir_in_use_is_one_line_and_changes_nothing(tmp_path, capsys):
     from returnn_ray.training.run_lock import ModelLock
 
