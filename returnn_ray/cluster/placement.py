@@ -118,8 +118,9 @@ def place(
     env_vars: Mapping[str, str] | None = None,
 ) -> Placement:
     """The run's one placement decision. Off this process it starts or joins Ray (``env_vars``
-    reach its workers, :func:`~returnn_ray.cluster.start.init_ray`) and checks that the cluster holds the workers (:func:`check_placeable`). ``may_run_here``:
-    False for the tasks that always run on Ray (forward, search, sweep)."""
+    reach its workers, :func:`~returnn_ray.cluster.start.init_ray`) and checks that the cluster
+    holds the workers (:func:`check_placeable`). ``may_run_here``: False for the tasks that always
+    run on Ray (forward, search, sweep)."""
     local = may_run_here and runs_here(run, joins_ray=_joins_ray(run), gpus_here=_gpus_here(run))
     if local:
         return decide(run, {"GPU": _gpus_here(run)}, local=True, per=per)

@@ -14,7 +14,6 @@ line's one-line errors), so each function imports what it needs of Ray itself.
 from __future__ import annotations
 
 import contextlib
-
 import logging
 import os
 import re
