@@ -451,7 +451,9 @@ class _HeadStart(threading.Thread):
     def run(self) -> None:
         try:
             self.helpers = Helpers()  # imports Ray while the head starts
-            self.result = start_head(*self.args)
+            # With GPUs here the sweep's trials run Ray Train, whose placement-group cleaner needs
+            # the dashboard's State API (returnn_ray.training.ray_trainer); else no dashboard.
+            self.result = start_head(*self.args, dashboard=ray_internals.local_gpus() != 0)
         except BaseException as exc:  # noqa: BLE001 - raised by join()
             self.error = exc
             return

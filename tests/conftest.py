@@ -21,7 +21,7 @@ def ray_session():
     for key in (env.ADDRESS, env.PRESTART_WORKERS.name, env.WORKER_SOFT_LIMIT.name):
         os.environ.pop(key, None)
     os.environ.update(env.TRAIN_ENV)  # what `returnn-ray` sets before it starts Ray
-    init_ray(num_cpus=2)
+    init_ray(num_cpus=2, state_api=True)  # tests ask Ray's State API (list_actors) what ran
     yield ray
     ray.shutdown()
 

@@ -42,20 +42,33 @@ def test_the_head_runs_no_autoscaler_monitor_and_no_log_monitor():
     assert not processes_under(temp_dir)
 
 
-def cmdline(pid: int) -> str:
+EMBEDDED = """
+import json
+from returnn_ray.cluster.ray_internals import RayOfOurs
+from returnn_ray.cluster.start import init_ray
+init_ray(num_cpus=1)
+running = []
+for pid in RayOfOurs.take_over().pids():
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
+            running.append(f.read().replace(b"\\0", b" ").decode(errors="replace"))
     except OSError:
-        return ""
+        pass
+print(json.dumps(running))
+"""
 
 
 @pytest.mark.ray
-def test_an_embedded_ray_runs_no_autoscaler_monitor_and_no_log_monitor(ray_session):
-    from returnn_ray.cluster.ray_internals import RayOfOurs
+def test_an_embedded_ray_runs_no_autoscaler_monitor_and_no_log_monitor():
+    # a process of its own, as a returnn-ray command starts its Ray (the tests' shared Ray may have
+    # been started by Ray itself, e.g. by ray.data on first use)
+    import json
+    import subprocess
+    import sys
 
-    ours = RayOfOurs.take_over()  # the tests' Ray, started by init_ray as a returnn-ray command starts it
-    assert ours is not None
-    running = [cmdline(pid) for pid in ours.pids()]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-c", EMBEDDED], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    running = json.loads(proc.stdout.strip().splitlines()[-1])
     assert any("gcs_server" in c for c in running) and any("raylet" in c for c in running), running  # seen at all
     assert not [c for c in running if "autoscaler/_private/monitor.py" in c or "log_monitor.py" in c], running

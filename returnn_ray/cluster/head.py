@@ -51,8 +51,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_head(temp_dir: str, num_cpus: int) -> tuple[subprocess.Popen, str]:
+def start_head(temp_dir: str, num_cpus: int, *, dashboard: bool = False) -> tuple[subprocess.Popen, str]:
     """``ray start --head`` with ``num_cpus`` CPUs; returns the process and the head's address.
+    ``dashboard``: with the dashboard's modules (the State API), which Ray Train's placement-group
+    cleaner needs where a sweep's trials run Ray Train (:mod:`returnn_ray.training.ray_trainer`).
 
     Works where no Ray ever ran (no ``~/.ray``): the head authenticates with a token of its own
     (:func:`driver_env`).
@@ -64,8 +66,8 @@ def start_head(temp_dir: str, num_cpus: int) -> tuple[subprocess.Popen, str]:
            # One machine, fixed: no autoscaler to run (its monitor process polls the GCS); every
            # driver of ours connects with log_to_driver=False, so no log monitor to tail the logs
            # for them. Together ~2.6 s of CPU over the default experiment, on 2 cores. And no
-           # dashboard modules (processes that poll all the time): no run of ours uses the State API.
-           "--no-monitor", "--include-log-monitor", "false", "--include-dashboard", "false"]
+           # dashboard modules (processes that poll all the time) unless asked for.
+           "--no-monitor", "--include-log-monitor", "false", "--include-dashboard", "true" if dashboard else "false"]
     head_environ = {k: v for k, v in os.environ.items() if k != env.ADDRESS}
     use_head(head_environ, temp_dir)
     head_environ.update(head_env(num_cpus))

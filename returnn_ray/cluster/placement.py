@@ -116,17 +116,18 @@ def place(
     may_run_here: bool = True,
     what: str = "training workers",
     env_vars: Mapping[str, str] | None = None,
+    state_api: bool = False,
 ) -> Placement:
     """The run's one placement decision. Off this process it starts or joins Ray (``env_vars``
-    reach its workers, :func:`~returnn_ray.cluster.start.init_ray`) and checks that the cluster
-    holds the workers (:func:`check_placeable`). ``may_run_here``: False for the tasks that always
-    run on Ray (forward, search, sweep)."""
+    reach its workers; ``state_api``: with the dashboard's modules, :func:`~returnn_ray.cluster.start.init_ray`)
+    and checks that the cluster holds the workers (:func:`check_placeable`). ``may_run_here``:
+    False for the tasks that always run on Ray (forward, search, sweep)."""
     local = may_run_here and runs_here(run, joins_ray=_joins_ray(run), gpus_here=_gpus_here(run))
     if local:
         return decide(run, {"GPU": _gpus_here(run)}, local=True, per=per)
     import ray
 
-    init_ray(run.ray_address, env_vars=env_vars)
+    init_ray(run.ray_address, env_vars=env_vars, state_api=state_api)
     placement = decide(run, ray.cluster_resources(), local=False, per=per)
     check_placeable(
         placement.num_workers, placement.use_gpu, run.ray_placement_timeout, bundle=dict(placement.bundle), what=what

@@ -11,16 +11,19 @@ from returnn_ray.cluster.reaper import start_reaper
 from returnn_ray.errors import UserError
 
 
-def init_ray(address: str | None = None, *, num_cpus: int | None = None, env_vars: Mapping[str, str] | None = None) -> None:
+def init_ray(
+    address: str | None = None, *, num_cpus: int | None = None, env_vars: Mapping[str, str] | None = None,
+    state_api: bool = False,
+) -> None:
     """Join the Ray cluster at ``address`` (or ``RAY_ADDRESS``), else start an embedded local Ray.
 
     ``env_vars`` reach every Ray worker process of this job (e.g. what workers need to
     rebuild a Python config, :meth:`returnn_ray.config.Config.worker_env`). An embedded Ray starts
-    without the dashboard's modules (Ray's ``include_dashboard=False`` keeps only its head): no run
-    of ours uses the State API (Ray Train's placement-group cleaner did, and our trainer starts
-    none: :mod:`returnn_ray.training.ray_trainer`), and their processes (~2.5 s of CPU in a
-    one-minute sweep on 2 cores) compete with the run; nor the autoscaler's monitor and the log
-    monitor (:func:`~returnn_ray.cluster.ray_internals.without_monitors`).
+    without the dashboard's modules (Ray's ``include_dashboard=False`` keeps only its head) unless
+    ``state_api``: only Ray Train's placement-group cleaner uses them (the State API), which runs
+    for a sweep's Ray Train trials alone (:mod:`returnn_ray.training.ray_trainer`), and their
+    processes (~2.5 s of CPU in a one-minute sweep on 2 cores) compete with the run; nor the
+    autoscaler's monitor and the log monitor (:func:`~returnn_ray.cluster.ray_internals.without_monitors`).
     A no-op if this process is already connected.
     """
     import ray
@@ -38,7 +41,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, env_var
         # ray.init() would join the newest one, which the docs promise we never do).
         address = "local"
         kwargs["num_cpus"] = num_cpus
-        kwargs["include_dashboard"] = False
+        kwargs["include_dashboard"] = None if state_api else False  # None: Ray's default, all of it
         # The raylet started here reads these from the environment it inherits.
         os.environ.update(head_env(num_cpus or usable_cpus()))
         auth = private_auth_env()

@@ -24,7 +24,7 @@ import re
 import time
 
 from returnn_ray.atomic import atomic_write
-from returnn_ray.cluster import env
+from returnn_ray.cluster import env, ray_internals
 from returnn_ray.cluster.placement import place
 from returnn_ray.config import KNOWN_KEYS, Config, Settings
 from returnn_ray.data.from_settings import data_specs, eval_dataset_names, open_dataset
@@ -88,6 +88,7 @@ def _run(settings: Settings, config: Config, job: SweepJob, space, sweep_dir: st
     # Every trial needs room for its workers (a one-CPU trial: its Tune actor), or Tune waits forever.
     placement = place(
         settings.run, may_run_here=False, what="workers of a sweep trial", env_vars=env.TRAIN_ENV,
+        state_api=not _one_cpu_trials_on_a_ray_of_ours(settings),
     )
     workers = placement.num_workers
     capacity = int(ray.cluster_resources().get(placement.kind, 0)) // workers
@@ -143,6 +144,18 @@ def _run(settings: Settings, config: Config, job: SweepJob, space, sweep_dir: st
     finally:
         importing.join(timeout=30)
     return _summarize(settings, grid, sweep_dir, job, time.monotonic() - start, metrics)
+
+
+def _one_cpu_trials_on_a_ray_of_ours(settings: Settings) -> bool:
+    """Whether the trials will train in their Tune actors (one CPU worker each, :func:`_run`) if this
+    sweep starts its own Ray: it would count no GPU (as Ray will count), and the config asks for
+    neither a GPU nor more workers. Else they run Ray Train in their actors, whose placement-group
+    cleaner needs the State API (``init_ray(state_api=True)``, which starting no Ray, or joining
+    one, ignores)."""
+    run = settings.run
+    if run.device == "gpu" or (run.ray_num_workers or 1) != 1:
+        return False
+    return run.device == "cpu" or ray_internals.local_gpus() == 0
 
 
 def _scheduler(settings: Settings):

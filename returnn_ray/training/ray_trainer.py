@@ -7,12 +7,15 @@
   ``DatasetsCallback`` would only start its ``DatasetManager`` actor for nothing, a whole Ray
   worker process on the path to the first step (about 2 s of the start-up on a 2-core machine,
   ``bench/startup.py``).
-- No placement-group cleaner: Ray Train starts a detached ``PlacementGroupCleaner`` actor per run
-  that removes the workers' placement group should the controller die while its job lives on,
-  and polls Ray's State API (the dashboard) every second to know. A returnn-ray run is its own
-  job, which ends when the controller does (``fit()`` raises, the command exits), and Ray removes
-  a job's placement groups with it; the cleaner was one more Ray worker process on the path to
-  the first step (~1.8 s of CPU on a 2-core machine) and the polling ran all through training.
+- No placement-group cleaner where ``fit()`` runs in the job's driver (a ``returnn-ray`` run):
+  Ray Train starts a detached ``PlacementGroupCleaner`` actor per run that removes the workers'
+  placement group should the controller die while its job lives on, and polls Ray's State API
+  (the dashboard) every second to know. Ray removes a job's placement groups once the job and
+  the group's creator are both gone, and a run's job ends with its command (``fit()`` raises,
+  the command exits); the cleaner was one more Ray worker process on the path to the first step
+  (~1.8 s of CPU on a 2-core machine) and the polling ran all through training. A sweep trial's
+  ``fit()`` runs in its Tune actor, which Tune may kill while the sweep's job lives on: there
+  the cleaner stays (and the sweep's own Ray has the State API, ``cluster/start.init_ray``).
 - Once ``fit()`` has its result, the controller actor (its run done, its workers gone) is killed
   rather than left to Ray to end when the driver's handle goes: that ending shuts its Python down,
   about 0.9 s of CPU, which fell into the start-up of the next run of a script
@@ -50,5 +53,7 @@ class ReturnnTorchTrainer(TorchTrainer):
         interrupts.abort_on_signal(lambda: ray.get(controller.abort.remote(), timeout=interrupts.ABORT_TIMEOUT_S))
 
     def _create_default_callbacks(self) -> list:  # Ray Train 2.x (V2)
-        dropped = {"PlacementGroupCleanerCallback"} | (set() if self.datasets else {"DatasetsCallback"})
+        dropped = set() if self.datasets else {"DatasetsCallback"}
+        if not ray.is_initialized() or ray.get_runtime_context().worker.mode == ray.SCRIPT_MODE:  # the job's driver
+            dropped.add("PlacementGroupCleanerCallback")
         return [cb for cb in super()._create_default_callbacks() if type(cb).__name__ not in dropped]

@@ -63,3 +63,21 @@ def test_a_run_starts_no_placement_group_cleaner_and_its_placement_group_goes_wi
     assert result.error is None
     assert cleaners() == before
     assert live_groups() <= groups_before  # the run's worker group is removed once it is done
+
+
+def test_a_sweep_trials_run_keeps_the_cleaner_as_its_job_outlives_it(ray_session):
+    # fit() in a Tune actor (a Ray task here, as far as the mode goes): Tune may kill it while the sweep's job lives on, and then only the
+    # cleaner removes the run's placement group
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def names_in_an_actor_process() -> list[str]:
+        from ray.train import ScalingConfig
+
+        from returnn_ray.training.ray_trainer import ReturnnTorchTrainer
+
+        trainer = ReturnnTorchTrainer(lambda config: None, scaling_config=ScalingConfig(num_workers=1))
+        return [type(cb).__name__ for cb in trainer._create_default_callbacks()]
+
+    assert "PlacementGroupCleanerCallback" in ray.get(names_in_an_actor_process.remote())
+    assert "PlacementGroupCleanerCallback" not in _callback_names()  # this process: the job's driver
