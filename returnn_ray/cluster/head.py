@@ -110,9 +110,10 @@ class Helpers:
             output = self.process.communicate()[0] + f"\nnot done in {timeout:.0f} s"
         ok = self.process.returncode == 0
         lines = output.strip().splitlines()
-        if ok and lines and lines[-1].startswith(RESOURCES):
-            self.resources = json.loads(lines.pop()[len(RESOURCES):])
-        return ok, "\n".join(lines)
+        said = [line for line in lines if line.startswith(RESOURCES)]  # Ray may log lines after it
+        if ok and said:
+            self.resources = json.loads(said[-1][len(RESOURCES):])
+        return ok, "\n".join(line for line in lines if not line.startswith(RESOURCES))
 
 
 def stop_head(head: subprocess.Popen, temp_dir: str) -> None:
@@ -159,7 +160,7 @@ def _running(p) -> bool:
 
 
 RESOURCES = "resources "
-"""The helpers' process's last line: this, then the cluster's resources as JSON."""
+"""A line of the helpers' process: this, then the cluster's resources as JSON."""
 
 
 def _start_helpers_main() -> int:
