@@ -20,7 +20,7 @@ def ray_session():
     # Started as for a user who set none of these (tests/test_ray_setup.py checks what returnn-ray sets).
     for key in (env.ADDRESS, env.PRESTART_WORKERS.name, env.WORKER_SOFT_LIMIT.name):
         os.environ.pop(key, None)
-    os.environ.update(env.TRAIN_ENV)  # what `returnn-ray` sets before it starts Ray
+    os.environ.update(env.SWEEP_ENV)  # what `returnn-ray` sets before it starts Ray (sweep: TRAIN_ENV and more)
     init_ray(num_cpus=2, state_api=True)  # tests ask Ray's State API (list_actors) what ran
     yield ray
     ray.shutdown()

@@ -35,7 +35,7 @@ def test_ray_environment_variables_are_named_only_in_the_table():
         f"{path.relative_to(PACKAGE)}:{line}: {text}"
         for path in _modules("cluster/env.py")
         for line, text in _code_strings(path)
-        if re.fullmatch(r"RAY_\w+", text)
+        if re.fullmatch(r"(RAY|TUNE)_\w+", text)
     ]
     assert not found, "a Ray environment variable outside returnn_ray/cluster/env.py:\n" + "\n".join(found)
 
@@ -44,8 +44,8 @@ def test_the_table_says_why_and_where_for_each_variable():
     names = [v.name for v in env.ALL]
     assert len(set(names)) == len(names)
     for var in env.ALL:
-        assert var.name.startswith("RAY_") and var.value and var.reason and var.where and var.seen_on, var
-    assert set(env.TRAIN_ENV) <= set(names)
+        assert var.name.startswith(("RAY_", "TUNE_")) and var.value and var.reason and var.where and var.seen_on, var
+    assert set(env.TRAIN_ENV) <= set(env.SWEEP_ENV) <= set(names)
 
 
 def test_private_ray_apis_are_used_only_in_ray_internals():

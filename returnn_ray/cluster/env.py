@@ -58,7 +58,15 @@ CHDIR_TO_TRIAL_DIR = RayEnvVar(
     "train, eval and sweep: driver (unless set) and Ray Train workers (runtime env)",
 )
 
-# --- Tune (sweep): the driver ---
+# --- Tune (sweep): the driver, and the trials' actors ---
+
+TUNE_THREAD_TIMEOUT = RayEnvVar(
+    "TUNE_FUNCTION_THREAD_TIMEOUT_S", "60",
+    "Tune gives a finished or stopped trial's thread 2 s to end before its actor runs the next trial;"
+    " a stopped Ray Train trial's thread first aborts its run (sweep/reports.py), which can take longer"
+    " on a busy node. Past the timeout Tune marks the next trial failed without running it.",
+    "sweep: Tune trial actors (runtime env), unless set",
+)
 
 AIR_NEW_OUTPUT = RayEnvVar(
     "RAY_AIR_NEW_OUTPUT", "0",
@@ -125,7 +133,7 @@ USAGE_STATS = RayEnvVar(
 
 ALL: tuple[RayEnvVar, ...] = (
     TRAIN_HEALTH_CHECK_INTERVAL, TRAIN_PREEMPTION_WATCHER, TRAIN_WORKER_GROUP_START_TIMEOUT, CHDIR_TO_TRIAL_DIR,
-    AIR_NEW_OUTPUT, BACKEND_LOG_LEVEL,
+    AIR_NEW_OUTPUT, TUNE_THREAD_TIMEOUT, BACKEND_LOG_LEVEL,
     WORKER_SOFT_LIMIT, PRESTART_WORKERS, AUTH_MODE, AUTH_TOKEN, AUTH_TOKEN_PATH, USAGE_STATS,
 )
 
@@ -140,6 +148,9 @@ names GPUs, :func:`~returnn_ray.cluster.ray_internals.local_gpus` cannot tell ho
 TRAIN_ENV: dict[str, str] = {v.name: v.value for v in (TRAIN_HEALTH_CHECK_INTERVAL, TRAIN_PREEMPTION_WATCHER,
                                                      TRAIN_WORKER_GROUP_START_TIMEOUT, CHDIR_TO_TRIAL_DIR)}
 """What Ray Train runs need, in the driver and (as ``init_ray(env_vars=...)``) in every worker."""
+
+SWEEP_ENV: dict[str, str] = {**TRAIN_ENV, **TUNE_THREAD_TIMEOUT.as_env()}
+"""What a sweep needs, in the driver and every worker (its trials are Ray Train runs in Tune actors)."""
 
 
 def set_defaults(env: Mapping[str, str], environ: MutableMapping[str, str] = os.environ) -> None:

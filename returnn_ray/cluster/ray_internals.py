@@ -159,6 +159,16 @@ def job_placement_groups(job_hex: str) -> dict[str, dict]:
     return {gid: info for gid, info in placement_group_table().items() if gid.endswith(job_hex)}
 
 
+def actor_handle(actor_hex: str):
+    """The handle of the actor of id ``actor_hex`` (``ray.get_runtime_context().get_actor_id()``), which
+    this process owns (Ray 2.60's ``CoreWorker.get_actor_handle``: Ray's public API finds named actors
+    only, and Ray Train's controller has no name; its handle, sent instead of its id, took ~2 s)."""
+    import ray
+    from ray._raylet import ActorID
+
+    return ray._private.worker.global_worker.core_worker.get_actor_handle(ActorID.from_hex(actor_hex))
+
+
 def remove_placement_group(group_hex: str) -> None:
     """Removes the placement group of id ``group_hex`` (``ray._raylet.PlacementGroupID``, Ray 2.60:
     Ray's public API removes only a group whose handle one holds, and Ray Train keeps its own)."""

@@ -1,9 +1,9 @@
 """One sweep trial: a full training run of the base config plus the trial's variant.
 
 Ray 2.60 combines Tune and Train through a Tune *function* trainable that builds and fits a
-``TorchTrainer`` (``Tuner(trainer)`` fails); ``TuneReportCallback`` forwards each epoch's report
-(with ``objective``, :func:`returnn_ray.training.worker.report`) to Tune, whose scheduler may
-stop the trial. The trial trains in its own directory (``<sweep_dir>/trials/<variant>-<id>/``:
+``TorchTrainer`` (``Tuner(trainer)`` fails); :mod:`returnn_ray.sweep.reports` forwards each epoch's
+report (with ``objective``, :func:`returnn_ray.training.worker.report`) to Tune, whose scheduler may
+stop the trial, and then aborts the run. The trial trains in its own directory (``<sweep_dir>/trials/<variant>-<id>/``:
 checkpoints, ``learning_rates``, ``train.log``, ``metrics.jsonl``), so a restored sweep resumes an
 unfinished trial from its checkpoints, exactly as rerunning ``returnn-ray`` would.
 
@@ -54,8 +54,8 @@ def run_trial(trial_config: dict[str, Any], shared_datasets: dict[str, Any] | No
     the trial's data settings are the base config's (a variant that changes the data opens its own).
     """
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
+    from returnn_ray.sweep.reports import fit_reporting_to_tune
     from returnn_ray.training.driver import check_before_start, run_on_workers
     from returnn_ray.training.recipe import train_loop_per_worker
 
@@ -71,15 +71,15 @@ def run_trial(trial_config: dict[str, Any], shared_datasets: dict[str, Any] | No
     check_before_start(settings)
     same_data = shared_datasets and data_fingerprint(settings) == job.data_fingerprint
     task = TrainJob(trial=TrialReport(job.metric, to_tune=job.local_trials), shared_datasets=shared_datasets if same_data else None)
-    run_on_workers(
-        settings,
-        config,
-        train_loop_per_worker,
-        task,
-        what="training",
-        run_name="returnn_ray_train",
-        callbacks=None if job.local_trials else [TuneReportCallback()],
-    )
+
+    def fit(callbacks: list | None) -> None:
+        run_on_workers(settings, config, train_loop_per_worker, task, what="training", run_name="returnn_ray_train",
+                       callbacks=callbacks)
+
+    if job.local_trials:
+        fit(None)  # the loop, in this actor, reports to Tune itself
+    else:
+        fit_reporting_to_tune(fit)
 
 
 def data_fingerprint(settings) -> str:

@@ -83,11 +83,12 @@ def _run(settings: Settings, config: Config, job: SweepJob, space, sweep_dir: st
     import ray
     from ray import tune
 
-    # env.TRAIN_ENV keeps trials in the command's working directory too (Tune would chdir).
-    env.set_defaults(env.TRAIN_ENV)
+    # env.SWEEP_ENV keeps trials in the command's working directory too (Tune would chdir); a value
+    # the user set wins, in the workers too.
+    env.set_defaults(env.SWEEP_ENV)
     # Every trial needs room for its workers (a one-CPU trial: its Tune actor), or Tune waits forever.
     placement = place(
-        settings.run, may_run_here=False, what="workers of a sweep trial", env_vars=env.TRAIN_ENV,
+        settings.run, may_run_here=False, what="workers of a sweep trial", env_vars={k: os.environ[k] for k in env.SWEEP_ENV},
         state_api=not _one_cpu_trials_on_a_ray_of_ours(settings),
     )
     workers = placement.num_workers

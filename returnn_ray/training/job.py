@@ -32,7 +32,7 @@ class TrialReport:
     """The score the sweep ranks by; None: the dev key newbob would pick."""
     to_tune: bool = False
     """Report to Tune directly: the trial trains in local mode inside its Tune actor,
-    which has no Train controller to forward the reports (``TuneReportCallback``)."""
+    which has no Train controller to forward the reports (:mod:`returnn_ray.sweep.reports`)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 
 from test_train import write_config  # tests/tasks is on sys.path (rootdir import)
 
@@ -139,6 +140,38 @@ def test_trials_whose_workers_take_every_cpu_of_the_cluster_run(ray_session, tmp
     for trial in trials_by_lr(tmp_path / "sweep").values():
         ends = [line for line in (trial / "metrics.jsonl").read_text().splitlines() if '"epoch_end"' in line]
         assert len(ends) == 1, trial
+
+
+@pytest.mark.timeout(420)
+def test_a_trial_asha_stops_ends_its_ray_train_run_and_the_next_trials_run(ray_session, tmp_path, capsys):
+    # One trial at a time, each Ray Train over 2 workers on the 2-CPU Ray. ASHA stops the lr-0 trial
+    # at its first rung (far worse than lr 0.02 there); its Ray Train run must end then. With Ray's
+    # TuneReportCallback it trained on, its controller blocked on Tune's one-report queue; Tune, its
+    # actor wanted for the lr-0.01 trial, marked that one failed without running it, and the sweep
+    # hung with the CPUs held.
+    from ray.util.state import list_actors
+
+    # 400 seqs: epochs of ~100 steps, so that a run left to train on reaches epoch 8 long after it is stopped
+    train = {"class": "Task12AXDataset", "num_seqs": 400, "seq_ordering": "laplace:.10"}
+    config = write_config(tmp_path, num_epochs=8, train=train)
+    args = ["sweep", config, "--grid", "learning_rate=0.02,0.0,0.01", "--scheduler", "asha", "--dir", str(tmp_path / "sweep"),
+            "++ray_num_workers", "2", "++sweep_max_concurrent_trials", "1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "3 trials (0 failed)" in out, out
+    epochs = {}
+    for lr, trial in trials_by_lr(tmp_path / "sweep").items():
+        epochs[lr] = sum('"epoch_end"' in line for line in (trial / "metrics.jsonl").read_text().splitlines())
+    assert epochs["0.02"] == 8 and 1 <= epochs["0"] < 8 and epochs["0.01"] >= 1, epochs
+    rows = {line.split()[1]: line for line in (tmp_path / "sweep" / "results.txt").read_text().splitlines()[2:]}
+    assert rows["0"].endswith("stopped early") and rows["0.02"].endswith("done"), rows
+
+    def no_train_actor_alive() -> bool:
+        address = ray_session.get_runtime_context().gcs_address  # this session's Ray, even where another runs
+        alive = {a.class_name for a in list_actors(address=address, filters=[("state", "=", "ALIVE")])}
+        return not {"TrainController", "RayTrainWorker"} & alive
+
+    wait_for(no_train_actor_alive, "the trials' Ray Train actors to end", timeout=60)
 
 
 def test_a_second_sweep_in_a_dir_in_use_is_one_line_and_changes_nothing(tmp_path, capsys):

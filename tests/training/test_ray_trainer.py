@@ -25,13 +25,18 @@ def test_datasets_keep_ray_trains_hand_off():
     assert "DatasetsCallback" in names
 
 
+def _address(ray) -> str:
+    """The tests' own Ray, for the State API, even where another Ray runs on the machine."""
+    return ray.get_runtime_context().gcs_address
+
+
 def test_the_controller_is_killed_once_fit_has_its_result(ray_session, tmp_path):
     # killed (ray.kill), not left to end when the driver's handle goes: that ending shuts its
     # Python down on the CPU the next run starts on
     from ray.util.state import list_actors
 
     def controllers() -> dict[str, dict]:
-        return {a.actor_id: a for a in list_actors(filters=[("class_name", "=", "TrainController")], detail=True)}
+        return {a.actor_id: a for a in list_actors(address=_address(ray_session), filters=[("class_name", "=", "TrainController")], detail=True)}
 
     before = set(controllers())
     result = ReturnnTorchTrainer(lambda config: None, scaling_config=ScalingConfig(num_workers=1),
@@ -52,7 +57,7 @@ def test_a_run_starts_no_placement_group_cleaner_and_its_placement_group_goes_wi
     from ray.util.state import list_actors
 
     def cleaners() -> set[str]:
-        return {a.actor_id for a in list_actors(filters=[("class_name", "=", "PlacementGroupCleaner")], detail=True)}
+        return {a.actor_id for a in list_actors(address=_address(ray_session), filters=[("class_name", "=", "PlacementGroupCleaner")], detail=True)}
 
     def live_groups() -> set[str]:
         return {gid for gid, g in ray.util.placement_group_table().items() if g["state"] != "REMOVED"}
