@@ -60,6 +60,12 @@ CHDIR_TO_TRIAL_DIR = RayEnvVar(
 
 # --- Tune (sweep): the driver, and the trials' actors ---
 
+TUNE_TRIAL_ERRORS = RayEnvVar(
+    "TUNE_PRINT_ALL_TRIAL_ERRORS", "0",
+    "Tune prints each failed trial's whole traceback (~60 lines) on the sweep's console; the sweep's"
+    " table gives its one line, and the trial's train.log the whole.",
+    "sweep: driver, unless set",
+)
 TUNE_THREAD_TIMEOUT = RayEnvVar(
     "TUNE_FUNCTION_THREAD_TIMEOUT_S", "60",
     "Tune gives a finished or stopped trial's thread 2 s to end before its actor runs the next trial;"
@@ -133,7 +139,7 @@ USAGE_STATS = RayEnvVar(
 
 ALL: tuple[RayEnvVar, ...] = (
     TRAIN_HEALTH_CHECK_INTERVAL, TRAIN_PREEMPTION_WATCHER, TRAIN_WORKER_GROUP_START_TIMEOUT, CHDIR_TO_TRIAL_DIR,
-    AIR_NEW_OUTPUT, TUNE_THREAD_TIMEOUT, BACKEND_LOG_LEVEL,
+    AIR_NEW_OUTPUT, TUNE_TRIAL_ERRORS, TUNE_THREAD_TIMEOUT, BACKEND_LOG_LEVEL,
     WORKER_SOFT_LIMIT, PRESTART_WORKERS, AUTH_MODE, AUTH_TOKEN, AUTH_TOKEN_PATH, USAGE_STATS,
 )
 

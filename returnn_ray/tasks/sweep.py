@@ -136,7 +136,8 @@ def _run(settings: Settings, config: Config, job: SweepJob, space, sweep_dir: st
         f" {workers} worker(s) each -> {sweep_dir}",
         flush=True,
     )
-    env.set_defaults(env.AIR_NEW_OUTPUT.as_env())  # Tune's console box: ours instead
+    # Tune's console box and failed trials' tracebacks: our table instead
+    env.set_defaults({**env.AIR_NEW_OUTPUT.as_env(), **env.TUNE_TRIAL_ERRORS.as_env()})
     metrics = MetricsWriter(metrics_path(settings.run.metrics_file, os.path.join(sweep_dir, FILE_NAME)), task="sweep")
     metrics.write("run_start", workers=workers, concurrent_trials=concurrent, since_start=since_process_start())
     importing = import_plot_in_background()

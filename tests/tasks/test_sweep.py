@@ -116,6 +116,21 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_sess
         assert sorted(load_learning_rate_file(str(d / "learning_rates"))) == [1, 2, 3]
 
 
+def test_a_failed_trial_is_a_row_of_the_table_not_a_traceback(ray_session, tmp_path):
+    import ray
+
+    from returnn_ray.cluster import env
+
+    config = write_config(tmp_path, num_epochs=1)
+    cmd = [sys.executable, "-m", "returnn_ray", "sweep", config, "--grid", "learning_rate=0.02,1e30", "--dir",
+           str(tmp_path / "sweep"), "++ray_address", ray.get_runtime_context().gcs_address]
+    environ = {k: v for k, v in os.environ.items() if k != env.TUNE_TRIAL_ERRORS.name}  # as a user's shell
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=environ)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "2 trials (1 failed)" in run.stdout and "non-finite training score" in run.stdout, run.stdout
+    assert "Traceback" not in run.stdout + run.stderr, run.stderr[-3000:]
+
+
 def test_more_workers_per_trial_than_the_cluster_has_fails_before_any_trial(ray_session, tmp_path, capsys):
     # the dir holds another sweep's failed start (no results): a refused sweep must leave it as it is
     old_trial = tmp_path / "sweep" / "trials" / "learning_rate=0.5-abc"
